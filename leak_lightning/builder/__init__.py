@@ -1,0 +1,1 @@
+"""WAV folders → HDF5 log-mel datasets (no Lightning here)."""

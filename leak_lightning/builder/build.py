@@ -1,0 +1,143 @@
+"""The `build` command: validate inputs, run the pipeline per split, commit atomically, report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from tqdm import tqdm
+
+from ..data import schema
+from ..features import FeatureConfig
+from .discover import SPLITS, discover, label_mapping
+from .pipeline import BatchBuilder, SplitResult
+from .writer import SplitWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BuildSummary:
+    outputs: dict[str, Path]
+    files: dict[str, int]
+    segments: dict[str, int]
+    skipped: list[dict]
+    seconds: float
+
+    @property
+    def files_per_s(self) -> float:
+        return (sum(self.files.values()) + len(self.skipped)) / max(self.seconds, 1e-9)
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but CUDA is not available; use --device cpu or auto")
+    return torch.device(device)
+
+
+def _check_outputs(output: Path, overwrite: bool) -> dict[str, Path]:
+    targets = {s: output / name for s, name in schema.SPLIT_FILES.items()}
+    existing = [str(p) for p in targets.values() if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace "
+                              "(the old files stay until the new build has finished) "
+                              "or choose another --output")
+    return targets
+
+
+def _write_json_atomic(path: Path, payload) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def build_dataset(
+    input: Path,
+    output: Path,
+    features: FeatureConfig = FeatureConfig(),
+    labels: list[str] | None = None,
+    split_ratios: tuple[float, float, float] = (0.7, 0.2, 0.1),
+    seed: int = 0,
+    overwrite: bool = False,
+    batch_size: int = 256,
+    num_workers: int | None = None,
+    device: Literal["auto", "cpu", "cuda"] = "auto",
+    progress: bool = True,
+) -> BuildSummary:
+    """Build the three HDF5 splits from WAV folders.
+
+    Args:
+        input: ROOT/<LABEL>/*.wav (split here, by sensor) or ROOT/{TRAINING,VALIDATION,TESTING}/<LABEL>/*.wav.
+        output: folder for the *_DATASET.H5 files and the skip report.
+        labels: explicit class order; default is the sorted folder names.
+        split_ratios: train/validation/test shares for the single-pool layout.
+        batch_size: files per mel batch; with `num_workers` it bounds memory.
+        num_workers: decoding threads (default: one per CPU core).
+    """
+    t0 = time.perf_counter()
+    output = Path(output)
+    targets = _check_outputs(output, overwrite)
+    splits = discover(Path(input), tuple(split_ratios), seed)
+    class_names = label_mapping({it.label for items in splits.values() for it in items}, labels)
+    for split, items in splits.items():
+        if not items:
+            raise ValueError(f"{input}: split {split} received no files; add recordings/sensors "
+                             f"or change --split_ratios {list(split_ratios)}")
+    output.mkdir(parents=True, exist_ok=True)
+    dev = _resolve_device(device)
+    workers = num_workers or os.cpu_count() or 1
+    log.info("Building %s → %s on %s: %s files, %d decode threads, batch %d",
+             input, output, dev, {s: len(v) for s, v in splits.items()}, workers, batch_size)
+    results = _run_splits(splits, targets, features, class_names, dev, batch_size, workers, progress)
+    skipped = [s for r in results.values() for s in r.skipped]
+    _write_json_atomic(output / schema.SKIP_REPORT, skipped)
+    summary = BuildSummary(targets, {s: r.files for s, r in results.items()},
+                           {s: r.files * features.num_long * features.num_short for s, r in results.items()},
+                           skipped, time.perf_counter() - t0)
+    _log_summary(summary)
+    return summary
+
+
+def _run_splits(splits, targets, cfg, class_names, dev, batch_size, workers,
+                progress) -> dict[str, SplitResult]:
+    label_ids = {name: i for i, name in enumerate(class_names)}
+    writers: list[SplitWriter] = []
+    results: dict[str, SplitResult] = {}
+    builder = BatchBuilder(cfg, label_ids, dev, batch_size, workers)
+    total = sum(len(v) for v in splits.values())
+    try:
+        with tqdm(total=total, unit="file", desc="build", disable=None if progress else True) as bar:
+            for split in SPLITS:
+                writer = SplitWriter(targets[split], cfg, class_names, {"split": split})
+                writers.append(writer)
+                results[split] = builder.run(split, splits[split], writer, bar)
+                if results[split].files == 0:
+                    raise ValueError(f"no usable file in split {split}: all {len(splits[split])} were "
+                                     f"skipped (see the warnings above); fix or replace those recordings")
+        for writer in writers:  # all three appear together, or none
+            writer.commit()
+    except BaseException:
+        for writer in writers:
+            writer.discard()
+        raise
+    finally:
+        builder.close()
+    return results
+
+
+def _log_summary(s: BuildSummary) -> None:
+    from ..logs import bytes_human
+
+    for split, path in s.outputs.items():
+        log.info("%-10s %6d files %9d segments %10s  %s", split, s.files[split], s.segments[split],
+                 bytes_human(path.stat().st_size), path)
+    log.info("Built %d files (%d skipped) in %.1fs: %.0f files/s", sum(s.files.values()),
+             len(s.skipped), s.seconds, s.files_per_s, extra={"colour": "success"})

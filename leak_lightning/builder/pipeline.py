@@ -1,0 +1,142 @@
+"""WAV folders → TRAINING/VALIDATION/TESTING_DATASET.H5.
+
+Decoding runs in a thread pool straight into reusable (pinned, on CUDA) batch buffers,
+several batches ahead; the main thread computes log-mel on the device; a writer thread
+appends rows to HDF5. Peak memory is a few batches, whatever the corpus size.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..features import FeatureConfig, LogMelFrontend
+from .decode import SkipFile, load_clip
+from .discover import WavItem
+from .writer import SplitWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SplitResult:
+    files: int = 0
+    skipped: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class _Batch:
+    items: list[WavItem]
+    wave: torch.Tensor  # (B, num_samples) float32 buffer, reused
+    futures: list[Future]
+
+
+def _decode_into(buf: np.ndarray, row: int, item: WavItem, cfg: FeatureConfig) -> str | None:
+    """Decode one file into buf[row] (zero-padded); return a skip reason or None."""
+    try:
+        clip = load_clip(item.path, cfg)
+    except SkipFile as err:
+        return str(err)
+    except OSError as err:
+        return f"cannot read file: {err.strerror or err}"
+    buf[row, : len(clip)] = clip
+    buf[row, len(clip):] = 0.0
+    return None
+
+
+class _Writer(threading.Thread):
+    """Owns the HDF5 writes so they overlap decoding and mel; errors resurface in `put`."""
+
+    def __init__(self, writer: SplitWriter) -> None:
+        super().__init__(daemon=True, name="h5-writer")
+        self.writer, self.q, self.error = writer, queue.Queue(maxsize=2), None
+
+    def run(self) -> None:
+        while (job := self.q.get()) is not None:
+            if self.error is None:
+                try:
+                    self.writer.append(*job)
+                except BaseException as err:  # handed to the main thread
+                    self.error = err
+
+    def put(self, job) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put(job)
+
+    def finish(self) -> None:
+        self.q.put(None)
+        self.join()
+        if self.error is not None:
+            raise self.error
+
+
+class BatchBuilder:
+    """Runs the decode → mel → write pipeline for one split at a time."""
+
+    def __init__(self, cfg: FeatureConfig, label_ids: dict[str, int], device: torch.device,
+                 batch_size: int, num_workers: int, prefetch: int = 3) -> None:
+        self.cfg, self.label_ids, self.device = cfg, label_ids, device
+        self.batch_size, self.prefetch = batch_size, prefetch
+        self.frontend = LogMelFrontend(cfg).to(device)
+        self.pool = ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="decode")
+        pin = device.type == "cuda"
+        self.free = deque(torch.empty(batch_size, cfg.num_samples, pin_memory=pin)
+                          for _ in range(prefetch))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _submit(self, items: list[WavItem]) -> _Batch:
+        wave = self.free.popleft()
+        buf = wave.numpy()
+        futures = [self.pool.submit(_decode_into, buf, i, it, self.cfg) for i, it in enumerate(items)]
+        return _Batch(items, wave, futures)
+
+    def run(self, split: str, items: list[WavItem], writer: SplitWriter, bar: tqdm) -> SplitResult:
+        result, out = SplitResult(), _Writer(writer)
+        out.start()
+        batches = [items[i: i + self.batch_size] for i in range(0, len(items), self.batch_size)]
+        pending: deque[_Batch] = deque()
+        try:
+            for chunk in batches:
+                pending.append(self._submit(chunk))
+                if len(pending) == self.prefetch:
+                    self._finish(pending.popleft(), split, result, out, bar)
+            while pending:
+                self._finish(pending.popleft(), split, result, out, bar)
+        finally:
+            for batch in pending:  # after an error: let queued decodes drain before buffers go
+                for fut in batch.futures:
+                    fut.cancel()
+            out.finish()
+        return result
+
+    def _finish(self, batch: _Batch, split: str, result: SplitResult, out: _Writer, bar: tqdm) -> None:
+        reasons = [f.result() for f in batch.futures]
+        keep = [i for i, r in enumerate(reasons) if r is None]
+        for item, reason in zip(batch.items, reasons):
+            if reason is not None:
+                log.warning("skipped %s: %s", item.path, reason)
+                result.skipped.append({"split": split, "path": item.rel_path,
+                                       "label": item.label, "reason": reason})
+        if keep:
+            wave = batch.wave[: len(batch.items)]
+            if len(keep) < len(batch.items):
+                wave = wave[keep]
+            mel = self.frontend(wave.to(self.device, non_blocking=True))
+            kept = [batch.items[i] for i in keep]
+            out.put((mel.half().cpu().numpy(),
+                     np.array([self.label_ids[it.label] for it in kept], dtype=np.int16),
+                     [it.rel_path for it in kept], [it.sensor_id for it in kept]))
+            result.files += len(kept)
+        self.free.append(batch.wave)
+        bar.update(len(batch.items))

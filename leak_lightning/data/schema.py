@@ -1,0 +1,24 @@
+"""The HDF5 contract shared by the builder (writer) and the data module (reader)."""
+
+from __future__ import annotations
+
+FORMAT_VERSION = 1
+
+SEGMENTS = "segments_mel"  # float16 [F, L, S, n_mels, T], one file per chunk
+LABELS = "labels"  # int16 [F]
+TARGETS = "targets"  # optional uint8 [F, C] multi-hot; one-hot from LABELS when absent
+FILE_PATHS = "file_paths"  # utf-8 [F], relative to the input root (absent in origin files)
+SENSOR_IDS = "sensor_ids"  # utf-8 [F], "" when the name carries none
+
+ATTR_CONFIG = "config_json"
+ATTR_LABELS = "labels_json"
+ATTR_LABEL2ID = "label2id_json"
+ATTR_VERSION = "format_version"
+ATTR_CREATED = "created_at_utc"
+
+SPLIT_FILES = {
+    "TRAINING": "TRAINING_DATASET.H5",
+    "VALIDATION": "VALIDATION_DATASET.H5",
+    "TESTING": "TESTING_DATASET.H5",
+}
+SKIP_REPORT = "skipped_files.json"

@@ -1,0 +1,89 @@
+"""Project logging: `[   5.23s] [INFO] message`, elapsed since start, colours only on a terminal."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LEVEL_ENV = "TRAINER_LOG_LEVEL"
+
+CYAN, GREEN, YELLOW, RED, RESET = "\033[36m", "\033[32m", "\033[33m", "\033[31m", "\033[0m"
+_LEVEL_COLOURS = {logging.WARNING: YELLOW, logging.ERROR: RED, logging.CRITICAL: RED}
+# Messages pick a colour with `extra={"colour": "header" | "success"}`; levels colour the rest.
+_TAG_COLOURS = {"header": CYAN, "success": GREEN}
+
+_START = time.monotonic()
+
+
+def bytes_human(n: float) -> str:
+    """1536 → '1.50 KB' (binary multiples, as the origin printed GPU memory)."""
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(value) < 1024:
+            return f"{value:.2f} {unit}"
+        value /= 1024
+    return f"{value:.2f} PB"
+
+
+def use_colour(stream) -> bool:
+    """Colour only on an interactive terminal, and never when NO_COLOR is set."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    return bool(getattr(stream, "isatty", None)) and stream.isatty()
+
+
+class ElapsedTimeFormatter(logging.Formatter):
+    """Formats records as `[ elapsed s] [LEVEL] message`, optionally coloured."""
+
+    def __init__(self, colour: bool = False, start: float | None = None) -> None:
+        super().__init__("[%(elapsed)s] [%(levelname)s] %(message)s")
+        self.colour = colour
+        self.start = _START if start is None else start
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.elapsed = f"{time.monotonic() - self.start:7.2f}s"
+        text = super().format(record)
+        if not self.colour:
+            return text
+        code = _LEVEL_COLOURS.get(record.levelno) or _TAG_COLOURS.get(getattr(record, "colour", ""))
+        return f"{code}{text}{RESET}" if code else text
+
+
+class _TqdmHandler(logging.StreamHandler):
+    """Writes through tqdm so log lines never break a live progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # logging must never raise into the caller
+            self.handleError(record)
+
+
+def resolve_level(level: str | None = None) -> int:
+    """Level from the argument, else $TRAINER_LOG_LEVEL, else INFO; bad values are rejected."""
+    name = (level or os.environ.get(LEVEL_ENV) or "INFO").strip().upper()
+    if name not in LEVELS:
+        source = "log level" if level else f"${LEVEL_ENV}"
+        raise ValueError(f"{source}={name!r} is not a valid level; use one of {', '.join(LEVELS)}")
+    return getattr(logging, name)
+
+
+def setup_logging(level: str | None = None, stream=None) -> logging.Logger:
+    """Install the project handler on the `leak_lightning` logger (idempotent)."""
+    stream = stream or sys.stderr
+    logger = logging.getLogger("leak_lightning")
+    logger.setLevel(resolve_level(level))
+    for handler in list(logger.handlers):
+        if getattr(handler, "_leak_lightning", False):
+            logger.removeHandler(handler)
+    handler = _TqdmHandler(stream)
+    handler.setFormatter(ElapsedTimeFormatter(colour=use_colour(stream)))
+    handler._leak_lightning = True
+    logger.addHandler(handler)
+    logger.propagate = False
+    return logger
