@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 from jsonargparse import ActionConfigFile, ArgumentParser
@@ -24,6 +25,10 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def run_build(argv: list[str]) -> int:
     parser = build_parser()
     cfg = parser.parse_args(argv)
@@ -32,14 +37,17 @@ def run_build(argv: list[str]) -> int:
     from .builder.build import build_dataset
 
     init = parser.instantiate_classes(cfg)
+    # SIGTERM unwinds like Ctrl-C so the temporary files are removed on the way out.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         build_dataset(**init.as_dict())
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         log.error("%s", err)
         return 2
-    except KeyboardInterrupt:
-        log.error("interrupted: nothing was written at the output names")
-        return 130
+    except KeyboardInterrupt as err:
+        log.error("build interrupted (%s): temporary files removed, existing outputs untouched",
+                  err or "SIGINT")
+        return 143 if str(err) == "SIGTERM" else 130
     return 0
 
 

@@ -23,6 +23,13 @@ class SplitWriter:
         self.tmp_path = self.final_path.with_name(f".{self.final_path.name}.tmp-{os.getpid()}")
         self.rows = 0
         self._h5 = h5py.File(self.tmp_path, "w")
+        try:
+            self._create(cfg, labels, extra_attrs or {})
+        except BaseException:  # an interrupt here must not leave the temporary file behind
+            self.discard()
+            raise
+
+    def _create(self, cfg: FeatureConfig, labels: list[str], extra_attrs: dict) -> None:
         shape = cfg.segment_shape
         # One file per chunk: a reader takes a whole file's segments in one uncompressed read.
         self._seg = self._h5.create_dataset(schema.SEGMENTS, shape=(0, *shape), maxshape=(None, *shape),
@@ -40,7 +47,7 @@ class SplitWriter:
         attrs[schema.ATTR_LABEL2ID] = json.dumps({name: i for i, name in enumerate(labels)})
         attrs[schema.ATTR_VERSION] = schema.FORMAT_VERSION
         attrs[schema.ATTR_CREATED] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        for key, value in (extra_attrs or {}).items():
+        for key, value in extra_attrs.items():
             attrs[key] = value
 
     def append(self, segments: np.ndarray, labels: np.ndarray, paths: list[str],

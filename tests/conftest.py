@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny WAV corpora written into tmp_path."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("NO_COLOR", "1")
+
+
+def tone(freq: float, seconds: float, sr: int, amp: float = 0.3, seed: int = 0) -> np.ndarray:
+    """A sine plus a little noise, float32 mono."""
+    t = np.arange(int(round(seconds * sr))) / sr
+    noise = np.random.default_rng(seed).standard_normal(len(t)) * 0.01
+    return (amp * np.sin(2 * np.pi * freq * t) + noise).astype(np.float32)
+
+
+def write_wav(path: Path, data: np.ndarray, sr: int = 4096, subtype: str = "PCM_16") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, data, sr, subtype=subtype)
+    return path
+
+
+def make_pool(root: Path, labels=("LEAK", "NORMAL"), sensors: int = 10, per_sensor: int = 2,
+              seconds: float = 10.0) -> list[Path]:
+    """ROOT/<LABEL>/S<label><n>~R<r>~ts~g.wav with a label-specific tone."""
+    paths = []
+    for li, label in enumerate(labels):
+        for s in range(sensors):
+            for r in range(per_sensor):
+                name = f"S{label[:2]}{s:03d}~R{r:02d}~20251119T1015{r:02d}~g12.wav"
+                data = tone(300 + 400 * li, seconds, 4096, seed=s * 100 + r)
+                paths.append(write_wav(root / label / name, data))
+    return paths
+
+
+def make_origin(root: Path, labels=("LEAK", "NORMAL"), per_label: int = 3) -> list[Path]:
+    """ROOT/{TRAINING,VALIDATION,TESTING}/<LABEL>/*.wav, sensors distinct per split."""
+    paths = []
+    for si, split in enumerate(("TRAINING", "VALIDATION", "TESTING")):
+        for li, label in enumerate(labels):
+            for k in range(per_label):
+                name = f"S{si}{li}{k:02d}~R00~20251119T101500~g12.wav"
+                paths.append(write_wav(root / split / label / name, tone(300 + 400 * li, 10, 4096, seed=k)))
+    return paths
+
+
+@pytest.fixture
+def run_cli():
+    """Run `python -m leak_lightning ARGS` in a fresh process; returns CompletedProcess."""
+    import subprocess
+
+    def run(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+        env = {**os.environ, "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
+        return subprocess.run([sys.executable, "-m", "leak_lightning", *map(str, args)], cwd=REPO,
+                              capture_output=True, text=True, timeout=timeout, env=env, **kw)
+
+    return run

@@ -1,0 +1,226 @@
+"""The builder end to end: both layouts, format conversions, bad input, the HDF5 contract."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, make_origin, make_pool, tone, write_wav
+
+from leak_lightning.builder.build import build_dataset
+from leak_lightning.builder.discover import WavItem, split_pool
+from leak_lightning.data import schema
+from leak_lightning.features import FeatureConfig, LogMelFrontend
+
+NAMES = ("TRAINING_DATASET.H5", "VALIDATION_DATASET.H5", "TESTING_DATASET.H5")
+
+
+def read_split(path):
+    with h5py.File(path, "r") as f:
+        return {
+            "seg": f[schema.SEGMENTS][()], "labels": f[schema.LABELS][()],
+            "paths": [p.decode() for p in f[schema.FILE_PATHS][()]],
+            "sensors": [s.decode() for s in f[schema.SENSOR_IDS][()]],
+            "attrs": dict(f.attrs), "seg_chunks": f[schema.SEGMENTS].chunks,
+            "dtypes": {k: f[k].dtype for k in f},
+        }
+
+
+def test_origin_layout_contract(tmp_path):
+    make_origin(tmp_path / "in")
+    summary = build_dataset(tmp_path / "in", tmp_path / "out", progress=False)
+    assert summary.files == {"TRAINING": 6, "VALIDATION": 6, "TESTING": 6}
+    assert summary.segments["TRAINING"] == 6 * 80
+    for name in NAMES:
+        d = read_split(tmp_path / "out" / name)
+        assert d["seg"].shape == (6, 40, 2, 64, 1) and d["seg"].dtype == np.float16
+        assert d["seg_chunks"] == (1, 40, 2, 64, 1)
+        assert d["dtypes"][schema.LABELS] == np.int16
+        assert h5py.check_string_dtype(d["dtypes"][schema.FILE_PATHS]).encoding == "utf-8"
+        assert json.loads(d["attrs"]["labels_json"]) == ["LEAK", "NORMAL"]
+        assert json.loads(d["attrs"]["label2id_json"]) == {"LEAK": 0, "NORMAL": 1}
+        assert FeatureConfig.from_json(d["attrs"]["config_json"]) == FeatureConfig()
+        assert d["attrs"]["format_version"] == 1 and d["attrs"]["created_at_utc"].endswith("+00:00")
+        assert np.isfinite(d["seg"]).all()
+        # each row traces back to its WAV and carries the label of its folder
+        for path, label, sensor in zip(d["paths"], d["labels"], d["sensors"]):
+            assert (tmp_path / "in" / path).is_file()
+            assert path.split("/")[1] == ["LEAK", "NORMAL"][label]
+            assert path.split("/")[-1].startswith(sensor + "~")
+    assert json.loads((tmp_path / "out" / schema.SKIP_REPORT).read_text()) == []
+
+
+def test_rows_equal_frontend_on_the_same_audio(tmp_path):
+    x = tone(700, 10, 4096, seed=3)
+    write_wav(tmp_path / "in" / "TRAINING" / "LEAK" / "a.wav", x, subtype="FLOAT")
+    for split in ("VALIDATION", "TESTING"):
+        write_wav(tmp_path / "in" / split / "LEAK" / "b.wav", x, subtype="FLOAT")
+    build_dataset(tmp_path / "in", tmp_path / "out", progress=False)
+    row = read_split(tmp_path / "out" / NAMES[0])["seg"][0]
+    want = LogMelFrontend()(torch.from_numpy(x)[None])[0].half().numpy()
+    np.testing.assert_array_equal(row, want)
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "PCM_32", "FLOAT"])
+def test_resampled_stereo_and_sample_formats(tmp_path, subtype):
+    """A 600 Hz tone as 44.1 kHz stereo / 8 kHz / native lands in the same mel bin."""
+    for split in ("TRAINING", "VALIDATION", "TESTING"):
+        base = tmp_path / "in" / split / "LEAK"
+        write_wav(base / "native.wav", tone(600, 10, 4096), 4096, subtype)
+        write_wav(base / "stereo441.wav", np.stack([tone(600, 10, 44100)] * 2, axis=1), 44100, subtype)
+        write_wav(base / "mono8k_short.wav", tone(600, 4, 8000), 8000, subtype)
+    build_dataset(tmp_path / "in", tmp_path / "out", progress=False)
+    d = read_split(tmp_path / "out" / NAMES[0])
+    by_name = {p.split("/")[-1]: seg for p, seg in zip(d["paths"], d["seg"])}
+    peak = {n: int(np.argmax(seg[:8].astype(np.float32).mean(axis=(0, 1, 3)))) for n, seg in by_name.items()}
+    assert peak["stereo441.wav"] == peak["native.wav"] == peak["mono8k_short.wav"]
+    # the tone's level survives resampling and downmixing (the noise floor differs by design)
+    level = {n: seg[:8, :, peak[n]].astype(np.float32).mean() for n, seg in by_name.items()}
+    assert abs(level["stereo441.wav"] - level["native.wav"]) < 0.5
+    assert (by_name["mono8k_short.wav"][20:] == -200).all()  # 4 s of audio, the rest padding
+
+
+def test_pool_layout_split_is_grouped_stratified_and_seeded(tmp_path):
+    make_pool(tmp_path / "in", labels=("LEAK", "NORMAL", "CRACK"), sensors=10, per_sensor=2)
+    s1 = build_dataset(tmp_path / "in", tmp_path / "o1", progress=False, seed=7)
+    assert s1.files == {"TRAINING": 42, "VALIDATION": 12, "TESTING": 6}
+    sensors, labels = {}, {}
+    for name in NAMES:
+        d = read_split(tmp_path / "o1" / name)
+        sensors[name] = set(d["sensors"])
+        labels[name] = np.bincount(d["labels"], minlength=3)
+        assert all(s for s in d["sensors"])
+    assert not (sensors[NAMES[0]] & sensors[NAMES[1]] or sensors[NAMES[0]] & sensors[NAMES[2]]
+                or sensors[NAMES[1]] & sensors[NAMES[2]])
+    np.testing.assert_array_equal(labels[NAMES[0]], [14, 14, 14])  # stratified: 7 sensors × 2 per label
+    np.testing.assert_array_equal(labels[NAMES[2]], [2, 2, 2])
+    build_dataset(tmp_path / "in", tmp_path / "o2", progress=False, seed=7)
+    build_dataset(tmp_path / "in", tmp_path / "o3", progress=False, seed=8)
+    paths = {o: read_split(tmp_path / o / NAMES[2])["paths"] for o in ("o1", "o2", "o3")}
+    assert paths["o1"] == paths["o2"] and paths["o1"] != paths["o3"]
+
+
+def test_split_without_sensor_ids_groups_single_files():
+    items = [WavItem(None, f"L/{i}.wav", "L", "") for i in range(10)]
+    out = split_pool(items, (0.7, 0.2, 0.1), seed=0)
+    assert [len(out[s]) for s in ("TRAINING", "VALIDATION", "TESTING")] == [7, 2, 1]
+
+
+def test_explicit_labels_order_and_unknown_label(tmp_path):
+    make_origin(tmp_path / "in", per_label=1)
+    build_dataset(tmp_path / "in", tmp_path / "out", labels=["NORMAL", "LEAK", "BACKGROUND"], progress=False)
+    d = read_split(tmp_path / "out" / NAMES[0])
+    assert json.loads(d["attrs"]["labels_json"]) == ["NORMAL", "LEAK", "BACKGROUND"]
+    assert sorted(zip(d["paths"], d["labels"]))[0][1] == 1  # LEAK → 1
+    with pytest.raises(ValueError, match=r"\['NORMAL'\] are not in --labels"):
+        build_dataset(tmp_path / "in", tmp_path / "o2", labels=["LEAK"], progress=False)
+
+
+def write_bad_files(folder):
+    """One file per bad-input case; returns {file name: expected reason fragment}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "empty.wav").write_bytes(b"")
+    good = write_wav(folder / "truncated.wav", tone(500, 10, 4096)).read_bytes()
+    (folder / "truncated.wav").write_bytes(good[: len(good) // 3])
+    (folder / "notes.wav").write_text("this is not audio\n")
+    write_wav(folder / "zero.wav", np.zeros(0, dtype=np.float32))
+    nan = tone(500, 10, 4096)
+    nan[1000] = np.nan
+    write_wav(folder / "nan.wav", nan, subtype="FLOAT")
+    inf = tone(500, 10, 4096)
+    inf[5] = np.inf
+    write_wav(folder / "inf.wav", inf, subtype="FLOAT")
+    write_wav(folder / "short.wav", tone(500, 0.2, 4096))  # 819 samples < one long window
+    return {"empty.wav": "empty", "truncated.wav": "truncated", "notes.wav": "not readable as audio",
+            "zero.wav": "zero-length", "nan.wav": "NaN or Inf", "inf.wav": "NaN or Inf",
+            "short.wav": "too short"}
+
+
+def test_bad_files_are_skipped_and_reported(tmp_path, caplog):
+    make_origin(tmp_path / "in", per_label=2)
+    expected = write_bad_files(tmp_path / "in" / "TRAINING" / "LEAK")
+    summary = build_dataset(tmp_path / "in", tmp_path / "out", progress=False)
+    assert summary.files["TRAINING"] == 4
+    report = json.loads((tmp_path / "out" / schema.SKIP_REPORT).read_text())
+    got = {r["path"].split("/")[-1]: r["reason"] for r in report}
+    assert set(got) == set(expected)
+    for name, fragment in expected.items():
+        assert fragment in got[name], (name, got[name])
+        assert sum(name in rec.getMessage() for rec in caplog.records if rec.levelname == "WARNING") == 1
+    d = read_split(tmp_path / "out" / NAMES[0])
+    assert not any(p.split("/")[-1] in expected for p in d["paths"])
+    assert np.isfinite(d["seg"]).all() and len(d["paths"]) == 4
+
+
+def no_outputs(folder):
+    return not folder.exists() or not any(p.name in NAMES or ".tmp-" in p.name for p in folder.iterdir())
+
+
+def test_missing_input_folder_is_a_clear_error(tmp_path, run_cli):
+    r = run_cli("build", "--input", tmp_path / "nope", "--output", tmp_path / "out")
+    assert r.returncode == 2
+    assert f"input folder {tmp_path / 'nope'} does not exist" in r.stderr
+    assert no_outputs(tmp_path / "out")
+
+
+def test_no_usable_file_is_an_error_and_writes_nothing(tmp_path, run_cli):
+    make_origin(tmp_path / "in", per_label=1)
+    for split in ("TRAINING", "VALIDATION", "TESTING"):
+        for wav in (tmp_path / "in" / split).rglob("*.wav"):
+            wav.write_bytes(b"RIFF")
+    r = run_cli("build", "--input", tmp_path / "in", "--output", tmp_path / "out")
+    assert r.returncode == 2
+    assert "no usable file in split TRAINING" in r.stderr
+    assert no_outputs(tmp_path / "out")
+
+
+def test_label_folder_without_wavs_is_an_error(tmp_path, run_cli):
+    make_pool(tmp_path / "in", sensors=3, per_sensor=1)
+    (tmp_path / "in" / "EMPTY").mkdir()
+    r = run_cli("build", "--input", tmp_path / "in", "--output", tmp_path / "out")
+    assert r.returncode == 2 and "EMPTY: label folder holds no .wav files" in r.stderr
+    assert no_outputs(tmp_path / "out")
+
+
+def test_existing_output_needs_overwrite_and_survives_until_replaced(tmp_path, run_cli):
+    make_pool(tmp_path / "in", sensors=10, per_sensor=1)
+    cfg = tmp_path / "build.yaml"
+    cfg.write_text(f"input: {tmp_path / 'in'}\noutput: {tmp_path / 'out'}\nbatch_size: 4\n"
+                   "features:\n  n_mels: 32\n")
+    assert run_cli("build", "--config", cfg).returncode == 0
+    before = (tmp_path / "out" / NAMES[0]).read_bytes()
+    r = run_cli("build", "--config", cfg)
+    assert r.returncode == 2 and "--overwrite" in r.stderr
+    assert (tmp_path / "out" / NAMES[0]).read_bytes() == before
+    r = run_cli("build", "--config", cfg, "--overwrite", "true", "--features.n_mels", "16")
+    assert r.returncode == 0, r.stderr
+    assert read_split(tmp_path / "out" / NAMES[0])["seg"].shape[3] == 16
+    assert "Built 20 files (0 skipped)" in r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGKILL, -9), (signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_build_killed_part_way_leaves_nothing_at_the_output_name(tmp_path, sig, code):
+    make_pool(tmp_path / "in", sensors=100, per_sensor=2)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "leak_lightning", "build", "--input", str(tmp_path / "in"),
+                             "--output", str(out), "--batch_size", "4", "--num_workers", "1"],
+                            cwd=REPO, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not (out.exists() and any(".tmp-" in p.name for p in out.iterdir())):
+        assert proc.poll() is None and time.monotonic() < deadline, "build ended before it could be killed"
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert not any(p.name in NAMES for p in out.iterdir())
+    if sig != signal.SIGKILL:  # a catchable signal also removes the temporary files
+        assert not any(".tmp-" in p.name for p in out.iterdir()), list(out.iterdir())
+        assert "build interrupted" in err
