@@ -224,3 +224,13 @@ def test_build_killed_part_way_leaves_nothing_at_the_output_name(tmp_path, sig, 
     if sig != signal.SIGKILL:  # a catchable signal also removes the temporary files
         assert not any(".tmp-" in p.name for p in out.iterdir()), list(out.iterdir())
         assert "build interrupted" in err
+
+
+@pytest.mark.parametrize("orig", [44100, 48000, 8000, 22050])
+def test_resample_both_methods_keep_a_tone(orig):
+    from leak_lightning.builder.decode import resample
+
+    out = resample(tone(600, 10, orig, seed=0), orig, 4096)
+    assert out.shape == (40960,) and out.dtype == np.float32
+    ref = 0.3 * np.sin(2 * np.pi * 600 * np.arange(40960) / 4096)
+    assert np.abs(out[200:-200] - ref[200:-200]).max() < 0.05

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import struct
 import threading
 from pathlib import Path
@@ -20,6 +21,10 @@ class SkipFile(Exception):
 
 _resamplers: dict[tuple[int, int], torchaudio.transforms.Resample] = {}
 _resampler_lock = threading.Lock()
+# torchaudio's polyphase sinc kernel needs orig/gcd(orig, new) taps per output sample:
+# 48 kHz → 4096 Hz is 375 (1.5 ms a 10 s clip) but 44.1 kHz → 4096 Hz is 11,025 (38 ms).
+# Above this many taps the FFT method is used instead (7 ms, same error on a test tone).
+_MAX_SINC_TAPS = 2048
 
 
 def _resampler(orig: int, new: int) -> torchaudio.transforms.Resample:
@@ -29,6 +34,24 @@ def _resampler(orig: int, new: int) -> torchaudio.transforms.Resample:
         if key not in _resamplers:
             _resamplers[key] = torchaudio.transforms.Resample(orig, new)
         return _resamplers[key]
+
+
+def _fft_resample(x: torch.Tensor, orig: int, new: int) -> torch.Tensor:
+    """Band-limited resampling by truncating (or zero-extending) the spectrum."""
+    n_out = round(x.shape[-1] * new / orig)
+    spec = torch.fft.rfft(x)
+    keep = min(spec.shape[-1], n_out // 2 + 1)
+    out = torch.zeros(n_out // 2 + 1, dtype=spec.dtype)
+    out[:keep] = spec[:keep]
+    return torch.fft.irfft(out, n=n_out) * (n_out / x.shape[-1])
+
+
+def resample(mono: np.ndarray, orig: int, new: int) -> np.ndarray:
+    """1-D float32 resampling; torch releases the GIL, so decode threads run it in parallel."""
+    x = torch.from_numpy(np.ascontiguousarray(mono))
+    if orig // math.gcd(orig, new) <= _MAX_SINC_TAPS:
+        return _resampler(orig, new)(x).numpy()
+    return _fft_resample(x, orig, new).numpy()
 
 
 def _riff_data_shortfall(path: Path) -> tuple[int, int] | None:
@@ -83,8 +106,7 @@ def load_clip(path: Path, cfg: FeatureConfig) -> np.ndarray:
         raise SkipFile("contains NaN or Inf samples")
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if rate != cfg.sample_rate:
-        # 1-D in, 1-D out; torch releases the GIL, so decode threads resample in parallel.
-        mono = _resampler(rate, cfg.sample_rate)(torch.from_numpy(np.ascontiguousarray(mono))).numpy()
+        mono = resample(mono, rate, cfg.sample_rate)
     if len(mono) < cfg.long_window:
         raise SkipFile(f"too short: {len(mono)} samples at {cfg.sample_rate} Hz, "
                        f"fewer than one long window ({cfg.long_window})")
