@@ -80,7 +80,7 @@ def build_dataset(
         labels: explicit class order; default is the sorted folder names.
         split_ratios: train/validation/test shares for the single-pool layout.
         batch_size: files per mel batch, which bounds memory (default 64 on CPU, 512 on CUDA).
-        num_workers: decoding threads (default: every core with CUDA, half of them on CPU).
+        num_workers: decoder processes (default: every core with CUDA, half of them on CPU).
     """
     t0 = time.perf_counter()
     output = Path(output)
@@ -95,11 +95,11 @@ def build_dataset(
     dev = _resolve_device(device)
     cores = os.cpu_count() or 1
     on_cpu = dev.type == "cpu"
-    # On CPU the cores are shared between decoding threads and the mel; measured on 2 cores,
+    # On CPU the cores are shared between decoders and the mel; measured on 2 cores,
     # an intra-op pool on top of the decoders oversubscribes them (~1,000 vs ~1,500 files/s).
     workers = num_workers or (max(1, cores // 2) if on_cpu else cores)
     batch_size = batch_size or (64 if on_cpu else 512)
-    log.info("Building %s → %s on %s: %s files, %d decode threads, batch %d",
+    log.info("Building %s → %s on %s: %s files, %d decoder processes, batch %d",
              input, output, dev, {s: len(v) for s, v in splits.items()}, workers, batch_size)
     threads = torch.get_num_threads()
     if on_cpu:

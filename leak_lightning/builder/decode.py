@@ -1,57 +1,63 @@
-"""Decode one WAV to a mono float32 clip at the target rate, or say why it cannot be used."""
+"""Decode one WAV to a mono float32 clip at the target rate, or say why it cannot be used.
+
+Runs inside the decoder processes, so it imports neither torch nor the frontend at module
+level: a worker that never resamples starts in a fraction of a second.
+"""
 
 from __future__ import annotations
 
 import math
 import struct
-import threading
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import soundfile as sf
-import torch
-import torchaudio
 
-from ..features import FeatureConfig
+
+class ClipSpec(NamedTuple):
+    """What decoding needs from FeatureConfig (a plain tuple, cheap to send to a worker)."""
+
+    sample_rate: int
+    duration_sec: float
+    num_samples: int
+    long_window: int
 
 
 class SkipFile(Exception):
     """A file that cannot give real audio; its message is the reason in the skip report."""
 
 
-_resamplers: dict[tuple[int, int], torchaudio.transforms.Resample] = {}
-_resampler_lock = threading.Lock()
+# Integer PCM is read as integers and scaled here: libsndfile's own int→float conversion
+# ran at ~6,500 files/s against ~15,000 for int16 reads (10 s, 4096 Hz clips, one core).
+# The scale is libsndfile's (divide by 0x8000 / 0x80000000), so the values are identical.
+_INT_READS = {"PCM_16": ("int16", 1 / 2**15), "PCM_24": ("int32", 1 / 2**31),
+              "PCM_32": ("int32", 1 / 2**31)}
+
 # torchaudio's polyphase sinc kernel needs orig/gcd(orig, new) taps per output sample:
 # 48 kHz → 4096 Hz is 375 (1.5 ms a 10 s clip) but 44.1 kHz → 4096 Hz is 11,025 (38 ms).
 # Above this many taps the FFT method is used instead (7 ms, same error on a test tone).
 _MAX_SINC_TAPS = 2048
+_resamplers: dict = {}  # per process; a worker decodes files one at a time
 
 
-def _resampler(orig: int, new: int) -> torchaudio.transforms.Resample:
-    # One cached module per rate pair: building the sinc kernel costs more than applying it.
-    key = (orig, new)
-    with _resampler_lock:
-        if key not in _resamplers:
-            _resamplers[key] = torchaudio.transforms.Resample(orig, new)
-        return _resamplers[key]
+def resample(mono: np.ndarray, orig: int, new: int) -> np.ndarray:
+    """1-D float32 resampling with torchaudio's sinc kernel, or by the FFT for awkward ratios."""
+    import torch  # only files that need it pay for the import
 
+    x = torch.from_numpy(np.ascontiguousarray(mono))
+    if orig // math.gcd(orig, new) <= _MAX_SINC_TAPS:
+        if (orig, new) not in _resamplers:  # building the kernel costs more than applying it
+            import torchaudio
 
-def _fft_resample(x: torch.Tensor, orig: int, new: int) -> torch.Tensor:
-    """Band-limited resampling by truncating (or zero-extending) the spectrum."""
+            _resamplers[(orig, new)] = torchaudio.transforms.Resample(orig, new)
+        return _resamplers[(orig, new)](x).numpy()
     n_out = round(x.shape[-1] * new / orig)
     spec = torch.fft.rfft(x)
     keep = min(spec.shape[-1], n_out // 2 + 1)
     out = torch.zeros(n_out // 2 + 1, dtype=spec.dtype)
     out[:keep] = spec[:keep]
-    return torch.fft.irfft(out, n=n_out) * (n_out / x.shape[-1])
-
-
-def resample(mono: np.ndarray, orig: int, new: int) -> np.ndarray:
-    """1-D float32 resampling; torch releases the GIL, so decode threads run it in parallel."""
-    x = torch.from_numpy(np.ascontiguousarray(mono))
-    if orig // math.gcd(orig, new) <= _MAX_SINC_TAPS:
-        return _resampler(orig, new)(x).numpy()
-    return _fft_resample(x, orig, new).numpy()
+    return (torch.fft.irfft(out, n=n_out) * (n_out / x.shape[-1])).numpy()
 
 
 def _riff_data_shortfall(path: Path) -> tuple[int, int] | None:
@@ -60,8 +66,9 @@ def _riff_data_shortfall(path: Path) -> tuple[int, int] | None:
     libsndfile quietly shrinks the frame count to what is on disk, so a recording cut off
     mid-transfer would otherwise pass as a short clip and be zero-padded into the dataset.
     """
-    size = path.stat().st_size
     with open(path, "rb") as f:
+        size = f.seek(0, 2)
+        f.seek(0)
         head = f.read(12)
         if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
             return None
@@ -79,10 +86,8 @@ def _riff_data_shortfall(path: Path) -> tuple[int, int] | None:
     return None
 
 
-def _read(path: Path, cfg: FeatureConfig) -> tuple[np.ndarray, int]:
-    """(frames, channels) float32 limited to the clip duration, and the file's sample rate."""
-    if path.stat().st_size == 0:
-        raise SkipFile("empty file (0 bytes)")
+def _read(path: Path, spec: ClipSpec) -> tuple[np.ndarray, int, bool]:
+    """(frames, channels) float32 limited to the clip duration, its rate, and whether it is float."""
     if shortfall := _riff_data_shortfall(path):
         raise SkipFile(f"truncated: data chunk declares {shortfall[0]} bytes, only {shortfall[1]} present")
     try:
@@ -90,24 +95,31 @@ def _read(path: Path, cfg: FeatureConfig) -> tuple[np.ndarray, int]:
             rate, declared = f.samplerate, f.frames
             if declared <= 0:
                 raise SkipFile("zero-length audio (no frames)")
-            want = min(declared, int(np.ceil(cfg.duration_sec * rate)))
-            data = f.read(frames=want, dtype="float32", always_2d=True)
+            want = min(declared, int(np.ceil(spec.duration_sec * rate)))
+            dtype, scale = _INT_READS.get(f.subtype, ("float32", None))
+            data = f.read(frames=want, dtype=dtype, always_2d=True)
     except RuntimeError as err:  # sf.LibsndfileError and older soundfile errors
         raise SkipFile(f"not readable as audio: {err}") from None
     if len(data) < want:
         raise SkipFile(f"truncated: header declares {declared} frames but only {len(data)} could be read")
-    return data, rate
+    if scale is not None:
+        return np.multiply(data, scale, dtype=np.float32), rate, False
+    return data, rate, True
 
 
-def load_clip(path: Path, cfg: FeatureConfig) -> np.ndarray:
-    """Mono float32 samples at cfg.sample_rate, at most cfg.num_samples long (not yet padded)."""
-    data, rate = _read(path, cfg)
-    if not np.isfinite(data).all():
+def load_clip(path: Path, spec: ClipSpec) -> np.ndarray:
+    """Mono float32 samples at spec.sample_rate, at most spec.num_samples long (not yet padded)."""
+    if path.stat().st_size == 0:
+        raise SkipFile("empty file (0 bytes)")
+    data, rate, is_float = _read(path, spec)
+    if is_float and not np.isfinite(data).all():
         raise SkipFile("contains NaN or Inf samples")
-    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-    if rate != cfg.sample_rate:
-        mono = resample(mono, rate, cfg.sample_rate)
-    if len(mono) < cfg.long_window:
-        raise SkipFile(f"too short: {len(mono)} samples at {cfg.sample_rate} Hz, "
-                       f"fewer than one long window ({cfg.long_window})")
-    return mono[: cfg.num_samples]
+    channels = data.shape[1]
+    # A matrix-vector product downmixes ~10x faster than data.mean(axis=1) for 2 channels.
+    mono = data @ np.full(channels, 1 / channels, dtype=np.float32) if channels > 1 else data[:, 0]
+    if rate != spec.sample_rate:
+        mono = resample(mono, rate, spec.sample_rate)
+    if len(mono) < spec.long_window:
+        raise SkipFile(f"too short: {len(mono)} samples at {spec.sample_rate} Hz, "
+                       f"fewer than one long window ({spec.long_window})")
+    return mono[: spec.num_samples]

@@ -1,8 +1,8 @@
 """WAV folders → TRAINING/VALIDATION/TESTING_DATASET.H5.
 
-Decoding runs in a thread pool straight into reusable (pinned, on CUDA) batch buffers,
-several batches ahead; the main thread computes log-mel on the device; a writer thread
-appends rows to HDF5. Peak memory is a few batches, whatever the corpus size.
+Decoder processes fill reusable shared-memory batch buffers several batches ahead; the
+main thread computes log-mel on the device; a writer thread appends rows to HDF5. Peak
+memory is a few batches, whatever the corpus size.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import logging
 import queue
 import threading
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,8 +19,9 @@ import torch
 from tqdm import tqdm
 
 from ..features import FeatureConfig, LogMelFrontend
-from .decode import SkipFile, load_clip
+from .decode import ClipSpec
 from .discover import WavItem
+from .workers import DecoderPool
 from .writer import SplitWriter
 
 log = logging.getLogger(__name__)
@@ -35,21 +36,8 @@ class SplitResult:
 @dataclass
 class _Batch:
     items: list[WavItem]
-    wave: torch.Tensor  # (B, num_samples) float32 buffer, reused
+    buffer: int  # index of the shared buffer the workers fill
     futures: list[Future]
-
-
-def _decode_into(buf: np.ndarray, row: int, item: WavItem, cfg: FeatureConfig) -> str | None:
-    """Decode one file into buf[row] (zero-padded); return a skip reason or None."""
-    try:
-        clip = load_clip(item.path, cfg)
-    except SkipFile as err:
-        return str(err)
-    except OSError as err:
-        return f"cannot read file: {err.strerror or err}"
-    buf[row, : len(clip)] = clip
-    buf[row, len(clip):] = 0.0
-    return None
 
 
 class _Writer(threading.Thread):
@@ -87,41 +75,37 @@ class BatchBuilder:
         self.cfg, self.label_ids, self.device = cfg, label_ids, device
         self.batch_size, self.prefetch = batch_size, prefetch
         self.frontend = LogMelFrontend(cfg).to(device)
-        self.pool = ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="decode")
-        pin = device.type == "cuda"
-        self.free = deque(torch.empty(batch_size, cfg.num_samples, pin_memory=pin)
-                          for _ in range(prefetch))
+        spec = ClipSpec(cfg.sample_rate, cfg.duration_sec, cfg.num_samples, cfg.long_window)
+        self.decoders = DecoderPool(num_workers, batch_size, spec, prefetch)
+        self.free = deque(range(prefetch))
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.decoders.close()
 
     def _submit(self, items: list[WavItem]) -> _Batch:
-        wave = self.free.popleft()
-        buf = wave.numpy()
-        futures = [self.pool.submit(_decode_into, buf, i, it, self.cfg) for i, it in enumerate(items)]
-        return _Batch(items, wave, futures)
+        buffer = self.free.popleft()
+        return _Batch(items, buffer, self.decoders.submit(buffer, [str(it.path) for it in items]))
 
     def run(self, split: str, items: list[WavItem], writer: SplitWriter, bar: tqdm) -> SplitResult:
         result, out = SplitResult(), _Writer(writer)
         out.start()
-        batches = [items[i: i + self.batch_size] for i in range(0, len(items), self.batch_size)]
         pending: deque[_Batch] = deque()
         try:
-            for chunk in batches:
-                pending.append(self._submit(chunk))
+            for i in range(0, len(items), self.batch_size):
+                pending.append(self._submit(items[i: i + self.batch_size]))
                 if len(pending) == self.prefetch:
                     self._finish(pending.popleft(), split, result, out, bar)
             while pending:
                 self._finish(pending.popleft(), split, result, out, bar)
         finally:
-            for batch in pending:  # after an error: let queued decodes drain before buffers go
+            for batch in pending:  # after an error: drop what has not started
                 for fut in batch.futures:
                     fut.cancel()
             out.finish()
         return result
 
     def _finish(self, batch: _Batch, split: str, result: SplitResult, out: _Writer, bar: tqdm) -> None:
-        reasons = [f.result() for f in batch.futures]
+        reasons = [r for fut in batch.futures for r in fut.result()]
         keep = [i for i, r in enumerate(reasons) if r is None]
         for item, reason in zip(batch.items, reasons):
             if reason is not None:
@@ -129,14 +113,14 @@ class BatchBuilder:
                 result.skipped.append({"split": split, "path": item.rel_path,
                                        "label": item.label, "reason": reason})
         if keep:
-            wave = batch.wave[: len(batch.items)]
+            wave = torch.from_numpy(self.decoders.views[batch.buffer][: len(batch.items)])
             if len(keep) < len(batch.items):
                 wave = wave[keep]
-            mel = self.frontend(wave.to(self.device, non_blocking=True))
+            mel = self.frontend(wave.to(self.device))  # (B, L, S, n_mels, T)
             kept = [batch.items[i] for i in keep]
             out.put((mel.half().cpu().numpy(),
                      np.array([self.label_ids[it.label] for it in kept], dtype=np.int16),
                      [it.rel_path for it in kept], [it.sensor_id for it in kept]))
             result.files += len(kept)
-        self.free.append(batch.wave)
+        self.free.append(batch.buffer)
         bar.update(len(batch.items))
