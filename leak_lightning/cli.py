@@ -1,16 +1,105 @@
-"""Command line: `build` (dataset builder) and the Lightning subcommands."""
+"""Command line: `build` (dataset builder) and the LightningCLI subcommands fit/validate/test."""
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
+from pathlib import Path
 
+import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from .logs import setup_logging
+from .logs import LEVELS, setup_logging
 
 log = logging.getLogger(__name__)
+MONITOR = "val/file_leak_f1"
+
+
+class LeakCLI(LightningCLI):
+    """LightningCLI with the data → model links, checkpoint/early-stopping groups and CUDA defaults."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        from .data.datamodule import LeakDataModule
+        from .module import LeakClassifier
+
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        super().__init__(LeakClassifier, LeakDataModule, *args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--log_level", type=str | None, default=None,
+                            help=f"one of {', '.join(LEVELS)} (default: $TRAINER_LOG_LEVEL or INFO)")
+        for attr in ("num_classes", "class_names", "feature_config"):
+            parser.link_arguments(f"data.{attr}", f"model.{attr}", apply_on="instantiate")
+        from .callbacks.reports import ReportWriter
+
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(EarlyStopping, "early_stopping")
+        parser.add_lightning_class_args(ReportWriter, "reports")
+        parser.set_defaults({
+            "trainer.default_root_dir": "runs",
+            "checkpoint.monitor": MONITOR, "checkpoint.mode": "max", "checkpoint.filename": "best",
+            "checkpoint.save_last": True, "checkpoint.save_top_k": 1,
+            "checkpoint.auto_insert_metric_name": False,
+            "early_stopping.monitor": MONITOR, "early_stopping.mode": "max", "early_stopping.patience": 15,
+        })
+        # checkpoints always land in <run dir>/checkpoints/{best,last}.ckpt
+        parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath",
+                              compute_fn=lambda root: os.path.join(root or "runs", "checkpoints"))
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        super().parse_arguments(parser, args)
+        sub = self.config.get("subcommand")
+        if not sub:
+            return
+        cfg = self.config[sub]
+        setup_logging(cfg.get("log_level"))
+        if cfg.get("ckpt_path"):
+            cfg["ckpt_path"] = resolve_ckpt_path(cfg["ckpt_path"], cfg["trainer"]["default_root_dir"], sub)
+
+    def before_instantiate_classes(self) -> None:
+        trainer = self.config[self.subcommand]["trainer"]
+        wants_gpu = str(trainer.get("accelerator")) in ("gpu", "cuda")
+        if wants_gpu and not torch.cuda.is_available():
+            raise ValueError("--trainer.accelerator gpu was asked for but CUDA is not available on this "
+                             "machine; use --trainer.accelerator cpu (or auto)")
+        on_cuda = torch.cuda.is_available() and str(trainer.get("accelerator")) != "cpu"
+        if trainer.get("precision") is None:
+            trainer["precision"] = "bf16-mixed" if on_cuda else "32-true"
+        if trainer.get("benchmark") is None and on_cuda:
+            trainer["benchmark"] = True
+        if on_cuda:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+    def before_fit(self) -> None:
+        log.info("run directory %s: checkpoints in %s", self.trainer.default_root_dir,
+                 self.trainer.checkpoint_callback.dirpath, extra={"colour": "header"})
+
+    def after_fit(self) -> None:
+        cb = self.trainer.checkpoint_callback
+        if cb.best_model_path:
+            log.info("best checkpoint (%s=%.4f): %s", cb.monitor, float(cb.best_model_score),
+                     cb.best_model_path, extra={"colour": "success"})
+
+
+def resolve_ckpt_path(value: str, root: str | None, subcommand: str) -> str:
+    """`best` / `last` → <run dir>/checkpoints/<name>.ckpt; a file path is checked."""
+    if value in ("best", "last"):
+        path = Path(root or "runs") / "checkpoints" / f"{value}.ckpt"
+        if not path.is_file():
+            if subcommand == "fit" and value == "last":
+                log.warning("no %s to resume from; starting a new run", path)
+                return None
+            raise FileNotFoundError(f"--ckpt_path {value}: {path} does not exist; train first or pass "
+                                    f"--trainer.default_root_dir of the run (or a checkpoint file)")
+        return str(path)
+    if not Path(value).is_file():
+        raise FileNotFoundError(f"--ckpt_path {value}: no such checkpoint file")
+    return value
 
 
 def build_parser() -> ArgumentParser:
@@ -52,7 +141,13 @@ def run_build(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] == "build":
-        sys.exit(run_build(argv[1:]))
-    raise SystemExit("usage: leak-lightning build ... (training commands arrive with the training core)")
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args and args[0] == "build":
+        sys.exit(run_build(args[1:]))
+    try:
+        LeakCLI(args=argv)
+    except (ValueError, FileNotFoundError) as err:
+        setup_logging()
+        log.debug("details", exc_info=True)
+        log.error("%s", err)
+        sys.exit(2)

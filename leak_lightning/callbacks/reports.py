@@ -1,0 +1,84 @@
+"""Writes `<stage>_report.json` and a per-file CSV after validate/test, and logs a results table."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
+
+log = logging.getLogger(__name__)
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", newline="") as f:
+        write(f)
+    os.replace(tmp, path)
+
+
+class ReportWriter(L.Callback):
+    """Results of `validate` and `test` into the run directory (rank 0 only).
+
+    Args:
+        per_file_csv: also write `<stage>_predictions.csv` (path, true label, leak score, decision,
+            class scores).
+    """
+
+    def __init__(self, per_file_csv: bool = True) -> None:
+        self.per_file_csv = per_file_csv
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
+        if trainer.state.fn == "validate":
+            self._report(trainer, pl_module, "val", "validate")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module) -> None:
+        self._report(trainer, pl_module, "test", "test")
+
+    @rank_zero_only
+    def _report(self, trainer: L.Trainer, module, stage: str, name: str) -> None:
+        results = module.last_results
+        if not results or results["stage"] != stage:
+            return
+        run_dir = Path(trainer.default_root_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        metrics = results["metrics"]
+        report = {"stage": stage, "dataset": str(trainer.datamodule.infos[stage].path),
+                  "threshold": float(module.threshold), "aggregation": module.hparams.aggregation,
+                  "leak_class": module.hparams.leak_class_name, "class_names": module.hparams.class_names,
+                  "ckpt_path": trainer.ckpt_path, "metrics": metrics}
+        path = run_dir / f"{name}_report.json"
+        _write_atomic(path, lambda f: json.dump(report, f, indent=2))
+        self._log_table(stage, metrics, module.hparams.class_names)
+        log.info("%s report: %s", name, path, extra={"colour": "success"})
+        if self.per_file_csv:
+            csv_path = run_dir / f"{name}_predictions.csv"
+            _write_atomic(csv_path, lambda f: self._write_csv(f, trainer.datamodule.file_paths(stage),
+                                                             results, module.hparams.class_names))
+            log.info("per-file results: %s", csv_path)
+
+    @staticmethod
+    def _write_csv(f, paths: list[str], results: dict, names: list[str]) -> None:
+        writer = csv.writer(f)
+        writer.writerow(["path", "true_label", "leak_score", "leak_decision", *[f"score_{n}" for n in names]])
+        truth = results["targets"].argmax(-1).tolist()
+        for i, path in enumerate(paths):
+            writer.writerow([path, names[truth[i]], f"{float(results['file_scores'][i]):.6f}",
+                             int(results["decisions"][i]),
+                             *[f"{float(v):.6f}" for v in results["file_probs"][i]]])
+
+    @staticmethod
+    def _log_table(stage: str, m: dict, names: list[str]) -> None:
+        log.info("%s results (threshold %.2f)", stage.upper(), m["threshold"], extra={"colour": "header"})
+        log.info("  file level: leak F1 %.4f  precision %.4f  recall %.4f  AUROC %.4f  accuracy %.4f",
+                 m["file_leak_f1"], m["file_leak_precision"], m["file_leak_recall"], m["file_leak_auroc"],
+                 m["file_accuracy"])
+        log.info("  segment level: macro AP %.4f  AUROC %.4f  F1 %.4f  loss %.4f",
+                 m["seg_ap_macro"], m["seg_auroc_macro"], m["seg_f1_macro"], m["loss"])
+        log.info("  %-14s %8s %8s %8s", "class", "AP", "AUROC", "F1")
+        for n in names:
+            log.info("  %-14s %8.4f %8.4f %8.4f", n, m[f"seg_ap/{n}"], m[f"seg_auroc/{n}"], m[f"seg_f1/{n}"])

@@ -1,0 +1,122 @@
+"""Batch iterables: gather by index from a cached split, or stream whole per-file chunks.
+
+Segments are 128 bytes each; per-sample `__getitem__` through a DataLoader tops out near
+60k segments/s while a GPU trains at over a million, so cached splits are gathered a whole
+batch at a time by index (no per-sample Python, no worker processes).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+Batch = tuple[torch.Tensor, torch.Tensor, int]  # x (B, n_mels, T), y (B, C), first segment index
+
+
+@dataclass
+class CachedSplit:
+    """A split held whole: on the training device, or in (pinned) host memory."""
+
+    segments: torch.Tensor  # (N, n_mels, T) float16
+    targets: torch.Tensor  # (F, C) float32, on the same device as segments
+    segments_per_file: int
+
+    @property
+    def num_segments(self) -> int:
+        return self.segments.shape[0]
+
+    def gather(self, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows `index` (on segments' device) → (x, y) on `device`."""
+        if self.segments.device.type == "cpu":
+            # numpy fancy indexing: torch.index_select with 2 threads on 2 vCPUs fell 70x (DESIGN.md)
+            idx = index.numpy()
+            x = torch.from_numpy(self.segments.numpy()[idx])
+            y = torch.from_numpy(self.targets.numpy()[idx // self.segments_per_file])
+            if device.type != "cpu":
+                x = x.pin_memory().to(device, non_blocking=True)
+                y = y.pin_memory().to(device, non_blocking=True)
+            return x, y
+        return self.segments[index], self.targets[index // self.segments_per_file]
+
+
+class TrainBatches:
+    """Seeded per-epoch shuffles; each DDP rank takes a disjoint, equal share of the permutation.
+
+    State (epoch, position) is saved in checkpoints by Lightning (it calls `state_dict` on
+    stateful loaders), so a resumed run continues mid-epoch on the same permutation.
+    """
+
+    def __init__(self, split: CachedSplit, batch_size: int, seed: int, rank: int, world: int,
+                 device: torch.device, epoch_fn: Callable[[], int], done_fn: Callable[[], int]) -> None:
+        self.split, self.batch_size, self.seed = split, batch_size, seed
+        self.rank, self.world, self.device = rank, world, device
+        self.epoch_fn, self.done_fn = epoch_fn, done_fn
+        self.per_rank = split.num_segments // world  # equal shares: no rank waits at a collective
+        self._resume: dict | None = None
+
+    def __len__(self) -> int:
+        return math.ceil(self.per_rank / self.batch_size)
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        """This rank's segment order for `epoch` (the same on every machine for a seed)."""
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        perm = torch.randperm(self.split.num_segments, generator=g)
+        return perm[self.rank: self.per_rank * self.world: self.world]
+
+    def __iter__(self) -> Iterator[Batch]:
+        epoch = self.epoch_fn()
+        start = 0
+        if self._resume is not None and self._resume["epoch"] == epoch:
+            start = self._resume["position"]
+        self._resume = None
+        order = self.permutation(epoch).to(self.split.segments.device)
+        for b in range(start, len(self)):
+            idx = order[b * self.batch_size: (b + 1) * self.batch_size]
+            x, y = self.split.gather(idx, self.device)
+            yield x, y, -1
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch_fn(), "position": self.done_fn(), "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = dict(state)
+
+
+class EvalBatches:
+    """This rank's contiguous block of whole files, in order; yields the block's segment offsets."""
+
+    def __init__(self, split: CachedSplit, batch_size: int, rank: int, world: int,
+                 device: torch.device) -> None:
+        self.split, self.device = split, device
+        files = split.num_segments // split.segments_per_file
+        lo, hi = files * rank // world, files * (rank + 1) // world
+        spf = split.segments_per_file
+        # whole files per batch, so a batch never splits a file across ranks
+        self.batch = max(spf, batch_size // spf * spf)
+        self.lo, self.hi = lo * spf, hi * spf
+
+    def __len__(self) -> int:
+        return math.ceil((self.hi - self.lo) / self.batch)
+
+    def __iter__(self) -> Iterator[Batch]:
+        dev = self.split.segments.device
+        for start in range(self.lo, self.hi, self.batch):
+            idx = torch.arange(start, min(start + self.batch, self.hi), device=dev)
+            x, y = self.split.gather(idx, self.device)
+            yield x, y, start
+
+
+def to_cached(segments: np.ndarray, targets: np.ndarray, segments_per_file: int,
+              device: torch.device, pin: bool) -> CachedSplit:
+    """Host arrays → CachedSplit on `device` (or pinned host memory when pin is set)."""
+    seg = torch.from_numpy(segments)
+    tgt = torch.from_numpy(targets.astype(np.float32))
+    if device.type != "cpu":
+        seg, tgt = seg.to(device), tgt.to(device)
+    elif pin:
+        seg, tgt = seg.pin_memory(), tgt.pin_memory()
+    return CachedSplit(seg, tgt, segments_per_file)

@@ -1,0 +1,53 @@
+"""LeakCNN: convolution blocks over the mel axis of [n_mels, T] log-mel patches (no Lightning)."""
+
+from __future__ import annotations
+
+import torch
+import torchaudio
+from torch import nn
+
+
+def _block(c_in: int, c_out: int, k_time: int) -> nn.Sequential:
+    pad = (1, k_time // 2)
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, (3, k_time), padding=pad, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, (3, k_time), padding=pad, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d((2, 1)),  # halve the mel axis only: T is often 1
+    )
+
+
+class LeakCNN(nn.Module):
+    """(B, n_mels, T) dB patches → (B, num_classes) logits; ~0.6M parameters with the defaults.
+
+    Input batch-norm standardises the dB scale, so SpecAugment masks (value 0 after it) read as
+    "average energy" rather than as a loud band. Masks apply only in training mode.
+    """
+
+    def __init__(self, num_classes: int, n_mels: int = 64, t_frames: int = 1,
+                 channels: tuple[int, ...] = (48, 96, 192, 256), hidden: int = 256, dropout: float = 0.3,
+                 freq_mask: int = 8, time_mask: int = 0) -> None:
+        super().__init__()
+        if n_mels < 2 ** len(channels):
+            raise ValueError(f"n_mels={n_mels} is too small for {len(channels)} blocks that halve "
+                             "the mel axis; use fewer --model.channels")
+        k_time = 3 if t_frames > 1 else 1  # a 3-wide kernel over T=1 would multiply padding zeros
+        self.norm = nn.BatchNorm2d(1)
+        masks = [torchaudio.transforms.FrequencyMasking(freq_mask, iid_masks=True)] if freq_mask else []
+        if time_mask and t_frames > 1:
+            masks.append(torchaudio.transforms.TimeMasking(min(time_mask, t_frames), iid_masks=True))
+        self.augment = nn.Sequential(*masks)
+        widths = (1, *channels)
+        self.features = nn.Sequential(*(_block(a, b, k_time) for a, b in zip(widths[:-1], widths[1:])))
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels[-1], hidden),
+                                  nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x.unsqueeze(1).float())  # (B, 1, n_mels, T)
+        if self.training and len(self.augment):
+            x = self.augment(x)
+        x = self.features(x)  # (B, C, n_mels / 2^blocks, T)
+        return self.head(x.mean(dim=(2, 3), keepdim=True))

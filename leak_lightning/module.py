@@ -1,0 +1,208 @@
+"""LeakClassifier: multi-label BCE on segments, metrics at segment and file level."""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MultilabelAUROC, MultilabelAveragePrecision, MultilabelF1Score
+from torchmetrics.functional.classification import (
+    binary_auroc,
+    binary_f1_score,
+    binary_precision,
+    binary_recall,
+    multiclass_accuracy,
+)
+
+from .evaluation import Aggregation, file_decisions, sweep_threshold, window_probs
+from .features import FeatureConfig
+from .models import LeakCNN
+
+log = logging.getLogger(__name__)
+
+
+def _segment_metrics(num_classes: int) -> MetricCollection:
+    # Binned (201 thresholds): constant memory over millions of segments, exact enough for AP/AUROC.
+    return MetricCollection({
+        "ap": MultilabelAveragePrecision(num_classes, average="none", thresholds=201),
+        "auroc": MultilabelAUROC(num_classes, average="none", thresholds=201),
+        "f1": MultilabelF1Score(num_classes, average="none"),
+    })
+
+
+class LeakClassifier(L.LightningModule):
+    """Wraps a plain LeakCNN; class names, feature config and class count come from the data.
+
+    Args:
+        leak_class_name: the class whose file-level decision is the product (chosen by name).
+        pos_weight: optional per-class positive weights for the BCE loss.
+        aggregation: file score from long windows, "vote" (fraction at/above threshold) or "mean".
+        vote_fraction: in vote mode, the fraction of leak windows that makes a leak file.
+        compile: torch.compile the network; None = on CUDA only. Failure falls back to eager.
+    """
+
+    def __init__(self, num_classes: int, class_names: list[str], feature_config: dict,
+                 leak_class_name: str = "LEAK", channels: tuple[int, ...] = (48, 96, 192, 256),
+                 hidden: int = 256, dropout: float = 0.3, freq_mask: int = 8, time_mask: int = 0,
+                 lr: float = 1e-3, weight_decay: float = 1e-2, min_lr_ratio: float = 0.01,
+                 pos_weight: list[float] | None = None, aggregation: Aggregation = "vote",
+                 vote_fraction: float = 0.5, compile: bool | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if len(class_names) != num_classes:
+            raise ValueError(f"class_names {class_names} has {len(class_names)} entries, "
+                             f"expected {num_classes}")
+        if leak_class_name not in class_names:
+            raise ValueError(f"leak_class_name {leak_class_name!r} is not one of the dataset's classes "
+                             f"{class_names}; set --model.leak_class_name to one of them")
+        if pos_weight is not None and len(pos_weight) != num_classes:
+            raise ValueError(f"pos_weight has {len(pos_weight)} values for {num_classes} classes")
+        self.leak_index = class_names.index(leak_class_name)
+        self.features = FeatureConfig.from_dict(feature_config)
+        self.net = LeakCNN(num_classes, self.features.n_mels, self.features.t_frames, tuple(channels),
+                           hidden, dropout, freq_mask, time_mask)
+        self.loss_fn = nn.BCEWithLogitsLoss(
+            pos_weight=torch.tensor(pos_weight, dtype=torch.float32) if pos_weight else None)
+        self.register_buffer("threshold", torch.tensor(0.5))  # swept on validation, saved in checkpoints
+        self.val_metrics = _segment_metrics(num_classes)
+        self.test_metrics = _segment_metrics(num_classes)
+        self._compiled: nn.Module | None = None
+        self._sums: dict[str, torch.Tensor] = {}
+        self._probs: torch.Tensor | None = None
+        self.last_results: dict | None = None  # test/validate results for reports
+
+    # ---- forward, with torch.compile when asked and a fallback to eager -------------------
+    def setup(self, stage: str) -> None:
+        use = self.hparams.compile
+        if use is None:
+            use = self.device.type == "cuda" or (self.trainer is not None
+                                                 and self.trainer.strategy.root_device.type == "cuda")
+        if use and self._compiled is None:
+            # not a registered submodule: parameters stay under `net.` in checkpoints
+            object.__setattr__(self, "_compiled", torch.compile(self.net))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._compiled is not None:
+            try:
+                return self._compiled(x)
+            except Exception as err:  # compile errors surface at the first call
+                log.warning("torch.compile failed (%s: %s); continuing in eager mode",
+                            type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+                object.__setattr__(self, "_compiled", None)
+        return self.net(x)
+
+    # ---- training -------------------------------------------------------------------------
+    def _accumulate(self, name: str, value: torch.Tensor, count: int) -> None:
+        # device-side sums: no per-step self.log / .item() synchronisation in the hot loop
+        if name not in self._sums:
+            self._sums[name] = torch.zeros(2, device=value.device)
+        self._sums[name] += torch.stack([value.detach().float() * count, value.new_tensor(count).float()])
+
+    def _pop_mean(self, name: str) -> torch.Tensor | None:
+        s = self._sums.pop(name, None)
+        if s is None:
+            return None
+        s = self.trainer.strategy.reduce(s, reduce_op="sum")
+        return s[0] / s[1].clamp(min=1)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y, _ = batch
+        loss = self.loss_fn(self(x).float(), y)
+        self._accumulate("train/loss", loss, len(x))
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        mean = self._pop_mean("train/loss")
+        if mean is not None:
+            self.log("train/loss", mean)
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, T_max=total, eta_min=self.hparams.lr * self.hparams.min_lr_ratio)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---- evaluation -----------------------------------------------------------------------
+    def _eval_start(self, stage: str) -> None:
+        info = self.trainer.datamodule.infos[stage]
+        self._probs = torch.zeros(info.num_segments, self.hparams.num_classes, device=self.device)
+
+    def _eval_step(self, batch, metrics: MetricCollection, prefix: str) -> None:
+        x, y, start = batch
+        logits = self(x).float()
+        self._accumulate(f"{prefix}/loss", self.loss_fn(logits, y), len(x))
+        probs = torch.sigmoid(logits)
+        metrics.update(probs, y.int())
+        self._probs[start: start + len(x)] = probs
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_start("val")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val", self.val_metrics, sweep=not self.trainer.sanity_checking)
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_start("test")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test", self.test_metrics, sweep=False)
+
+    def _eval_end(self, stage: str, metrics: MetricCollection, sweep: bool) -> None:
+        # every segment was written by exactly one rank: a sum gathers the whole split everywhere
+        probs = self.trainer.strategy.reduce(self._probs, reduce_op="sum")
+        self._probs = None
+        info = self.trainer.datamodule.infos[stage]
+        targets = self.trainer.datamodule.targets(stage).to(probs.device)
+        L_, S_ = info.segment_shape[:2]
+        windows = window_probs(probs[:, self.leak_index], L_, S_)  # (F, L)
+        truth = targets[:, self.leak_index].bool()
+        if sweep:
+            t, _ = sweep_threshold(windows, truth, self.hparams.aggregation, self.hparams.vote_fraction)
+            self.threshold.fill_(t)
+        values = self._file_metrics(windows, probs, targets, truth)
+        seg = metrics.compute()
+        metrics.reset()
+        names = self.hparams.class_names
+        for key, per_class in seg.items():
+            values[f"seg_{key}_macro"] = per_class.nanmean()
+            values[f"seg_leak_{key}"] = per_class[self.leak_index]
+            for name, v in zip(names, per_class):
+                values[f"seg_{key}/{name}"] = v
+        values["loss"] = self._pop_mean(f"{stage}/loss")
+        values["threshold"] = self.threshold.clone()
+        for key, v in values.items():
+            self.log(f"{stage}/{key}", v.float() if torch.is_tensor(v) else float(v))
+        self.last_results = {"stage": stage, "metrics": {k: float(v) for k, v in values.items()},
+                             "file_probs": probs.reshape(info.num_files, -1, len(names)).mean(1).cpu(),
+                             "file_scores": windows.mean(-1).cpu(),
+                             "decisions": self._decide(windows).cpu(), "targets": targets.cpu()}
+
+    def _decide(self, windows: torch.Tensor) -> torch.Tensor:
+        return file_decisions(windows, self.threshold[None], self.hparams.aggregation,
+                              self.hparams.vote_fraction)[0]
+
+    def _file_metrics(self, windows, probs, targets, truth) -> dict[str, torch.Tensor]:
+        decided = self._decide(windows)
+        truth_i = truth.int()
+        spf = probs.shape[0] // targets.shape[0]
+        class_scores = probs.reshape(targets.shape[0], spf, -1).mean(1)  # (F, C)
+        return {
+            "file_leak_f1": binary_f1_score(decided.int(), truth_i),
+            "file_leak_precision": binary_precision(decided.int(), truth_i),
+            "file_leak_recall": binary_recall(decided.int(), truth_i),
+            # threshold-free ranking quality on the mean window probability
+            "file_leak_auroc": binary_auroc(windows.mean(-1), truth_i) if 0 < truth_i.sum() < len(truth_i)
+            else torch.tensor(float("nan")),
+            "file_accuracy": multiclass_accuracy(class_scores, targets.argmax(-1),
+                                                 num_classes=targets.shape[1], average="micro"),
+        }
