@@ -117,7 +117,7 @@ class LeakClassifier(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         mean = self._pop_mean("train/loss")
         if mean is not None:
-            self.log("train/loss", mean)
+            self.log("train/loss", mean, sync_dist=True)
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
@@ -181,7 +181,8 @@ class LeakClassifier(L.LightningModule):
         values["loss"] = self._pop_mean(f"{stage}/loss")
         values["threshold"] = self.threshold.clone()
         for key, v in values.items():
-            self.log(f"{stage}/{key}", v.float() if torch.is_tensor(v) else float(v))
+            # identical on every rank already; sync_dist only keeps Lightning's DDP bookkeeping quiet
+            self.log(f"{stage}/{key}", v.float() if torch.is_tensor(v) else float(v), sync_dist=True)
         self.last_results = {"stage": stage, "metrics": {k: float(v) for k, v in values.items()},
                              "file_probs": probs.reshape(info.num_files, -1, len(names)).mean(1).cpu(),
                              "file_scores": windows.mean(-1).cpu(),

@@ -62,3 +62,21 @@ def run_cli():
                               capture_output=True, text=True, timeout=timeout, env=env, **kw)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def small_h5(tmp_path_factory) -> dict[str, Path]:
+    """A tiny synthetic dataset built once per session: {'train'|'val'|'test': path}."""
+    from leak_lightning.builder.build import build_dataset
+    from leak_lightning.synthetic import make_dataset
+
+    root = tmp_path_factory.mktemp("small")
+    make_dataset(root / "wav", layout="origin", files_per_label=20, sensors_per_label=6, seed=1)
+    build_dataset(root / "wav", root / "h5", progress=False)
+    return {"train": root / "h5" / "TRAINING_DATASET.H5", "val": root / "h5" / "VALIDATION_DATASET.H5",
+            "test": root / "h5" / "TESTING_DATASET.H5"}
+
+
+def data_args(h5: dict[str, Path]) -> list[str]:
+    return ["--data.train_h5", str(h5["train"]), "--data.val_h5", str(h5["val"]),
+            "--data.test_h5", str(h5["test"])]

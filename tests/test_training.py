@@ -1,0 +1,118 @@
+"""The training core through the CLI: configs, checkpoints in new processes, reports, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, data_args
+
+from leak_lightning.cli import main
+
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_fast_dev_run_of_every_config(config, small_h5, tmp_path):
+    main(["fit", "--config", str(config), *data_args(small_h5), "--trainer.fast_dev_run", "true",
+          "--trainer.default_root_dir", str(tmp_path), "--data.batch_size", "256"])
+
+
+def test_print_config_links_data_into_the_model(small_h5, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(REPO / "configs/default.yaml"), *data_args(small_h5),
+              "--model.lr", "3e-4", "--print_config"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "lr: 0.0003" in out and "monitor: val/file_leak_f1" in out
+
+
+def test_fit_then_validate_and_test_in_new_processes(small_h5, tmp_path, run_cli):
+    run = tmp_path / "run"
+    common = ["--config", REPO / "configs/demo.yaml", *data_args(small_h5), "--trainer.default_root_dir", run]
+    r = run_cli("fit", *common, "--trainer.max_epochs", "2", "--data.batch_size", "512")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (run / "checkpoints/best.ckpt").is_file() and (run / "checkpoints/last.ckpt").is_file()
+    assert f"checkpoints in {run / 'checkpoints'}" in r.stderr
+    ckpt = torch.load(run / "checkpoints/best.ckpt", map_location="cpu", weights_only=False)
+    saved_threshold = float(ckpt["state_dict"]["threshold"])
+    assert ckpt["hyper_parameters"]["class_names"] == ["BACKGROUND", "CRACK", "LEAK", "NORMAL", "UNCLASSIFIED"]
+
+    # hyper-parameters come from the checkpoint: a different width in the YAML must not matter
+    r = run_cli("test", *common, "--ckpt_path", "best", "--model.channels", "[8, 8, 8, 8]")
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((run / "test_report.json").read_text())
+    assert report["threshold"] == pytest.approx(saved_threshold)
+    assert report["leak_class"] == "LEAK" and 0 <= report["metrics"]["file_leak_f1"] <= 1
+    rows = (run / "test_predictions.csv").read_text().splitlines()
+    assert rows[0].startswith("path,true_label,leak_score,leak_decision,score_BACKGROUND")
+    assert len(rows) == 1 + 10  # one per test file (2 per label)
+    assert "TEST results" in r.stderr
+
+    r = run_cli("validate", *common, "--ckpt_path", "last")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((run / "validate_report.json").read_text())["stage"] == "val"
+
+
+def test_missing_checkpoint_is_one_clear_line(small_h5, tmp_path, run_cli):
+    r = run_cli("test", "--config", REPO / "configs/demo.yaml", *data_args(small_h5),
+                "--trainer.default_root_dir", tmp_path / "nothing", "--ckpt_path", "best")
+    assert r.returncode == 2
+    assert f"{tmp_path / 'nothing' / 'checkpoints' / 'best.ckpt'} does not exist" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_gpu_without_cuda_is_one_clear_line(small_h5, tmp_path, run_cli):
+    r = run_cli("fit", "--config", REPO / "configs/demo.yaml", *data_args(small_h5),
+                "--trainer.default_root_dir", tmp_path, "--trainer.accelerator", "gpu")
+    assert r.returncode == 2
+    assert "CUDA is not available" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_leak_class_is_chosen_by_name(small_h5, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(REPO / "configs/demo.yaml"), *data_args(small_h5),
+              "--trainer.default_root_dir", str(tmp_path), "--model.leak_class_name", "PUMP",
+              "--trainer.fast_dev_run", "true"])
+    assert exit_.value.code == 2
+    assert "leak_class_name 'PUMP' is not one of the dataset's classes" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_ranks_match_one_process(small_h5, tmp_path, run_cli):
+    run = tmp_path / "run"
+    common = ["--config", REPO / "configs/demo.yaml", *data_args(small_h5), "--trainer.default_root_dir", run]
+    assert run_cli("fit", *common, "--trainer.max_epochs", "1").returncode == 0
+    reports = {}
+    for devices in ("1", "2"):
+        r = run_cli("validate", *common, "--ckpt_path", "best", "--trainer.devices", devices,
+                    "--trainer.accelerator", "cpu", "--trainer.strategy", "ddp" if devices == "2" else "auto",
+                    "--data.eval_batch_size", "400")
+        assert r.returncode == 0, r.stderr[-3000:]
+        reports[devices] = json.loads((run / "validate_report.json").read_text())["metrics"]
+    one, two = reports["1"], reports["2"]
+    for key in ("file_leak_f1", "file_leak_auroc", "file_accuracy", "seg_ap_macro", "seg_auroc_macro",
+                "threshold"):
+        assert two[key] == pytest.approx(one[key], abs=1e-5), key
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_demo_config_learns_the_synthetic_task(tmp_path, run_cli):
+    from leak_lightning.builder.build import build_dataset
+    from leak_lightning.synthetic import make_dataset
+
+    make_dataset(tmp_path / "wav", layout="origin", files_per_label=60, sensors_per_label=12, seed=0)
+    build_dataset(tmp_path / "wav", tmp_path / "data", progress=False)
+    h5 = {k: tmp_path / "data" / f"{v}_DATASET.H5" for k, v in
+          (("train", "TRAINING"), ("val", "VALIDATION"), ("test", "TESTING"))}
+    common = ["--config", REPO / "configs/demo.yaml", *data_args(h5), "--trainer.default_root_dir", tmp_path / "run"]
+    r = run_cli("fit", *common, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_cli("test", *common, "--ckpt_path", "best")
+    assert r.returncode == 0, r.stderr[-3000:]
+    f1 = json.loads((Path(tmp_path) / "run" / "test_report.json").read_text())["metrics"]["file_leak_f1"]
+    assert f1 >= 0.9
