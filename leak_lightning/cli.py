@@ -61,7 +61,7 @@ class LeakCLI(LightningCLI):
             cfg["ckpt_path"] = resolve_ckpt_path(cfg["ckpt_path"], cfg["trainer"]["default_root_dir"], sub)
 
     def before_instantiate_classes(self) -> None:
-        trainer = self.config[self.subcommand]["trainer"]
+        trainer = (self.config[self.subcommand] if self.subcommand else self.config)["trainer"]
         wants_gpu = str(trainer.get("accelerator")) in ("gpu", "cuda")
         if wants_gpu and not torch.cuda.is_available():
             raise ValueError("--trainer.accelerator gpu was asked for but CUDA is not available on this "
