@@ -70,7 +70,7 @@ class LeakClassifier(L.LightningModule):
         self.val_metrics = _segment_metrics(num_classes)
         self.test_metrics = _segment_metrics(num_classes)
         self._compiled: nn.Module | None = None
-        self._sums: dict[str, torch.Tensor] = {}
+        self._sums: dict[str, tuple[torch.Tensor, int]] = {}
         self._probs: torch.Tensor | None = None
         self.last_results: dict | None = None  # test/validate results for reports
 
@@ -96,15 +96,16 @@ class LeakClassifier(L.LightningModule):
 
     # ---- training -------------------------------------------------------------------------
     def _accumulate(self, name: str, value: torch.Tensor, count: int) -> None:
-        # device-side sums: no per-step self.log / .item() synchronisation in the hot loop
-        if name not in self._sums:
-            self._sums[name] = torch.zeros(2, device=value.device)
-        self._sums[name] += torch.stack([value.detach().float() * count, value.new_tensor(count).float()])
+        # a device-side running sum (one fused op) and a Python count: no per-step self.log,
+        # .item() or host-to-device copy in the hot loop
+        total, n = self._sums.get(name, (0.0, 0))
+        self._sums[name] = (value.detach().float() * count + total, n + count)
 
     def _pop_mean(self, name: str) -> torch.Tensor | None:
-        s = self._sums.pop(name, None)
-        if s is None:
+        if name not in self._sums:
             return None
+        total, n = self._sums.pop(name)
+        s = torch.stack([total, torch.tensor(float(n), device=total.device)])
         s = self.trainer.strategy.reduce(s, reduce_op="sum")
         return s[0] / s[1].clamp(min=1)
 
