@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from .logs import LEVELS, setup_logging
@@ -34,11 +34,16 @@ class LeakCLI(LightningCLI):
                             help=f"one of {', '.join(LEVELS)} (default: $TRAINER_LOG_LEVEL or INFO)")
         for attr in ("num_classes", "class_names", "feature_config"):
             parser.link_arguments(f"data.{attr}", f"model.{attr}", apply_on="instantiate")
+        from .callbacks.checkpointing import LeakCheckpoint
+        from .callbacks.console import ConsoleLogger
+        from .callbacks.interrupt import GracefulInterrupt
         from .callbacks.reports import ReportWriter
 
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(LeakCheckpoint, "checkpoint")
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
         parser.add_lightning_class_args(ReportWriter, "reports")
+        parser.add_lightning_class_args(ConsoleLogger, "console")
+        parser.add_lightning_class_args(GracefulInterrupt, "interrupt")
         parser.set_defaults({
             "trainer.default_root_dir": "runs",
             "checkpoint.monitor": MONITOR, "checkpoint.mode": "max", "checkpoint.filename": "best",
@@ -75,6 +80,14 @@ class LeakCLI(LightningCLI):
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
 
+    def instantiate_trainer(self, **kwargs):
+        from .callbacks.checkpointing import AtomicCheckpointIO
+
+        trainer_cfg = self._get(self.config_init, "trainer", default={})
+        if not trainer_cfg.get("plugins"):  # atomic checkpoint writes unless the user brings a CheckpointIO
+            kwargs.setdefault("plugins", [AtomicCheckpointIO()])
+        return super().instantiate_trainer(**kwargs)
+
     def before_fit(self) -> None:
         log.info("run directory %s: checkpoints in %s", self.trainer.default_root_dir,
                  self.trainer.checkpoint_callback.dirpath, extra={"colour": "header"})
@@ -86,19 +99,28 @@ class LeakCLI(LightningCLI):
                      cb.best_model_path, extra={"colour": "success"})
 
 
-def resolve_ckpt_path(value: str, root: str | None, subcommand: str) -> str:
-    """`best` / `last` → <run dir>/checkpoints/<name>.ckpt; a file path is checked."""
+def resolve_ckpt_path(value: str, root: str | None, subcommand: str) -> str | None:
+    """`best` / `last` → <run dir>/checkpoints/<name>.ckpt; a damaged `last` falls back to the newest valid one."""
+    from .callbacks.checkpointing import checkpoint_problem, newest_valid_checkpoint
+
+    folder = Path(root or "runs") / "checkpoints"
     if value in ("best", "last"):
-        path = Path(root or "runs") / "checkpoints" / f"{value}.ckpt"
+        path = folder / f"{value}.ckpt"
+        if subcommand == "fit" and value == "last":
+            found = newest_valid_checkpoint(folder, preferred=path) if folder.is_dir() else None
+            if found is None:
+                log.warning("no usable checkpoint in %s: starting a new run", folder)
+            elif found != path:
+                log.warning("resuming from %s instead", found)
+            return str(found) if found else None
         if not path.is_file():
-            if subcommand == "fit" and value == "last":
-                log.warning("no %s to resume from; starting a new run", path)
-                return None
             raise FileNotFoundError(f"--ckpt_path {value}: {path} does not exist; train first or pass "
                                     f"--trainer.default_root_dir of the run (or a checkpoint file)")
-        return str(path)
+        value = str(path)
     if not Path(value).is_file():
         raise FileNotFoundError(f"--ckpt_path {value}: no such checkpoint file")
+    if problem := checkpoint_problem(Path(value)):
+        raise ValueError(f"--ckpt_path {value}: checkpoint is unusable ({problem}); pick another checkpoint")
     return value
 
 

@@ -15,7 +15,7 @@ _LEVEL_COLOURS = {logging.WARNING: YELLOW, logging.ERROR: RED, logging.CRITICAL:
 # Messages pick a colour with `extra={"colour": "header" | "success"}`; levels colour the rest.
 _TAG_COLOURS = {"header": CYAN, "success": GREEN}
 
-_START = time.monotonic()
+START = time.monotonic()  # elapsed times count from the first import of this module
 
 
 def bytes_human(n: float) -> str:
@@ -41,7 +41,7 @@ class ElapsedTimeFormatter(logging.Formatter):
     def __init__(self, colour: bool = False, start: float | None = None) -> None:
         super().__init__("[%(elapsed)s] [%(levelname)s] %(message)s")
         self.colour = colour
-        self.start = _START if start is None else start
+        self.start = START if start is None else start
 
     def format(self, record: logging.LogRecord) -> str:
         record.elapsed = f"{time.monotonic() - self.start:7.2f}s"

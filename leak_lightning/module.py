@@ -101,13 +101,17 @@ class LeakClassifier(L.LightningModule):
         total, n = self._sums.get(name, (0.0, 0))
         self._sums[name] = (value.detach().float() * count + total, n + count)
 
-    def _pop_mean(self, name: str) -> torch.Tensor | None:
+    def _mean(self, name: str, pop: bool = True) -> torch.Tensor | None:
+        """Mean over all ranks of an accumulated value (a collective: call it on every rank)."""
         if name not in self._sums:
             return None
-        total, n = self._sums.pop(name)
+        total, n = self._sums.pop(name) if pop else self._sums[name]
         s = torch.stack([total, torch.tensor(float(n), device=total.device)])
         s = self.trainer.strategy.reduce(s, reduce_op="sum")
         return s[0] / s[1].clamp(min=1)
+
+    def running_train_loss(self) -> torch.Tensor | None:
+        return self._mean("train/loss", pop=False)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y, _ = batch
@@ -116,7 +120,7 @@ class LeakClassifier(L.LightningModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
-        mean = self._pop_mean("train/loss")
+        mean = self._mean("train/loss")
         if mean is not None:
             self.log("train/loss", mean, sync_dist=True)
 
@@ -179,7 +183,7 @@ class LeakClassifier(L.LightningModule):
             values[f"seg_leak_{key}"] = per_class[self.leak_index]
             for name, v in zip(names, per_class):
                 values[f"seg_{key}/{name}"] = v
-        values["loss"] = self._pop_mean(f"{stage}/loss")
+        values["loss"] = self._mean(f"{stage}/loss")
         values["threshold"] = self.threshold.clone()
         for key, v in values.items():
             # identical on every rank already; sync_dist only keeps Lightning's DDP bookkeeping quiet

@@ -137,7 +137,7 @@ class LeakDataModule(L.LightningDataModule):
             loop = self.trainer.fit_loop.epoch_loop if self.trainer is not None else None
             return TrainBatches(split, self.batch_size, self.seed, rank, world, self._device(),
                                 epoch_fn=lambda: self.trainer.current_epoch if self.trainer else 0,
-                                done_fn=lambda: loop.batch_progress.current.completed if loop else 0)
+                                done_fn=lambda: loop.batch_progress.current.processed if loop else 0)
         return EvalBatches(split, self.eval_batch_size, rank, world, self._device())
 
     def train_dataloader(self):

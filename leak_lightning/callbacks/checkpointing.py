@@ -1,0 +1,76 @@
+"""Checkpoints that never corrupt, and finding a usable one to resume from."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+log = logging.getLogger(__name__)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write to a temporary file in the target directory, fsync, then `os.replace` into place.
+
+    A crash or SIGKILL during a save leaves the previous checkpoint untouched and loadable;
+    Lightning's default writes the final path directly.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:  # make the rename itself durable
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+class LeakCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that says in the log when a new best checkpoint is written."""
+
+    def _update_best_and_save(self, current, trainer, monitor_candidates) -> None:
+        super()._update_best_and_save(current, trainer, monitor_candidates)
+        if trainer.is_global_zero and self.best_model_path:
+            log.info("new best %s=%.4f → %s", self.monitor, float(self.best_model_score), self.best_model_path,
+                     extra={"colour": "success"})
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why `path` cannot be resumed from, or None when it loads and looks like a Lightning checkpoint."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated zip, unpickling error, empty file...
+        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}"
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "loops" not in ckpt:
+        return "not a complete Lightning training checkpoint"
+    return None
+
+
+def newest_valid_checkpoint(folder: Path, preferred: Path | None = None) -> Path | None:
+    """`preferred` if it is valid, else the newest valid *.ckpt in `folder`; problems are logged by name."""
+    candidates = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    if preferred is not None:
+        candidates = [preferred] + [c for c in candidates if c != preferred]
+    for path in candidates:
+        if not path.is_file():
+            continue
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        log.warning("checkpoint %s is unusable (%s); trying an older one", path, problem)
+    return None

@@ -1,0 +1,125 @@
+"""Ctrl-C / SIGTERM: finish the batch, save `last.ckpt` with the full state, exit 130 / 143.
+
+The first signal only sets a flag. At the next batch boundary every rank votes (any rank that
+saw a signal stops them all), the checkpoint is saved collectively and the process exits. A
+second Ctrl-C exits at once. Lightning's OnExceptionCheckpoint is not used: it can hang under
+DDP when only rank 0 receives the signal.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shlex
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resume_command() -> str:
+    """This process's command line with `--ckpt_path last` (replacing any earlier one)."""
+    args, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if a == "--ckpt_path":
+            skip = True
+            continue
+        if not a.startswith("--ckpt_path="):
+            args.append(a)
+    return shlex.join(["python", "-m", "leak_lightning", *args, "--ckpt_path", "last"])
+
+
+class GracefulInterrupt(L.Callback):
+    """Saves a resumable `last.ckpt` on SIGINT/SIGTERM at the next batch boundary (train or val).
+
+    The random-number state of every library is saved with it, so a resumed run on the same
+    hardware continues bit for bit.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict = {}
+        self._rng_to_restore: dict | None = None
+
+    # ---- signals ---------------------------------------------------------------------------
+    def _handler(self, signum, frame) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            os.write(2, b"\nsecond Ctrl-C: aborting now, without saving\n")
+            os._exit(130)
+        if self.received is None:
+            self.received = signum
+            os.write(2, f"\n{signal.Signals(signum).name} received: saving at the next batch boundary "
+                        "(Ctrl-C again to abort at once)\n".encode())
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in EXIT_CODES:
+            self._previous[sig] = signal.signal(sig, self._handler)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        for sig, old in self._previous.items():
+            signal.signal(sig, old)
+        self._previous.clear()
+
+    # ---- batch boundaries ------------------------------------------------------------------
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._maybe_stop(trainer)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._maybe_stop(trainer)
+
+    def _maybe_stop(self, trainer: L.Trainer) -> None:
+        stop = self.received is not None
+        if trainer.world_size > 1:  # one tiny collective per batch: every rank must agree
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if not stop:
+            return
+        signum = self.received or signal.SIGTERM
+        path = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"
+        trainer.save_checkpoint(path)
+        trainer.strategy.barrier("interrupt-saved")
+        if trainer.is_global_zero:
+            log.warning("interrupted at epoch %d, step %d: saved %s", trainer.current_epoch, trainer.global_step,
+                        path)
+            log.warning("resume with: %s", resume_command())
+        raise SystemExit(EXIT_CODES.get(signum, 130))
+
+    # ---- exact resume ----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"rng": _rng_state()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._rng_to_restore = state_dict.get("rng")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self._rng_to_restore is not None:
+            _set_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None
