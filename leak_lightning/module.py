@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import lightning as L
@@ -31,6 +32,24 @@ def _segment_metrics(num_classes: int) -> MetricCollection:
         "auroc": MultilabelAUROC(num_classes, average="none", thresholds=201),
         "f1": MultilabelF1Score(num_classes, average="none"),
     })
+
+
+@contextlib.contextmanager
+def _counting_is_exact():
+    """Lift torch's deterministic mode around metric updates.
+
+    Under it torchmetrics swaps bincount for an N × bins comparison mesh, which for binned
+    multilabel curves needs gigabytes per batch. Counts are integers, so bincount is exact anyway.
+    """
+    was = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    if was:
+        torch.use_deterministic_algorithms(False)
+    try:
+        yield
+    finally:
+        if was:
+            torch.use_deterministic_algorithms(True, warn_only=warn_only)
 
 
 class LeakClassifier(L.LightningModule):
@@ -141,7 +160,8 @@ class LeakClassifier(L.LightningModule):
         logits = self(x).float()
         self._accumulate(f"{prefix}/loss", self.loss_fn(logits, y), len(x))
         probs = torch.sigmoid(logits)
-        metrics.update(probs, y.int())
+        with _counting_is_exact():
+            metrics.update(probs, y.int())
         self._probs[start: start + len(x)] = probs
 
     def on_validation_epoch_start(self) -> None:
@@ -175,7 +195,8 @@ class LeakClassifier(L.LightningModule):
             t, _ = sweep_threshold(windows, truth, self.hparams.aggregation, self.hparams.vote_fraction)
             self.threshold.fill_(t)
         values = self._file_metrics(windows, probs, targets, truth)
-        seg = metrics.compute()
+        with _counting_is_exact():
+            seg = metrics.compute()
         metrics.reset()
         names = self.hparams.class_names
         for key, per_class in seg.items():

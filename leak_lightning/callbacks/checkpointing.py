@@ -21,12 +21,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     Lightning's default writes the final path directly.
     """
 
+    def _open_tmp(self, tmp: Path):
+        return open(tmp, "wb")
+
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
-            with open(tmp, "wb") as f:
+            with self._open_tmp(tmp) as f:
                 torch.save(checkpoint, f)
                 f.flush()
                 os.fsync(f.fileno())

@@ -1,0 +1,86 @@
+"""Test doubles loaded by training subprocesses through the CLI (tests/ is put on PYTHONPATH)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+
+from leak_lightning.callbacks.checkpointing import AtomicCheckpointIO
+from leak_lightning.callbacks.interrupt import GracefulInterrupt
+
+
+def _announce_and_wait(trainer: L.Trainer, ready: str, timeout: float = 60.0) -> None:
+    """Tell the test we are at the chosen point, then hold there until its real signal arrives."""
+    Path(ready).write_text(str(os.getpid()))
+    guard = next(cb for cb in trainer.callbacks if isinstance(cb, GracefulInterrupt))
+    deadline = time.monotonic() + timeout
+    while guard.received is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+class PauseAt(L.Callback):
+    """Pauses rank `rank` at a train step, a validation batch or inside a checkpoint save.
+
+    where: "train" (after optimizer step `step`), "val" (first validation batch of epoch `epoch`),
+    "save" (while the `nth` checkpoint of the run is being assembled).
+    """
+
+    def __init__(self, ready: str, where: str = "train", step: int = 1, epoch: int = 0, nth: int = 1,
+                 rank: int = 0) -> None:
+        self.ready, self.where, self.step, self.epoch, self.nth, self.rank = ready, where, step, epoch, nth, rank
+        self._saves = 0
+        self._done = False
+
+    def _hit(self, trainer, condition: bool) -> None:
+        if condition and not self._done and trainer.global_rank == self.rank:
+            self._done = True
+            _announce_and_wait(trainer, self.ready)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._hit(trainer, self.where == "train" and trainer.global_step == self.step)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._hit(trainer, self.where == "val" and not trainer.sanity_checking
+                  and trainer.current_epoch == self.epoch)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self._saves += 1
+        self._hit(trainer, self.where == "save" and self._saves == self.nth)
+
+
+class SlowCheckpointIO(AtomicCheckpointIO):
+    """Atomic writes through a slow file: the `nth` save announces itself half-way, then crawls."""
+
+    def __init__(self, ready: str, nth: int = 2) -> None:
+        super().__init__()
+        self.ready, self.nth, self._saves = ready, nth, 0
+
+    def _open_tmp(self, tmp: Path):
+        self._saves += 1
+        return _SlowFile(open(tmp, "wb"), self.ready if self._saves == self.nth else None)
+
+
+class _SlowFile:
+    def __init__(self, f, ready: str | None) -> None:
+        self.f, self.ready, self.written = f, ready, 0
+
+    def write(self, data) -> int:
+        n = self.f.write(data)
+        self.written += n
+        if self.ready and self.written > 1024:
+            self.f.flush()
+            Path(self.ready).write_text(str(os.getpid()))
+            time.sleep(60)  # the test SIGKILLs us here, mid-write
+        return n
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.f.close()

@@ -1,0 +1,175 @@
+"""Real signals to real training processes: graceful interrupt, exact resume, checkpoints that never corrupt.
+
+Every training run is a subprocess in its own session, so signals never reach pytest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, data_args
+
+pytestmark = pytest.mark.slow
+TESTS = Path(__file__).resolve().parent
+
+
+def fit_cmd(h5, run: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "leak_lightning", "fit", "--config", str(REPO / "configs/demo.yaml"),
+            *data_args(h5), "--trainer.default_root_dir", str(run), "--data.batch_size", "512",
+            "--trainer.max_epochs", "3", "--trainer.deterministic", "true", "--console.log_file", "null", *extra]
+
+
+def start(cmd: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "NO_COLOR": "1", "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def pause(ready: Path, **kw) -> list[str]:
+    spec = {"class_path": "helpers.PauseAt", "init_args": {"ready": str(ready), **kw}}
+    return ["--trainer.callbacks", json.dumps([spec])]
+
+
+def wait_ready(proc: subprocess.Popen, ready: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended (rc={proc.returncode}) before the pause:\n{proc.stdout.read()[-4000:]}")
+        assert time.monotonic() < deadline, "timed out waiting for the pause"
+        time.sleep(0.02)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def assert_bitwise_equal(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.fixture(scope="module")
+def reference(small_h5, tmp_path_factory) -> Path:
+    """An uninterrupted 3-epoch run; its final last.ckpt is what every resumed run must equal."""
+    run = tmp_path_factory.mktemp("reference")
+    rc, out = finish(start(fit_cmd(small_h5, run)), timeout=300)
+    assert rc == 0, out[-4000:]
+    return run / "checkpoints" / "last.ckpt"
+
+
+def interrupt_and_resume(h5, run: Path, sig: int, code: int, **where) -> str:
+    ready = run / "ready"
+    proc = start(fit_cmd(h5, run, *pause(ready, **where)))
+    wait_ready(proc, ready)
+    os.kill(proc.pid, sig)
+    rc, out = finish(proc)
+    assert rc == code, out[-4000:]
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert f"saved {run / 'checkpoints' / 'last.ckpt'}" in out and "--ckpt_path last" in out
+    rc, out2 = finish(start(fit_cmd(h5, run, "--ckpt_path", "last")), timeout=300)
+    assert rc == 0, out2[-4000:]
+    return out + out2
+
+
+@pytest.mark.parametrize("step", [5, 11], ids=["mid-epoch", "epoch-boundary"])  # 11 batches per epoch
+def test_sigint_then_resume_is_bitwise_identical(small_h5, tmp_path, reference, step):
+    interrupt_and_resume(small_h5, tmp_path, signal.SIGINT, 130, where="train", step=step)
+    assert_bitwise_equal(weights(tmp_path / "checkpoints/last.ckpt"), weights(reference))
+
+
+def test_sigterm_exits_143_and_resumes_exactly(small_h5, tmp_path, reference):
+    interrupt_and_resume(small_h5, tmp_path, signal.SIGTERM, 143, where="train", step=15)
+    assert_bitwise_equal(weights(tmp_path / "checkpoints/last.ckpt"), weights(reference))
+
+
+def test_sigint_during_validation(small_h5, tmp_path, reference):
+    interrupt_and_resume(small_h5, tmp_path, signal.SIGINT, 130, where="val", epoch=1)
+    assert_bitwise_equal(weights(tmp_path / "checkpoints/last.ckpt"), weights(reference))
+
+
+def test_sigint_during_a_checkpoint_save(small_h5, tmp_path):
+    out = interrupt_and_resume(small_h5, tmp_path, signal.SIGINT, 130, where="save", nth=2)
+    assert "Traceback" not in out
+
+
+def test_sigkill_during_a_save_leaves_the_previous_checkpoint_loadable(small_h5, tmp_path):
+    from leak_lightning.callbacks.checkpointing import checkpoint_problem
+
+    ready = tmp_path / "ready"
+    plugin = json.dumps({"class_path": "helpers.SlowCheckpointIO", "init_args": {"ready": str(ready), "nth": 3}})
+    proc = start(fit_cmd(small_h5, tmp_path, "--trainer.plugins", plugin))
+    wait_ready(proc, ready)
+    ckpts = tmp_path / "checkpoints"
+    before = {p.name: p.read_bytes() for p in ckpts.glob("*.ckpt")}
+    assert before and any(p.name.startswith(".") for p in ckpts.iterdir())  # a temporary file is half-written
+    os.killpg(proc.pid, signal.SIGKILL)
+    finish(proc)
+    for name, data in before.items():
+        assert (ckpts / name).read_bytes() == data
+        assert checkpoint_problem(ckpts / name) is None
+    rc, out = finish(start(fit_cmd(small_h5, tmp_path, "--ckpt_path", "last")), timeout=300)
+    assert rc == 0, out[-4000:]
+
+
+def test_corrupted_last_falls_back_to_newest_valid(small_h5, tmp_path):
+    rc, out = finish(start(fit_cmd(small_h5, tmp_path, "--trainer.max_epochs", "1")), timeout=300)
+    assert rc == 0, out[-4000:]
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])  # truncated
+    rc, out = finish(start(fit_cmd(small_h5, tmp_path, "--trainer.max_epochs", "2", "--ckpt_path", "last")),
+                     timeout=300)
+    assert rc == 0, out[-4000:]
+    assert f"checkpoint {last} is unusable" in out
+    assert f"resuming from {tmp_path / 'checkpoints' / 'best.ckpt'} instead" in out
+    for p in (tmp_path / "checkpoints").glob("*.ckpt"):
+        p.write_bytes(b"garbage")
+    rc, out = finish(start(fit_cmd(small_h5, tmp_path, "--trainer.max_epochs", "1", "--ckpt_path", "last")),
+                     timeout=300)
+    assert rc == 0, out[-4000:]
+    assert "no usable checkpoint" in out and "starting a new run" in out
+
+
+def ddp_args() -> list[str]:
+    return ["--trainer.devices", "2", "--trainer.accelerator", "cpu", "--trainer.strategy", "ddp"]
+
+
+def group_gone(pgid: int, timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize("to_group", [False, True], ids=["rank0-only", "whole-group"])
+def test_ddp_interrupt_does_not_hang(small_h5, tmp_path, to_group):
+    from leak_lightning.callbacks.checkpointing import checkpoint_problem
+
+    ready = tmp_path / "ready"
+    proc = start(fit_cmd(small_h5, tmp_path, *ddp_args(), *pause(ready, where="train", step=3)))
+    wait_ready(proc, ready, timeout=180)
+    (os.killpg if to_group else os.kill)(proc.pid, signal.SIGINT)
+    rc, out = finish(proc, timeout=120)
+    assert rc == 130, out[-4000:]
+    assert group_gone(proc.pid), "a rank is still running"
+    assert checkpoint_problem(tmp_path / "checkpoints" / "last.ckpt") is None
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 3
