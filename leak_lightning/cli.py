@@ -49,6 +49,8 @@ class LeakCLI(LightningCLI):
             "checkpoint.monitor": MONITOR, "checkpoint.mode": "max", "checkpoint.filename": "best",
             "checkpoint.save_last": True, "checkpoint.save_top_k": 1,
             "checkpoint.auto_insert_metric_name": False,
+            # a resumed run keeps writing best.ckpt / last.ckpt (atomically) instead of best-v1.ckpt
+            "checkpoint.enable_version_counter": False,
             "early_stopping.monitor": MONITOR, "early_stopping.mode": "max", "early_stopping.patience": 15,
         })
         # checkpoints always land in <run dir>/checkpoints/{best,last}.ckpt

@@ -101,6 +101,9 @@ class ConsoleLogger(L.Callback):
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._t_epoch, self._val_time, self._segments = time.perf_counter(), 0.0, 0
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.on_train_epoch_start(trainer, pl_module)  # a run resumed mid-epoch skips that hook
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._segments += len(batch[0])
 

@@ -26,7 +26,11 @@ EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    # tensors and plain Python values only, so `torch.load(weights_only=True)` accepts the checkpoint
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "gauss": float(gauss)}
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -34,10 +38,28 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _rewind_to_before_validation(checkpoint: dict) -> None:
+    """Record the loops as they stood after the epoch's last training batch, before validation.
+
+    Weights, optimizer and RNG do not change during validation, so this is the exact state a
+    save at that last `on_train_batch_end` would hold; the resumed run then validates from the
+    start instead of resuming a half-run validation whose per-file scores were not saved.
+    """
+    fit = checkpoint["loops"]["fit_loop"]
+    train = fit["epoch_loop.batch_progress"]
+    for scope in ("total", "current"):
+        train[scope]["completed"] = train[scope]["processed"] - 1
+    val = fit["epoch_loop.val_loop.batch_progress"]
+    for key in ("ready", "started", "processed", "completed"):
+        val["total"][key] -= val["current"][key]
+        val["current"][key] = 0
 
 
 def resume_command() -> str:
@@ -66,6 +88,7 @@ class GracefulInterrupt(L.Callback):
         self.received: int | None = None
         self._previous: dict = {}
         self._rng_to_restore: dict | None = None
+        self._rewind = False
 
     # ---- signals ---------------------------------------------------------------------------
     def _handler(self, signum, frame) -> None:
@@ -94,9 +117,13 @@ class GracefulInterrupt(L.Callback):
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if trainer.state.fn == "fit" and not trainer.sanity_checking:
-            self._maybe_stop(trainer)
+            self._maybe_stop(trainer, in_validation=True)
 
-    def _maybe_stop(self, trainer: L.Trainer) -> None:
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if self._rewind:
+            _rewind_to_before_validation(checkpoint)
+
+    def _maybe_stop(self, trainer: L.Trainer, in_validation: bool = False) -> None:
         stop = self.received is not None
         if trainer.world_size > 1:  # one tiny collective per batch: every rank must agree
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
@@ -104,6 +131,7 @@ class GracefulInterrupt(L.Callback):
             return
         signum = self.received or signal.SIGTERM
         path = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"
+        self._rewind = in_validation
         trainer.save_checkpoint(path)
         trainer.strategy.barrier("interrupt-saved")
         if trainer.is_global_zero:

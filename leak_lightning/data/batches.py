@@ -7,12 +7,15 @@ batch at a time by index (no per-sample Python, no worker processes).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor, int]  # x (B, n_mels, T), y (B, C), first segment index
 
@@ -46,8 +49,8 @@ class CachedSplit:
 class TrainBatches:
     """Seeded per-epoch shuffles; each DDP rank takes a disjoint, equal share of the permutation.
 
-    State (epoch, position) is saved in checkpoints by Lightning (it calls `state_dict` on
-    stateful loaders), so a resumed run continues mid-epoch on the same permutation.
+    Its state (epoch, position) travels in checkpoints through LeakDataModule.state_dict, so
+    a resumed run continues mid-epoch on the same permutation.
     """
 
     def __init__(self, split: CachedSplit, batch_size: int, seed: int, rank: int, world: int,
@@ -79,10 +82,15 @@ class TrainBatches:
             x, y = self.split.gather(idx, self.device)
             yield x, y, -1
 
-    def state_dict(self) -> dict:
+    def snapshot(self) -> dict:
         return {"epoch": self.epoch_fn(), "position": self.done_fn(), "seed": self.seed}
 
-    def load_state_dict(self, state: dict) -> None:
+    def resume_from(self, state: dict) -> None:
+        """Start the next iteration at `position` if it is still epoch `epoch` by then."""
+        if state.get("seed") != self.seed:
+            log.warning("the checkpoint's sampler seed %s differs from data.seed=%s: the resumed epoch "
+                        "restarts on a new order", state.get("seed"), self.seed)
+            return
         self._resume = dict(state)
 
 

@@ -61,6 +61,8 @@ class LeakDataModule(L.LightningDataModule):
         self.info = next(iter(self.infos.values()))
         self.splits: dict[str, CachedSplit | StreamSplit] = {}
         self.modes: dict[str, str] = {}
+        self._train_batches: TrainBatches | None = None
+        self._resume: dict | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -135,10 +137,28 @@ class LeakDataModule(L.LightningDataModule):
             return DataLoader(split, batch_size=None, num_workers=self.num_workers, pin_memory=cuda)
         if name == "train":
             loop = self.trainer.fit_loop.epoch_loop if self.trainer is not None else None
-            return TrainBatches(split, self.batch_size, self.seed, rank, world, self._device(),
-                                epoch_fn=lambda: self.trainer.current_epoch if self.trainer else 0,
-                                done_fn=lambda: loop.batch_progress.current.processed if loop else 0)
+            batches = TrainBatches(split, self.batch_size, self.seed, rank, world, self._device(),
+                                   epoch_fn=lambda: self.trainer.current_epoch if self.trainer else 0,
+                                   # batches whose optimizer step is done (saves happen after it)
+                                   done_fn=lambda: loop.batch_progress.current.processed if loop else 0)
+            if self._resume is not None:
+                batches.resume_from(self._resume)
+                self._resume = None
+            self._train_batches = batches
+            return batches
         return EvalBatches(split, self.eval_batch_size, rank, world, self._device())
+
+    # Sampler position in checkpoints. Lightning restores the data module before it first asks for
+    # the train loader; its own stateful-loader restore can be skipped when `configure_optimizers`
+    # reads `estimated_stepping_batches` (the loader is then built before the states are loaded).
+    def state_dict(self) -> dict:
+        return {"train_sampler": self._train_batches.snapshot()} if self._train_batches is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resume = state_dict.get("train_sampler")
+        if self._resume is not None and self._train_batches is not None:
+            self._train_batches.resume_from(self._resume)
+            self._resume = None
 
     def train_dataloader(self):
         return self._loader("train")
