@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         LeakCLI(args=argv)
     except (ValueError, FileNotFoundError) as err:
-        setup_logging()
+        setup_logging("INFO")  # the error may be the log level itself
         log.debug("details", exc_info=True)
         log.error("%s", err)
         sys.exit(2)

@@ -43,7 +43,8 @@ def wait_ready(proc: subprocess.Popen, ready: Path, timeout: float = 120) -> Non
     deadline = time.monotonic() + timeout
     while not ready.exists():
         if proc.poll() is not None:
-            raise AssertionError(f"process ended (rc={proc.returncode}) before the pause:\n{proc.stdout.read()[-4000:]}")
+            tail = proc.stdout.read()[-4000:]
+            raise AssertionError(f"process ended (rc={proc.returncode}) before the pause:\n{tail}")
         assert time.monotonic() < deadline, "timed out waiting for the pause"
         time.sleep(0.02)
 

@@ -1,0 +1,101 @@
+"""The logging setup: elapsed-time format, colours only on a terminal, level from the environment."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import time
+
+import pytest
+from conftest import REPO, data_args
+
+from leak_lightning.logs import RED, RESET, YELLOW, ElapsedTimeFormatter, bytes_human, resolve_level, setup_logging
+
+
+def record(level=logging.INFO, msg="hello %s", args=("world",), **extra) -> logging.LogRecord:
+    rec = logging.LogRecord("leak_lightning.test", level, __file__, 1, msg, args, None)
+    for k, v in extra.items():
+        setattr(rec, k, v)
+    return rec
+
+
+def test_format_has_elapsed_seconds_level_and_message():
+    fmt = ElapsedTimeFormatter(colour=False, start=time.monotonic() - 5.23)
+    text = fmt.format(record())
+    # elapsed right-aligned in a 7.2f field, as the origin printed it
+    assert re.fullmatch(r"\[   5\.2\ds\] \[INFO\] hello world", text), text
+
+
+def test_colours_by_level_and_tag_only_when_enabled():
+    on, off = ElapsedTimeFormatter(colour=True), ElapsedTimeFormatter(colour=False)
+    assert on.format(record(logging.WARNING)).startswith(YELLOW)
+    assert on.format(record(logging.ERROR)).endswith(RESET) and on.format(record(logging.ERROR)).startswith(RED)
+    assert on.format(record(colour="success")).startswith("\033[32m")
+    assert "\033[" not in off.format(record(logging.ERROR))
+    assert "\033[" not in on.format(record())  # plain INFO stays plain
+
+
+class FakeTty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_colour_only_on_a_terminal_and_never_with_no_color(monkeypatch):
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    tty = FakeTty()
+    setup_logging("INFO", stream=tty).warning("careful")
+    assert YELLOW in tty.getvalue()
+    redirected = io.StringIO()
+    setup_logging("INFO", stream=redirected).warning("careful")
+    assert "\033[" not in redirected.getvalue()
+    monkeypatch.setenv("NO_COLOR", "1")
+    tty2 = FakeTty()
+    setup_logging("INFO", stream=tty2).warning("careful")
+    assert "\033[" not in tty2.getvalue() and "careful" in tty2.getvalue()
+
+
+def test_level_from_environment_and_argument(monkeypatch):
+    monkeypatch.setenv("TRAINER_LOG_LEVEL", "warning")
+    assert resolve_level() == logging.WARNING
+    assert resolve_level("DEBUG") == logging.DEBUG  # the CLI option wins
+    stream = io.StringIO()
+    logger = setup_logging(stream=stream)
+    logger.info("hidden")
+    logger.warning("shown")
+    assert "hidden" not in stream.getvalue() and "shown" in stream.getvalue()
+    monkeypatch.setenv("TRAINER_LOG_LEVEL", "LOUD")
+    with pytest.raises(ValueError, match=r"\$TRAINER_LOG_LEVEL='LOUD' is not a valid level; use one of DEBUG, INFO"):
+        resolve_level()
+
+
+@pytest.mark.parametrize("n, text", [(0, "0.00 B"), (1023, "1023.00 B"), (1536, "1.50 KB"),
+                                     (24 * 1024**3, "24.00 GB"), (3 * 1024**5, "3.00 PB")])
+def test_bytes_human(n, text):
+    assert bytes_human(n) == text
+
+
+def test_bad_log_level_env_is_one_clear_line(small_h5, tmp_path, run_cli, monkeypatch):
+    monkeypatch.setenv("TRAINER_LOG_LEVEL", "CHATTY")
+    r = run_cli("fit", "--config", REPO / "configs/demo.yaml", *data_args(small_h5),
+                "--trainer.default_root_dir", tmp_path)
+    assert r.returncode == 2
+    assert "$TRAINER_LOG_LEVEL='CHATTY' is not a valid level" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_run_writes_banner_epoch_lines_and_a_json_lines_log(small_h5, tmp_path, run_cli):
+    r = run_cli("fit", "--config", REPO / "configs/demo.yaml", *data_args(small_h5), "--trainer.max_epochs", "2",
+                "--trainer.default_root_dir", tmp_path, "--console.json_lines", "true",
+                "--console.log_file", "train.jsonl", "--data.batch_size", "512")
+    assert r.returncode == 0, r.stderr[-3000:]
+    err = r.stderr
+    assert "leak_lightning 0.1.0: fit" in err and "leak class 'LEAK' at index 2" in err
+    assert "parameters:" in err and "device: CPU" in err and "precision=32-true" in err
+    lines = [json.loads(x) for x in (tmp_path / "train.jsonl").read_text().splitlines()]
+    epochs = [x for x in lines if x["message"].startswith("Epoch ")]
+    assert [x["epoch"] for x in epochs] == [0, 1]
+    assert all({"time", "elapsed", "level", "train_loss", "val/file_leak_f1", "lr", "segments_per_s"} <= x.keys()
+               for x in epochs)
+    assert re.search(r"Epoch 001 │ train_loss=\d\.\d{4} │ val_loss=\d\.\d{4} │ val_file_leak_f1=\d\.\d{4} .*│ lr=.* │ "
+                     r"[\d.]+k? seg/s │ [\d.]+s", err)
