@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -218,8 +219,17 @@ def test_build_killed_part_way_leaves_nothing_at_the_output_name(tmp_path, sig, 
         assert proc.poll() is None and time.monotonic() < deadline, "build ended before it could be killed"
         time.sleep(0.02)
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=60)  # returns once no decoder process holds stderr open
     assert proc.returncode == code, err
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # no orphaned decoder process either
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("decoder processes outlived the builder")
     assert not any(p.name in NAMES for p in out.iterdir())
     if sig != signal.SIGKILL:  # a catchable signal also removes the temporary files
         assert not any(".tmp-" in p.name for p in out.iterdir()), list(out.iterdir())

@@ -54,6 +54,19 @@ def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
     return proc.returncode, out
 
 
+def callback_states(path: Path) -> dict[str, dict]:
+    """Early-stopping and best-checkpoint bookkeeping, without run-specific paths."""
+    states = torch.load(path, map_location="cpu", weights_only=False)["callbacks"]
+    out: dict[str, dict] = {}
+    for key, st in states.items():
+        if key.startswith("EarlyStopping"):
+            out["es"] = {"wait": st["wait_count"], "best": float(st["best_score"]), "stopped": st["stopped_epoch"]}
+        if key.startswith("LeakCheckpoint"):
+            out["ckpt"] = {"best": float(st["best_model_score"]), "current": float(st["current_score"])}
+    assert out.keys() == {"es", "ckpt"}, list(states)
+    return out
+
+
 def weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
 
@@ -91,6 +104,8 @@ def interrupt_and_resume(h5, run: Path, sig: int, code: int, **where) -> str:
 def test_sigint_then_resume_is_bitwise_identical(small_h5, tmp_path, reference, step):
     interrupt_and_resume(small_h5, tmp_path, signal.SIGINT, 130, where="train", step=step)
     assert_bitwise_equal(weights(tmp_path / "checkpoints/last.ckpt"), weights(reference))
+    # early stopping and best-checkpoint tracking continued instead of restarting
+    assert callback_states(tmp_path / "checkpoints/last.ckpt") == callback_states(reference)
 
 
 def test_sigterm_exits_143_and_resumes_exactly(small_h5, tmp_path, reference):

@@ -11,6 +11,8 @@ import math
 import multiprocessing as mp
 import os
 import signal
+import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
@@ -23,7 +25,16 @@ _views: list[np.ndarray] = []  # in a worker: the parent's buffers
 _blocks: list[SharedMemory] = []
 
 
-def _attach(names: list[str], shape: tuple[int, int]) -> None:
+def _exit_with_parent(parent: int) -> None:
+    # A SIGKILLed builder (OOM killer, kill -9) cannot shut its pool down; without this the
+    # workers would wait forever on their task queue, holding the terminal's pipes open.
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def _attach(names: list[str], shape: tuple[int, int], parent: int) -> None:
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     # One intra-op thread per worker: the workers already fill every core.
     os.environ["OMP_NUM_THREADS"] = "1"
     # Ctrl-C reaches the whole process group; the parent decides how to stop and cleans up.
@@ -65,7 +76,7 @@ class DecoderPool:
         self.views = [np.ndarray(shape, dtype=np.float32, buffer=b.buf) for b in self._blocks]
         # spawn: the parent may hold CUDA and threads, neither of which survives a fork.
         self._pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_attach,
-                                         initargs=([b.name for b in self._blocks], shape))
+                                         initargs=([b.name for b in self._blocks], shape, os.getpid()))
 
     def submit(self, buffer: int, paths: list[str]) -> list[Future]:
         """Split a batch over the workers; futures resolve to lists of skip reasons."""
