@@ -19,7 +19,7 @@ from torchmetrics.functional.classification import (
 )
 
 from .evaluation import Aggregation, file_decisions, sweep_threshold, window_probs
-from .features import FeatureConfig
+from .features import FeatureConfig, LogMelFrontend
 from .models import LeakCNN
 
 log = logging.getLogger(__name__)
@@ -213,6 +213,24 @@ class LeakClassifier(L.LightningModule):
                              "file_probs": probs.reshape(info.num_files, -1, len(names)).mean(1).cpu(),
                              "file_scores": windows.mean(-1).cpu(),
                              "decisions": self._decide(windows).cpu(), "targets": targets.cpu()}
+
+    # ---- prediction: raw recordings through the same frontend as the builder ----------------
+    def on_predict_start(self) -> None:
+        # not registered: its mel buffers would otherwise join the checkpoint's state_dict
+        object.__setattr__(self, "_frontend", LogMelFrontend(self.features).to(self.device))
+
+    def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        wave, owner = batch  # (W, num_samples) clip-long windows, (W,) recording index
+        seg = self._frontend(wave).half()  # stored as float16 by the builder: the model saw those values
+        n_windows, n_long, n_short = seg.shape[:3]
+        logits = self(seg.reshape(-1, *seg.shape[-2:])).float()
+        probs = torch.sigmoid(logits).reshape(n_windows, n_long, n_short, -1)
+        return {"owner": owner, "windows": probs[..., self.leak_index].mean(2), "class_probs": probs.mean((1, 2))}
+
+    def decide_recording(self, windows: torch.Tensor) -> tuple[float, bool]:
+        """All long-window leak probabilities of one recording → (mean score, leak decision)."""
+        flat = windows.reshape(1, -1)
+        return float(flat.mean()), bool(self._decide(flat)[0])
 
     def _decide(self, windows: torch.Tensor) -> torch.Tensor:
         return file_decisions(windows, self.threshold[None], self.hparams.aggregation,

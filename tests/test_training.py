@@ -116,3 +116,35 @@ def test_demo_config_learns_the_synthetic_task(tmp_path, run_cli):
     assert r.returncode == 0, r.stderr[-3000:]
     f1 = json.loads((Path(tmp_path) / "run" / "test_report.json").read_text())["metrics"]["file_leak_f1"]
     assert f1 >= 0.9
+
+
+def test_predict_on_wavs_matches_test_on_the_built_dataset(small_h5, tmp_path, run_cli):
+    """Raw WAVs through predict give the scores `test` gave for the same recordings via the HDF5."""
+    import csv
+    import shutil
+
+    import numpy as np
+    import soundfile as sf
+
+    run = tmp_path / "run"
+    common = ["--config", REPO / "configs/demo.yaml", *data_args(small_h5), "--trainer.default_root_dir", run]
+    assert run_cli("fit", *common, "--trainer.max_epochs", "2", "--data.batch_size", "512").returncode == 0
+    assert run_cli("test", *common, "--ckpt_path", "best").returncode == 0
+    wavs = tmp_path / "wavs"
+    shutil.copytree(small_h5["train"].parent.parent / "wav" / "TESTING", wavs)
+    one = sorted(wavs.rglob("*.wav"))[0]
+    audio, sr = sf.read(one, dtype="float32")
+    sf.write(wavs / "long_25s.wav", np.concatenate([audio, audio, audio[: 5 * sr]]), sr)  # 3 windows
+    (wavs / "broken.wav").write_bytes(b"RIFF....WAVE")
+    r = run_cli("predict", *common, "--ckpt_path", "best", "--data.predict_dir", wavs)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "skipped" in r.stderr and "broken.wav" in r.stderr
+    rows = {Path(row["path"]).name: row for row in csv.DictReader((run / "predictions.csv").open())}
+    tested = {Path(row["path"]).name: row for row in csv.DictReader((run / "test_predictions.csv").open())}
+    assert len(tested) == 10 and set(tested) < set(rows)
+    for name, row in tested.items():
+        assert rows[name]["status"] == "ok" and rows[name]["windows"] == "1"
+        assert float(rows[name]["leak_score"]) == pytest.approx(float(row["leak_score"]), abs=1e-4), name
+        assert rows[name]["leak_decision"] == row["leak_decision"], name
+    assert rows["long_25s.wav"]["windows"] == "3"
+    assert rows["broken.wav"]["status"].startswith("skipped: not readable as audio")

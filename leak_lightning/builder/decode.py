@@ -86,8 +86,8 @@ def _riff_data_shortfall(path: Path) -> tuple[int, int] | None:
     return None
 
 
-def _read(path: Path, spec: ClipSpec) -> tuple[np.ndarray, int, bool]:
-    """(frames, channels) float32 limited to the clip duration, its rate, and whether it is float."""
+def _read(path: Path, spec: ClipSpec, whole: bool) -> tuple[np.ndarray, int, bool]:
+    """(frames, channels) float32 (the clip duration, or all of it), its rate, and whether it is float."""
     if shortfall := _riff_data_shortfall(path):
         raise SkipFile(f"truncated: data chunk declares {shortfall[0]} bytes, only {shortfall[1]} present")
     try:
@@ -95,7 +95,7 @@ def _read(path: Path, spec: ClipSpec) -> tuple[np.ndarray, int, bool]:
             rate, declared = f.samplerate, f.frames
             if declared <= 0:
                 raise SkipFile("zero-length audio (no frames)")
-            want = min(declared, int(np.ceil(spec.duration_sec * rate)))
+            want = declared if whole else min(declared, int(np.ceil(spec.duration_sec * rate)))
             dtype, scale = _INT_READS.get(f.subtype, ("float32", None))
             data = f.read(frames=want, dtype=dtype, always_2d=True)
     except RuntimeError as err:  # sf.LibsndfileError and older soundfile errors
@@ -107,11 +107,12 @@ def _read(path: Path, spec: ClipSpec) -> tuple[np.ndarray, int, bool]:
     return data, rate, True
 
 
-def load_clip(path: Path, spec: ClipSpec) -> np.ndarray:
-    """Mono float32 samples at spec.sample_rate, at most spec.num_samples long (not yet padded)."""
+def load_clip(path: Path, spec: ClipSpec, whole: bool = False) -> np.ndarray:
+    """Mono float32 samples at spec.sample_rate: the first spec.num_samples (not yet padded),
+    or with `whole` the entire recording (prediction cuts it into clip-long windows)."""
     if path.stat().st_size == 0:
         raise SkipFile("empty file (0 bytes)")
-    data, rate, is_float = _read(path, spec)
+    data, rate, is_float = _read(path, spec, whole)
     if is_float and not np.isfinite(data).all():
         raise SkipFile("contains NaN or Inf samples")
     channels = data.shape[1]
@@ -122,4 +123,4 @@ def load_clip(path: Path, spec: ClipSpec) -> np.ndarray:
     if len(mono) < spec.long_window:
         raise SkipFile(f"too short: {len(mono)} samples at {spec.sample_rate} Hz, "
                        f"fewer than one long window ({spec.long_window})")
-    return mono[: spec.num_samples]
+    return mono if whole else mono[: spec.num_samples]

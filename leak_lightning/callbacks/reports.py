@@ -1,4 +1,5 @@
-"""Writes `<stage>_report.json` and a per-file CSV after validate/test, and logs a results table."""
+"""Writes `<stage>_report.json` and a per-file CSV after validate/test (with a results table in the
+log), and `predictions.csv` after predict."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,41 @@ class ReportWriter(L.Callback):
 
     def __init__(self, per_file_csv: bool = True) -> None:
         self.per_file_csv = per_file_csv
+
+    # ---- predict: one row per recording ---------------------------------------------------
+    def on_predict_start(self, trainer, pl_module) -> None:
+        self._pred: dict[int, list] = {}
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        for i, owner in enumerate(outputs["owner"].tolist()):
+            self._pred.setdefault(owner, []).append((outputs["windows"][i].cpu(), outputs["class_probs"][i].cpu()))
+
+    @rank_zero_only
+    def on_predict_end(self, trainer, pl_module) -> None:
+        source = trainer.datamodule.predict_input
+        names = pl_module.hparams.class_names
+        root = Path(trainer.datamodule.predict_dir)
+        run_dir = Path(trainer.default_root_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / "predictions.csv"
+
+        def write(f) -> None:
+            w = csv.writer(f)
+            w.writerow(["path", "status", "windows", "leak_score", "leak_decision", *[f"score_{n}" for n in names]])
+            for i, wav in enumerate(source.paths):
+                rel = wav.relative_to(root).as_posix() if root.is_dir() else wav.name
+                if i not in self._pred:
+                    w.writerow([rel, f"skipped: {source.skipped.get(i, 'no audio')}", 0, "", "", *[""] * len(names)])
+                    continue
+                windows = torch.stack([wv for wv, _ in self._pred[i]])
+                score, leak = pl_module.decide_recording(windows)
+                classes = torch.stack([c for _, c in self._pred[i]]).mean(0)
+                w.writerow([rel, "ok", len(windows), f"{score:.6f}", int(leak), *[f"{float(v):.6f}" for v in classes]])
+
+        _write_atomic(path, write)
+        leaks = sum(pl_module.decide_recording(torch.stack([wv for wv, _ in v]))[1] for v in self._pred.values())
+        log.info("predicted %d recordings (%d leak, %d skipped; threshold %.2f): %s", len(self._pred), leaks,
+                 len(source.skipped), float(pl_module.threshold), path, extra={"colour": "success"})
 
     def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.state.fn == "validate":

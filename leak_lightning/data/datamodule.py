@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import asdict
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from ..builder.decode import ClipSpec
 from .batches import CachedSplit, EvalBatches, TrainBatches, to_cached
 from .h5 import (
     SplitInfo,
@@ -21,6 +23,7 @@ from .h5 import (
     read_info,
     scan_segments,
 )
+from .predict import WavWindows, find_wavs
 from .stream import StreamSplit
 
 log = logging.getLogger(__name__)
@@ -41,13 +44,15 @@ class LeakDataModule(L.LightningDataModule):
         cache: "device" holds a split on the training device, "ram" in (pinned) host memory,
             "stream" reads per-file chunks with `num_workers` workers; "auto" picks the first that fits.
         seed: base of the per-epoch shuffle seeds.
+        predict_dir: a WAV file or folder for `predict` (recordings are cut into clip-long windows).
         num_workers: DataLoader workers, used only when streaming.
         max_cache_fraction: share of free device memory / available RAM a cached split may take.
     """
 
     def __init__(self, train_h5: str | None = None, val_h5: str | None = None, test_h5: str | None = None,
                  batch_size: int = 8192, eval_batch_size: int | None = None, cache: CacheMode = "auto",
-                 seed: int = 0, num_workers: int = 2, max_cache_fraction: float = 0.5) -> None:
+                 seed: int = 0, num_workers: int = 2, max_cache_fraction: float = 0.5,
+                 predict_dir: str | None = None) -> None:
         super().__init__()
         self.paths = {"train": train_h5, "val": val_h5, "test": test_h5}
         if not any(self.paths.values()):
@@ -55,6 +60,8 @@ class LeakDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.cache, self.seed, self.num_workers = cache, seed, num_workers
         self.max_cache_fraction = max_cache_fraction
+        self.predict_dir = predict_dir
+        self.predict_input: WavWindows | None = None
         # Metadata only (cheap): the CLI links class names and features into the model from here.
         self.infos: dict[str, SplitInfo] = {k: read_info(p) for k, p in self.paths.items() if p}
         check_compatible(list(self.infos.values()))
@@ -105,6 +112,9 @@ class LeakDataModule(L.LightningDataModule):
         return "stream"
 
     def setup(self, stage: str) -> None:
+        if stage == "predict":
+            self._setup_predict()
+            return
         wanted = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"]}.get(stage, [])
         device = self._device()
         for name in wanted:
@@ -147,6 +157,19 @@ class LeakDataModule(L.LightningDataModule):
             self._train_batches = batches
             return batches
         return EvalBatches(split, self.eval_batch_size, rank, world, self._device())
+
+    def _setup_predict(self) -> None:
+        if not self.predict_dir:
+            raise ValueError("predict needs --data.predict_dir (a WAV file or a folder of WAVs)")
+        if self._rank_world()[1] > 1:
+            raise ValueError("predict runs on one device; use --trainer.devices 1")
+        f = self.info.features
+        spec = ClipSpec(f.sample_rate, f.duration_sec, f.num_samples, f.long_window)
+        self.predict_input = WavWindows(find_wavs(Path(self.predict_dir)), spec, workers=max(1, self.num_workers))
+        log.info("predict: %d recordings under %s", len(self.predict_input.paths), self.predict_dir)
+
+    def predict_dataloader(self):
+        return self.predict_input
 
     # Sampler position in checkpoints. Lightning restores the data module before it first asks for
     # the train loader; its own stateful-loader restore can be skipped when `configure_optimizers`
