@@ -23,6 +23,11 @@ class ClipSpec(NamedTuple):
     num_samples: int
     long_window: int
 
+    @classmethod
+    def of(cls, features) -> ClipSpec:
+        """From a FeatureConfig (duck-typed: this module must not import torch)."""
+        return cls(features.sample_rate, features.duration_sec, features.num_samples, features.long_window)
+
 
 class SkipFile(Exception):
     """A file that cannot give real audio; its message is the reason in the skip report."""
@@ -124,3 +129,13 @@ def load_clip(path: Path, spec: ClipSpec, whole: bool = False) -> np.ndarray:
         raise SkipFile(f"too short: {len(mono)} samples at {spec.sample_rate} Hz, "
                        f"fewer than one long window ({spec.long_window})")
     return mono if whole else mono[: spec.num_samples]
+
+
+def load_or_reason(path: Path, spec: ClipSpec, whole: bool = False) -> np.ndarray | str:
+    """`load_clip`, or the reason the file cannot be used (for the skip report)."""
+    try:
+        return load_clip(path, spec, whole)
+    except SkipFile as err:
+        return str(err)
+    except OSError as err:
+        return f"cannot read file: {err.strerror or err}"

@@ -75,8 +75,7 @@ class BatchBuilder:
         self.cfg, self.label_ids, self.device = cfg, label_ids, device
         self.batch_size, self.prefetch = batch_size, prefetch
         self.frontend = LogMelFrontend(cfg).to(device)
-        spec = ClipSpec(cfg.sample_rate, cfg.duration_sec, cfg.num_samples, cfg.long_window)
-        self.decoders = DecoderPool(num_workers, batch_size, spec, prefetch)
+        self.decoders = DecoderPool(num_workers, batch_size, ClipSpec.of(cfg), prefetch)
         self.free = deque(range(prefetch))
 
     def close(self) -> None:

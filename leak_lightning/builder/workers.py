@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .decode import ClipSpec, SkipFile, load_clip
+from .decode import ClipSpec, load_or_reason
 
 _views: list[np.ndarray] = []  # in a worker: the parent's buffers
 _blocks: list[SharedMemory] = []
@@ -51,13 +51,9 @@ def decode_rows(buffer: int, start: int, paths: list[str], spec: ClipSpec) -> li
     """Decode files into rows start.. of a buffer (zero-padded); a skip reason or None per file."""
     out, reasons = _views[buffer], []
     for row, path in enumerate(paths, start):
-        try:
-            clip = load_clip(Path(path), spec)
-        except SkipFile as err:
-            reasons.append(str(err))
-            continue
-        except OSError as err:
-            reasons.append(f"cannot read file: {err.strerror or err}")
+        clip = load_or_reason(Path(path), spec)
+        if isinstance(clip, str):
+            reasons.append(clip)
             continue
         out[row, : len(clip)] = clip
         out[row, len(clip):] = 0.0

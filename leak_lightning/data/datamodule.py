@@ -163,8 +163,7 @@ class LeakDataModule(L.LightningDataModule):
             raise ValueError("predict needs --data.predict_dir (a WAV file or a folder of WAVs)")
         if self._rank_world()[1] > 1:
             raise ValueError("predict runs on one device; use --trainer.devices 1")
-        f = self.info.features
-        spec = ClipSpec(f.sample_rate, f.duration_sec, f.num_samples, f.long_window)
+        spec = ClipSpec.of(self.info.features)
         self.predict_input = WavWindows(find_wavs(Path(self.predict_dir)), spec, workers=max(1, self.num_workers))
         log.info("predict: %d recordings under %s", len(self.predict_input.paths), self.predict_dir)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..builder.decode import ClipSpec, SkipFile, load_clip
+from ..builder.decode import ClipSpec, load_or_reason
 from ..builder.discover import WAV_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -56,12 +56,8 @@ class WavWindows:
         return math.ceil(len(self.paths) / self.files_per_batch)
 
     def _decode(self, path: Path) -> np.ndarray | str:
-        try:
-            return windows_of(load_clip(path, self.spec, whole=True), self.spec)
-        except SkipFile as err:
-            return str(err)
-        except OSError as err:
-            return f"cannot read file: {err.strerror or err}"
+        clip = load_or_reason(path, self.spec, whole=True)
+        return clip if isinstance(clip, str) else windows_of(clip, self.spec)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         with ThreadPoolExecutor(self.workers) as pool:
