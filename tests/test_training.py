@@ -148,3 +148,30 @@ def test_predict_on_wavs_matches_test_on_the_built_dataset(small_h5, tmp_path, r
         assert rows[name]["leak_decision"] == row["leak_decision"], name
     assert rows["long_25s.wav"]["windows"] == "3"
     assert rows["broken.wav"]["status"].startswith("skipped: not readable as audio")
+
+
+def test_compile_failure_warns_once_and_runs_eager(monkeypatch):
+    import logging
+    from dataclasses import asdict
+
+    from leak_lightning.features import FeatureConfig
+    from leak_lightning.module import LeakClassifier
+
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("inductor exploded\nlong backend trace")
+
+    monkeypatch.setattr(torch, "compile", lambda module: Broken())
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("leak_lightning.module").addHandler(handler)
+    try:
+        model = LeakClassifier(3, ["A", "LEAK", "C"], asdict(FeatureConfig()), compile=True)
+        model.setup("fit")
+        x = torch.randn(4, 64, 1)
+        assert model(x).shape == (4, 3) and model(x).shape == (4, 3)
+    finally:
+        logging.getLogger("leak_lightning.module").removeHandler(handler)
+    assert [r.getMessage() for r in records] == [
+        "torch.compile failed (RuntimeError: inductor exploded); continuing in eager mode"]
