@@ -194,7 +194,9 @@ class LeakClassifier(L.LightningModule):
         if sweep:
             t, _ = sweep_threshold(windows, truth, self.hparams.aggregation, self.hparams.vote_fraction)
             self.threshold.fill_(t)
-        values = self._file_metrics(windows, probs, targets, truth)
+        class_scores = probs.reshape(info.num_files, -1, probs.shape[-1]).mean(1)  # (F, C)
+        decided = self._decide(windows)
+        values = self._file_metrics(windows, decided, class_scores, targets, truth)
         with _counting_is_exact():
             seg = metrics.compute()
         metrics.reset()
@@ -210,9 +212,8 @@ class LeakClassifier(L.LightningModule):
             # identical on every rank already; sync_dist only keeps Lightning's DDP bookkeeping quiet
             self.log(f"{stage}/{key}", v.float() if torch.is_tensor(v) else float(v), sync_dist=True)
         self.last_results = {"stage": stage, "metrics": {k: float(v) for k, v in values.items()},
-                             "file_probs": probs.reshape(info.num_files, -1, len(names)).mean(1).cpu(),
-                             "file_scores": windows.mean(-1).cpu(),
-                             "decisions": self._decide(windows).cpu(), "targets": targets.cpu()}
+                             "file_probs": class_scores.cpu(), "file_scores": windows.mean(-1).cpu(),
+                             "decisions": decided.cpu(), "targets": targets.cpu()}
 
     # ---- prediction: raw recordings through the same frontend as the builder ----------------
     def on_predict_start(self) -> None:
@@ -236,11 +237,9 @@ class LeakClassifier(L.LightningModule):
         return file_decisions(windows, self.threshold[None], self.hparams.aggregation,
                               self.hparams.vote_fraction)[0]
 
-    def _file_metrics(self, windows, probs, targets, truth) -> dict[str, torch.Tensor]:
-        decided = self._decide(windows)
+    @staticmethod
+    def _file_metrics(windows, decided, class_scores, targets, truth) -> dict[str, torch.Tensor]:
         truth_i = truth.int()
-        spf = probs.shape[0] // targets.shape[0]
-        class_scores = probs.reshape(targets.shape[0], spf, -1).mean(1)  # (F, C)
         return {
             "file_leak_f1": binary_f1_score(decided.int(), truth_i),
             "file_leak_precision": binary_precision(decided.int(), truth_i),

@@ -20,7 +20,7 @@ def test_fast_dev_run_of_every_config(config, small_h5, tmp_path):
           "--trainer.default_root_dir", str(tmp_path), "--data.batch_size", "256"])
 
 
-def test_print_config_links_data_into_the_model(small_h5, capsys):
+def test_print_config_shows_overrides_and_defaults(small_h5, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["fit", "--config", str(REPO / "configs/default.yaml"), *data_args(small_h5),
               "--model.lr", "3e-4", "--print_config"])

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from ..data import schema
 from ..features import FeatureConfig
+from ..fileio import write_atomic
 from .discover import SPLITS, discover, label_mapping
 from .pipeline import BatchBuilder, SplitResult
 from .writer import SplitWriter
@@ -51,12 +52,6 @@ def _check_outputs(output: Path, overwrite: bool) -> dict[str, Path]:
                               "(the old files stay until the new build has finished) "
                               "or choose another --output")
     return targets
-
-
-def _write_json_atomic(path: Path, payload) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def build_dataset(
@@ -109,7 +104,7 @@ def build_dataset(
     finally:
         torch.set_num_threads(threads)
     skipped = [s for r in results.values() for s in r.skipped]
-    _write_json_atomic(output / schema.SKIP_REPORT, skipped)
+    write_atomic(output / schema.SKIP_REPORT, lambda f: json.dump(skipped, f, indent=2))
     summary = BuildSummary(targets, {s: r.files for s, r in results.items()},
                            {s: r.files * features.num_long * features.num_short for s, r in results.items()},
                            skipped, time.perf_counter() - t0)

@@ -6,21 +6,15 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
+from ..fileio import write_atomic
+
 log = logging.getLogger(__name__)
-
-
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
-        write(f)
-    os.replace(tmp, path)
 
 
 class ReportWriter(L.Callback):
@@ -51,21 +45,28 @@ class ReportWriter(L.Callback):
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / "predictions.csv"
 
+        rows = []  # (relative path, status, windows, score, decision, class scores)
+        for i, wav in enumerate(source.paths):
+            rel = wav.relative_to(root).as_posix() if root.is_dir() else wav.name
+            if i not in self._pred:
+                rows.append((rel, f"skipped: {source.skipped.get(i, 'no audio')}", 0, None, None, None))
+                continue
+            windows = torch.stack([wv for wv, _ in self._pred[i]])
+            score, leak = pl_module.decide_recording(windows)
+            classes = torch.stack([c for _, c in self._pred[i]]).mean(0)
+            rows.append((rel, "ok", len(windows), score, leak, classes))
+
         def write(f) -> None:
             w = csv.writer(f)
             w.writerow(["path", "status", "windows", "leak_score", "leak_decision", *[f"score_{n}" for n in names]])
-            for i, wav in enumerate(source.paths):
-                rel = wav.relative_to(root).as_posix() if root.is_dir() else wav.name
-                if i not in self._pred:
-                    w.writerow([rel, f"skipped: {source.skipped.get(i, 'no audio')}", 0, "", "", *[""] * len(names)])
-                    continue
-                windows = torch.stack([wv for wv, _ in self._pred[i]])
-                score, leak = pl_module.decide_recording(windows)
-                classes = torch.stack([c for _, c in self._pred[i]]).mean(0)
-                w.writerow([rel, "ok", len(windows), f"{score:.6f}", int(leak), *[f"{float(v):.6f}" for v in classes]])
+            for rel, status, n, score, leak, classes in rows:
+                if classes is None:
+                    w.writerow([rel, status, n, "", "", *[""] * len(names)])
+                else:
+                    w.writerow([rel, status, n, f"{score:.6f}", int(leak), *[f"{float(v):.6f}" for v in classes]])
 
-        _write_atomic(path, write)
-        leaks = sum(pl_module.decide_recording(torch.stack([wv for wv, _ in v]))[1] for v in self._pred.values())
+        write_atomic(path, write)
+        leaks = sum(1 for r in rows if r[4])
         log.info("predicted %d recordings (%d leak, %d skipped; threshold %.2f): %s", len(self._pred), leaks,
                  len(source.skipped), float(pl_module.threshold), path, extra={"colour": "success"})
 
@@ -89,12 +90,12 @@ class ReportWriter(L.Callback):
                   "leak_class": module.hparams.leak_class_name, "class_names": module.hparams.class_names,
                   "ckpt_path": trainer.ckpt_path, "metrics": metrics}
         path = run_dir / f"{name}_report.json"
-        _write_atomic(path, lambda f: json.dump(report, f, indent=2))
+        write_atomic(path, lambda f: json.dump(report, f, indent=2))
         self._log_table(stage, metrics, module.hparams.class_names)
         log.info("%s report: %s", name, path, extra={"colour": "success"})
         if self.per_file_csv:
             csv_path = run_dir / f"{name}_predictions.csv"
-            _write_atomic(csv_path, lambda f: self._write_csv(f, trainer.datamodule.file_paths(stage),
+            write_atomic(csv_path, lambda f: self._write_csv(f, trainer.datamodule.file_paths(stage),
                                                              results, module.hparams.class_names))
             log.info("per-file results: %s", csv_path)
 
