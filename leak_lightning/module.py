@@ -61,6 +61,8 @@ class LeakClassifier(L.LightningModule):
         aggregation: file score from long windows, "vote" (fraction at/above threshold) or "mean".
         vote_fraction: in vote mode, the fraction of leak windows that makes a leak file.
         compile: torch.compile the network; None = on CUDA only. Failure falls back to eager.
+        fused_adamw: AdamW's fused kernel (one launch per step instead of one per op and tensor
+            group); None = on when the parameters live on CUDA. Same update rule either way.
     """
 
     def __init__(self, num_classes: int, class_names: list[str], feature_config: dict,
@@ -68,7 +70,8 @@ class LeakClassifier(L.LightningModule):
                  hidden: int = 256, dropout: float = 0.3, freq_mask: int = 8, time_mask: int = 0,
                  lr: float = 1e-3, weight_decay: float = 1e-2, min_lr_ratio: float = 0.01,
                  pos_weight: list[float] | None = None, aggregation: Aggregation = "vote",
-                 vote_fraction: float = 0.5, compile: bool | None = None) -> None:
+                 vote_fraction: float = 0.5, compile: bool | None = None,
+                 fused_adamw: bool | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         if len(class_names) != num_classes:
@@ -144,7 +147,11 @@ class LeakClassifier(L.LightningModule):
             self.log("train/loss", mean, sync_dist=True)
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        fused = self.hparams.fused_adamw
+        if fused is None:
+            fused = self.device.type == "cuda"
+        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
+                                fused=fused or None)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(
             opt, T_max=total, eta_min=self.hparams.lr * self.hparams.min_lr_ratio)

@@ -4,9 +4,14 @@
     python scripts/benchmark_fit.py --batch 8192 --steps 300 --files 45000
 
 Both sides use the same LeakCNN, batch size, precision (bf16-mixed on CUDA, fp32 on CPU),
-torch.compile setting (on with CUDA) and optimizer/scheduler; the plain loop gathers batches
-from a tensor already on the device. Warm-up steps (and compilation) are excluded; the two
-are measured alternately and medians reported.
+torch.compile setting (on with CUDA) and optimizer (AdamW, fused kernel per --fused) with a
+cosine schedule; the plain loop gathers batches from a tensor already on the device. Warm-up
+steps (and compilation) are excluded; the two are measured alternately and medians reported.
+
+With --profile-steps N (default 20 on CUDA), N more steps of each side run under
+torch.profiler and the GPU kernel time per step is printed beside the wall time per step:
+a side whose wall time exceeds its GPU time is waiting on the host (Python, launches), a
+side whose GPU time grew is doing extra device work.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +61,33 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def gpu_ms_per_step(prof: torch.profiler.profile, steps: int) -> float:
+    """Kernel, copy and memset time on the device per step (one stream: the sum is the busy time).
+
+    Counts what the profiler's own table totals as "Self CUDA time": the device-side events,
+    not the CPU ops that launched them (those would count each kernel twice).
+    """
+    cuda = torch.autograd.DeviceType.CUDA
+    total_us = sum(e.self_device_time_total for e in prof.key_averages()
+                   if e.device_type == cuda and not e.is_user_annotation)
+    return total_us / 1000 / max(steps, 1)
+
+
+def _profiler(device: torch.device) -> torch.profiler.profile:
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    return torch.profiler.profile(activities=acts)
+
+
+@dataclass
+class Result:
+    rate: float  # segments/s over the timed steps
+    gpu_ms: float = float("nan")  # device busy time per step in the profiled steps
+
+
 def raw_loop(h5: Path, batch: int, warmup: int, steps: int, device: torch.device, compile_: bool,
-             channels: list[int]) -> float:
+             channels: list[int], fused: bool, profile_steps: int) -> Result:
     """The reference: data on the device, index gather, autocast, AdamW + cosine, nothing else."""
     from leak_lightning.data.h5 import load_segments, load_targets, read_info
 
@@ -66,16 +97,21 @@ def raw_loop(h5: Path, batch: int, warmup: int, steps: int, device: torch.device
     spf = info.segments_per_file
     net = LeakCNN(len(CLASSES), channels=tuple(channels)).to(device).train()
     model = torch.compile(net) if compile_ else net
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-2)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=warmup + steps, eta_min=1e-5)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-2, fused=fused or None)
+    total = warmup + steps + profile_steps
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=1e-5)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     perm = torch.randperm(len(seg), device=device)
     per_epoch = len(seg) // batch
-    t0 = 0.0
-    for step in range(warmup + steps):
+    result, t0, prof = Result(0.0), 0.0, None
+    for step in range(total):
         if step == warmup:
             _sync(device)
             t0 = time.perf_counter()
+        if step == warmup + steps:
+            _sync(device)
+            result.rate = steps * batch / (time.perf_counter() - t0)
+            prof = _profiler(device).__enter__()
         idx = perm[(step % per_epoch) * batch: (step % per_epoch + 1) * batch]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss = loss_fn(model(seg[idx]).float(), tgt[idx // spf])
@@ -84,14 +120,20 @@ def raw_loop(h5: Path, batch: int, warmup: int, steps: int, device: torch.device
         opt.step()
         sched.step()
     _sync(device)
-    return steps * batch / (time.perf_counter() - t0)
+    if prof is None:
+        result.rate = steps * batch / (time.perf_counter() - t0)
+    else:
+        prof.__exit__(None, None, None)
+        result.gpu_ms = gpu_ms_per_step(prof, profile_steps)
+    return result
 
 
 class StepTimer(L.Callback):
-    """Times training steps warmup..warmup+steps, then stops the run."""
+    """Times training steps warmup..warmup+steps, profiles `profile_steps` more, then stops the run."""
 
-    def __init__(self, warmup: int, steps: int) -> None:
-        self.warmup, self.steps, self.t0, self.rate = warmup, steps, 0.0, 0.0
+    def __init__(self, warmup: int, steps: int, profile_steps: int) -> None:
+        self.warmup, self.steps, self.profile_steps = warmup, steps, profile_steps
+        self.t0, self.result, self.prof = 0.0, Result(0.0), None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.warmup:
@@ -101,25 +143,35 @@ class StepTimer(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.warmup + self.steps:
             _sync(pl_module.device)
-            self.rate = self.steps * trainer.datamodule.batch_size / (time.perf_counter() - self.t0)
+            self.result.rate = self.steps * trainer.datamodule.batch_size / (time.perf_counter() - self.t0)
+            if self.profile_steps:
+                self.prof = _profiler(pl_module.device).__enter__()
+            else:
+                trainer.should_stop = True
+        elif self.prof is not None and trainer.global_step == self.warmup + self.steps + self.profile_steps:
+            _sync(pl_module.device)
+            self.prof.__exit__(None, None, None)
+            self.result.gpu_ms = gpu_ms_per_step(self.prof, self.profile_steps)
+            self.prof = None
             trainer.should_stop = True
 
 
 def lightning_fit(h5: dict[str, Path], batch: int, warmup: int, steps: int, root: Path,
-                  channels: list[int]) -> float:
+                  channels: list[int], fused: bool, profile_steps: int) -> Result:
     """The real path: LeakCLI's parser, data module, module, callbacks and Trainer.fit."""
     from leak_lightning.cli import LeakCLI
 
-    timer = StepTimer(warmup, steps)
+    timer = StepTimer(warmup, steps, profile_steps)
     cli = LeakCLI(run=False, args=[
         "--data.train_h5", str(h5["train"]), "--data.val_h5", str(h5["val"]), "--data.batch_size", str(batch),
         "--trainer.max_epochs", "1000", "--trainer.limit_val_batches", "0", "--trainer.logger", "false",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
         "--trainer.default_root_dir", str(root), "--checkpoint.monitor", "null",
-        "--early_stopping.strict", "false", "--model.channels", str(channels)])
+        "--early_stopping.strict", "false", "--model.channels", str(channels),
+        "--model.fused_adamw", str(fused).lower()])
     cli.trainer.callbacks.append(timer)
     cli.trainer.fit(cli.model, cli.datamodule)
-    return timer.rate
+    return timer.result
 
 
 def main() -> None:
@@ -129,31 +181,45 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=40 if cuda else 5)
     p.add_argument("--steps", type=int, default=300 if cuda else 25)
     p.add_argument("--files", type=int, default=None, help="training files (default: enough for one epoch)")
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--channels", type=int, nargs="+", default=[48, 96, 192, 256],
                    help="LeakCNN widths; tiny ones expose per-step overhead on a CPU")
+    p.add_argument("--fused", choices=["auto", "on", "off"], default="auto",
+                   help="AdamW's fused kernel on both sides (auto: on CUDA, as LeakClassifier does)")
+    p.add_argument("--profile-steps", type=int, default=20 if cuda else 0,
+                   help="steps per side run under torch.profiler after the timed ones (0: none)")
     args = p.parse_args()
+    fused = {"on": True, "off": False, "auto": cuda}[args.fused]
     setup_logging()
     device = torch.device("cuda" if cuda else "cpu")
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    files = args.files or (args.warmup + args.steps + 2) * args.batch // 80 + 1
+    files = args.files or (args.warmup + args.steps + args.profile_steps + 2) * args.batch // 80 + 1
     with tempfile.TemporaryDirectory() as tmp:
         h5 = make_h5(Path(tmp), files)
         raw, lit = [], []
         for r in range(args.repeats):
-            raw.append(raw_loop(h5["train"], args.batch, args.warmup, args.steps, device, cuda, args.channels))
-            lit.append(lightning_fit(h5, args.batch, args.warmup, args.steps, Path(tmp) / f"run{r}",
-                                     args.channels))
-            log.info("repeat %d: raw %.0f seg/s, fit %.0f seg/s", r, raw[-1], lit[-1])
+            common = (args.batch, args.warmup, args.steps)
+            raw.append(raw_loop(h5["train"], *common, device, cuda, args.channels, fused, args.profile_steps))
+            lit.append(lightning_fit(h5, *common, Path(tmp) / f"run{r}", args.channels, fused,
+                                     args.profile_steps))
+            log.info("repeat %d: raw %.0f seg/s, fit %.0f seg/s, ratio %.3f", r, raw[-1].rate, lit[-1].rate,
+                     lit[-1].rate / raw[-1].rate)
     name = torch.cuda.get_device_name() if cuda else "CPU"
-    raw_m, lit_m = statistics.median(raw), statistics.median(lit)
-    log.info("device %s, batch %d, %s, compile %s, %d timed steps after %d warm-up",
-             name, args.batch, "bf16-mixed" if cuda else "32-true", cuda, args.steps, args.warmup)
-    log.info("plain PyTorch loop : %12.0f segments/s", raw_m)
-    log.info("leak_lightning fit : %12.0f segments/s", lit_m)
-    log.info("ratio fit / plain  : %12.3f", lit_m / raw_m)
+    log.info("device %s, batch %d, %s, compile %s, fused AdamW %s, %d timed steps after %d warm-up, "
+             "%d repeats", name, args.batch, "bf16-mixed" if cuda else "32-true", cuda, fused, args.steps,
+             args.warmup, args.repeats)
+    for label, runs in (("plain PyTorch loop", raw), ("leak_lightning fit", lit)):
+        rate = statistics.median(r.rate for r in runs)
+        line = f"{label} : {rate:12.0f} segments/s, {args.batch / rate * 1000:7.3f} ms/step"
+        if args.profile_steps and cuda:
+            line += f", GPU busy {statistics.median(r.gpu_ms for r in runs):7.3f} ms/step"
+        log.info(line)
+    ratios = [b.rate / a.rate for a, b in zip(raw, lit)]
+    log.info("ratio fit / plain  : %12.3f (median of medians; per repeat %s)",
+             statistics.median(r.rate for r in lit) / statistics.median(r.rate for r in raw),
+             ", ".join(f"{x:.3f}" for x in ratios))
 
 
 if __name__ == "__main__":

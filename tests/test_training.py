@@ -175,3 +175,24 @@ def test_compile_failure_warns_once_and_runs_eager(monkeypatch):
         logging.getLogger("leak_lightning.module").removeHandler(handler)
     assert [r.getMessage() for r in records] == [
         "torch.compile failed (RuntimeError: inductor exploded); continuing in eager mode"]
+
+
+def test_fused_adamw_is_the_same_update_and_off_by_default_on_cpu(small_h5, tmp_path):
+    from leak_lightning.cli import LeakCLI
+
+    def one_step(*extra: str):
+        cli = LeakCLI(run=False, args=[
+            "--config", str(REPO / "configs/demo.yaml"), *data_args(small_h5), "--seed_everything", "1",
+            "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path),
+            "--data.batch_size", "256", *extra])
+        before = {k: v.clone() for k, v in cli.model.net.state_dict().items()}
+        cli.trainer.fit(cli.model, cli.datamodule)
+        after = cli.model.net.state_dict()
+        assert any(not torch.equal(before[k], after[k]) for k in before), "no parameter moved"
+        return cli.trainer.optimizers[0].defaults["fused"], after
+
+    default_fused, default = one_step()
+    fused, with_fused = one_step("--model.fused_adamw", "true")
+    assert not default_fused and fused
+    for key, value in default.items():
+        torch.testing.assert_close(with_fused[key], value, rtol=1e-5, atol=1e-6, msg=key)
