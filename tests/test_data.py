@@ -14,7 +14,7 @@ from leak_lightning.data import schema
 from leak_lightning.data.batches import CachedSplit, EvalBatches, TrainBatches
 from leak_lightning.data.datamodule import LeakDataModule
 from leak_lightning.data.h5 import read_info
-from leak_lightning.data.stream import StreamSplit
+from leak_lightning.data.stream import StreamSplit, stream_loader
 
 
 @pytest.fixture
@@ -167,3 +167,71 @@ def test_every_cache_mode_trains(small_h5, tmp_path, cache):
     main(["fit", "--config", str(REPO / "configs/demo.yaml"), *data_args(small_h5), "--trainer.fast_dev_run", "2",
           "--trainer.default_root_dir", str(tmp_path), "--data.cache", cache, "--data.num_workers", "1",
           "--data.batch_size", "256"])
+
+
+def numbered_split(folder, num_files: int) -> tuple:
+    """A split whose segment i holds the value i everywhere (float16 is exact below 2048)."""
+    from leak_lightning.builder.writer import SplitWriter
+    from leak_lightning.features import FeatureConfig
+
+    cfg = FeatureConfig()
+    spf = cfg.segment_shape[0] * cfg.segment_shape[1]
+    seg = np.broadcast_to(np.arange(num_files * spf, dtype=np.float16).reshape(num_files, *cfg.segment_shape[:2], 1, 1),
+                          (num_files, *cfg.segment_shape))
+    writer = SplitWriter(folder / "numbered.h5", cfg, ["A", "B", "C"])
+    writer.append(np.ascontiguousarray(seg), (np.arange(num_files) % 3).astype(np.int16), [""] * num_files,
+                  [""] * num_files)
+    info = read_info(writer.commit())
+    return info, np.eye(3, dtype=np.uint8)[np.arange(num_files) % 3]
+
+
+def served(split: StreamSplit, workers: int, epoch: int = 0, position: int = 0) -> list[torch.Tensor]:
+    """Segment numbers of every batch a real DataLoader serves, from `position` on."""
+    split.epoch = epoch
+    split.start_at(position)
+    out = []
+    for x, y, _ in stream_loader(split, workers, pin_memory=False):
+        ids = x[:, 0, 0].long()
+        assert torch.equal(y, torch.eye(3)[(ids // split.info.segments_per_file) % 3])  # targets follow files
+        out.append(ids)
+    return out
+
+
+def test_stream_epochs_reshuffle_and_serve_full_batches(tmp_path):
+    info, targets = numbered_split(tmp_path, 23)
+    n = info.num_segments
+    split = StreamSplit(info, targets, batch_size=300, train=True, seed=3, rank=0, world=1, roles=2,
+                        buffer_files=3)
+    epochs = [served(split, 2, epoch) for epoch in (0, 1)]
+    for batches in epochs:
+        assert len(batches) == len(split)  # what Lightning's schedule is sized by
+        assert sorted(torch.cat(batches).tolist()) == list(range(n))
+        assert sum(len(b) < 300 for b in batches) <= 2  # only each stream's last batch is short
+    assert not torch.equal(torch.cat(epochs[0]), torch.cat(epochs[1]))
+    single = StreamSplit(info, targets, batch_size=300, train=True, seed=3, rank=0, world=1, roles=1)
+    assert sorted(torch.cat(served(single, 0)).tolist()) == list(range(n))  # no workers: in-process
+
+
+def test_stream_ranks_get_disjoint_equal_shares(tmp_path):
+    info, targets = numbered_split(tmp_path, 23)
+    shares = [StreamSplit(info, targets, 256, True, 5, rank, 2, roles=2) for rank in (0, 1)]
+    got = [torch.cat(served(s, 2)).tolist() for s in shares]
+    assert len(shares[0]) == len(shares[1]) and len(got[0]) == len(got[1]) == 11 * 80
+    assert not set(got[0]) & set(got[1])
+
+
+@pytest.mark.parametrize("workers", [3, 0])
+def test_stream_resumes_at_every_position_in_the_same_order(tmp_path, workers):
+    info, targets = numbered_split(tmp_path, 23)
+    # 3 streams of 8, 8 and 7 files: 3, 3 and 2 batches, so one stream runs out first
+    split = StreamSplit(info, targets, batch_size=300, train=True, seed=7, rank=0, world=1, roles=workers,
+                        buffer_files=3)
+    full = served(split, workers, epoch=2)
+    assert len(full) == len(split) == (8 if workers else 7)
+    for position in range(len(full) + 1):
+        resumed = served(split, workers, epoch=2, position=position)
+        assert len(resumed) == len(full) - position
+        for want, got in zip(full[position:], resumed):
+            assert torch.equal(want, got), position
+    with pytest.raises(ValueError, match="past the end"):
+        split.start_at(len(full) + 1)

@@ -86,16 +86,16 @@ def reference(small_h5, tmp_path_factory) -> Path:
     return run / "checkpoints" / "last.ckpt"
 
 
-def interrupt_and_resume(h5, run: Path, sig: int, code: int, **where) -> str:
+def interrupt_and_resume(h5, run: Path, sig: int, code: int, extra: tuple[str, ...] = (), **where) -> str:
     ready = run / "ready"
-    proc = start(fit_cmd(h5, run, *pause(ready, **where)))
+    proc = start(fit_cmd(h5, run, *extra, *pause(ready, **where)))
     wait_ready(proc, ready)
     os.kill(proc.pid, sig)
     rc, out = finish(proc)
     assert rc == code, out[-4000:]
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert f"saved {run / 'checkpoints' / 'last.ckpt'}" in out and "--ckpt_path last" in out
-    rc, out2 = finish(start(fit_cmd(h5, run, "--ckpt_path", "last")), timeout=300)
+    rc, out2 = finish(start(fit_cmd(h5, run, *extra, "--ckpt_path", "last")), timeout=300)
     assert rc == 0, out2[-4000:]
     return out + out2
 
@@ -116,6 +116,17 @@ def test_sigterm_exits_143_and_resumes_exactly(small_h5, tmp_path, reference):
 def test_sigint_during_validation(small_h5, tmp_path, reference):
     interrupt_and_resume(small_h5, tmp_path, signal.SIGINT, 130, where="val", epoch=1)
     assert_bitwise_equal(weights(tmp_path / "checkpoints/last.ckpt"), weights(reference))
+
+
+def test_streamed_training_resumes_mid_epoch_bitwise(small_h5, tmp_path):
+    # 2 workers, 6 batches each per epoch: step 5 stops inside an epoch and inside a round of workers
+    stream = ("--data.cache", "stream", "--data.num_workers", "2")
+    rc, out = finish(start(fit_cmd(small_h5, tmp_path / "reference", *stream)), timeout=300)
+    assert rc == 0, out[-4000:]
+    out = interrupt_and_resume(small_h5, tmp_path / "run", signal.SIGINT, 130, stream, where="train", step=5)
+    assert "restarts on a new order" not in out
+    assert_bitwise_equal(weights(tmp_path / "run/checkpoints/last.ckpt"),
+                         weights(tmp_path / "reference/checkpoints/last.ckpt"))
 
 
 def test_sigint_during_a_checkpoint_save(small_h5, tmp_path):

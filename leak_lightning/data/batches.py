@@ -46,20 +46,46 @@ class CachedSplit:
         return self.segments[index], self.targets[index // self.segments_per_file]
 
 
-class TrainBatches:
-    """Seeded per-epoch shuffles; each DDP rank takes a disjoint, equal share of the permutation.
+class ResumableOrder:
+    """A seeded per-epoch training order whose position travels in checkpoints.
 
-    Its state (epoch, position) travels in checkpoints through LeakDataModule.state_dict, so
-    a resumed run continues mid-epoch on the same permutation.
+    LeakDataModule.state_dict stores `snapshot()`; after a restore, `resume_from` makes the
+    next epoch iteration start at the saved position if it is still the saved epoch by then.
+    `kind` names the order: a position means nothing under another one.
     """
+
+    def __init__(self, seed: int, epoch_fn: Callable[[], int], done_fn: Callable[[], int],
+                 kind: str = "index") -> None:
+        self.seed, self.epoch_fn, self.done_fn, self.kind = seed, epoch_fn, done_fn, kind
+        self._resume: dict | None = None
+
+    def snapshot(self) -> dict:
+        return {"epoch": self.epoch_fn(), "position": self.done_fn(), "seed": self.seed, "kind": self.kind}
+
+    def resume_from(self, state: dict) -> None:
+        kind = state.get("kind", "index")  # checkpoints from before streams resumed were all "index"
+        if state.get("seed") != self.seed or kind != self.kind:
+            log.warning("the checkpoint's sampler (%s, seed %s) differs from this run's (%s, seed %s; "
+                        "cache mode, data.num_workers when streaming, or data.seed changed): the resumed "
+                        "epoch restarts on a new order", kind, state.get("seed"), self.kind, self.seed)
+            return
+        self._resume = dict(state)
+
+    def start_position(self, epoch: int) -> int:
+        """Batches of `epoch` to skip: the saved position once, if the run resumed inside it."""
+        resume, self._resume = self._resume, None
+        return resume["position"] if resume is not None and resume["epoch"] == epoch else 0
+
+
+class TrainBatches(ResumableOrder):
+    """Seeded per-epoch shuffles; each DDP rank takes a disjoint, equal share of the permutation."""
 
     def __init__(self, split: CachedSplit, batch_size: int, seed: int, rank: int, world: int,
                  device: torch.device, epoch_fn: Callable[[], int], done_fn: Callable[[], int]) -> None:
-        self.split, self.batch_size, self.seed = split, batch_size, seed
+        super().__init__(seed, epoch_fn, done_fn)
+        self.split, self.batch_size = split, batch_size
         self.rank, self.world, self.device = rank, world, device
-        self.epoch_fn, self.done_fn = epoch_fn, done_fn
         self.per_rank = split.num_segments // world  # equal shares: no rank waits at a collective
-        self._resume: dict | None = None
 
     def __len__(self) -> int:
         return math.ceil(self.per_rank / self.batch_size)
@@ -72,26 +98,12 @@ class TrainBatches:
 
     def __iter__(self) -> Iterator[Batch]:
         epoch = self.epoch_fn()
-        start = 0
-        if self._resume is not None and self._resume["epoch"] == epoch:
-            start = self._resume["position"]
-        self._resume = None
+        start = self.start_position(epoch)
         order = self.permutation(epoch).to(self.split.segments.device)
         for b in range(start, len(self)):
             idx = order[b * self.batch_size: (b + 1) * self.batch_size]
             x, y = self.split.gather(idx, self.device)
             yield x, y, -1
-
-    def snapshot(self) -> dict:
-        return {"epoch": self.epoch_fn(), "position": self.done_fn(), "seed": self.seed}
-
-    def resume_from(self, state: dict) -> None:
-        """Start the next iteration at `position` if it is still epoch `epoch` by then."""
-        if state.get("seed") != self.seed:
-            log.warning("the checkpoint's sampler seed %s differs from data.seed=%s: the resumed epoch "
-                        "restarts on a new order", state.get("seed"), self.seed)
-            return
-        self._resume = dict(state)
 
 
 class EvalBatches:

@@ -10,7 +10,6 @@ from typing import Literal
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
 
 from ..builder.decode import ClipSpec
 from .batches import CachedSplit, EvalBatches, TrainBatches, to_cached
@@ -24,7 +23,7 @@ from .h5 import (
     scan_segments,
 )
 from .predict import WavWindows, find_wavs
-from .stream import StreamSplit
+from .stream import StreamBatches, StreamSplit
 
 log = logging.getLogger(__name__)
 CacheMode = Literal["auto", "device", "ram", "stream"]
@@ -57,6 +56,8 @@ class LeakDataModule(L.LightningDataModule):
         self.paths = {"train": train_h5, "val": val_h5, "test": test_h5}
         if not any(self.paths.values()):
             raise ValueError("no dataset given: set data.train_h5 / data.val_h5 / data.test_h5")
+        if seed < 0:
+            raise ValueError(f"data.seed={seed}: the shuffle seed must be 0 or more")
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.cache, self.seed, self.num_workers = cache, seed, num_workers
         self.max_cache_fraction = max_cache_fraction
@@ -68,7 +69,7 @@ class LeakDataModule(L.LightningDataModule):
         self.info = next(iter(self.infos.values()))
         self.splits: dict[str, CachedSplit | StreamSplit] = {}
         self.modes: dict[str, str] = {}
-        self._train_batches: TrainBatches | None = None
+        self._train_batches: TrainBatches | StreamBatches | None = None
         self._resume: dict | None = None
 
     @property
@@ -129,7 +130,7 @@ class LeakDataModule(L.LightningDataModule):
                 scan_segments(info)
                 batch = self.batch_size if name == "train" else self.eval_batch_size
                 self.splits[name] = StreamSplit(info, targets, batch, name == "train", self.seed,
-                                                *self._rank_world())
+                                                *self._rank_world(), roles=self.num_workers)
             else:
                 target_device = device if mode == "device" else torch.device("cpu")
                 self.splits[name] = to_cached(load_segments(info), targets, info.segments_per_file,
@@ -141,22 +142,28 @@ class LeakDataModule(L.LightningDataModule):
     def _loader(self, name: str):
         split = self.splits[name]
         rank, world = self._rank_world()
+        cuda = self._device().type == "cuda"
+        if name != "train":
+            if isinstance(split, StreamSplit):  # its order has no epoch or position
+                return StreamBatches(split, self.num_workers, cuda, self.seed, lambda: 0, lambda: 0)
+            return EvalBatches(split, self.eval_batch_size, rank, world, self._device())
+        loop = self.trainer.fit_loop.epoch_loop if self.trainer is not None else None
+
+        def epoch() -> int:
+            return self.trainer.current_epoch if self.trainer is not None else 0
+
+        def done() -> int:  # batches whose optimizer step is done (saves happen after it)
+            return loop.batch_progress.current.processed if loop is not None else 0
+
         if isinstance(split, StreamSplit):
-            split.epoch = self.trainer.current_epoch if self.trainer is not None else 0
-            cuda = self._device().type == "cuda"
-            return DataLoader(split, batch_size=None, num_workers=self.num_workers, pin_memory=cuda)
-        if name == "train":
-            loop = self.trainer.fit_loop.epoch_loop if self.trainer is not None else None
-            batches = TrainBatches(split, self.batch_size, self.seed, rank, world, self._device(),
-                                   epoch_fn=lambda: self.trainer.current_epoch if self.trainer else 0,
-                                   # batches whose optimizer step is done (saves happen after it)
-                                   done_fn=lambda: loop.batch_progress.current.processed if loop else 0)
-            if self._resume is not None:
-                batches.resume_from(self._resume)
-                self._resume = None
-            self._train_batches = batches
-            return batches
-        return EvalBatches(split, self.eval_batch_size, rank, world, self._device())
+            batches = StreamBatches(split, self.num_workers, cuda, self.seed, epoch, done)
+        else:
+            batches = TrainBatches(split, self.batch_size, self.seed, rank, world, self._device(), epoch, done)
+        if self._resume is not None:
+            batches.resume_from(self._resume)
+            self._resume = None
+        self._train_batches = batches
+        return batches
 
     def _setup_predict(self) -> None:
         if not self.predict_dir:

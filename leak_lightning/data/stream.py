@@ -1,44 +1,96 @@
-"""Streaming for splits too large to cache: whole per-file chunks, a shuffle buffer, lazy handles."""
+"""Streaming for splits too large to cache: per-file reads in a seeded order that resumes mid-epoch."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 
 import h5py
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from . import schema
+from .batches import Batch, ResumableOrder
 from .h5 import SplitInfo
 
 
 class StreamSplit(IterableDataset):
-    """Yields (x, y, start) batches read a file-chunk at a time.
+    """Yields (x, y, start) batches read from the HDF5 file a whole file-row at a time.
 
-    Training: files shuffled per epoch (seeded), shared out by rank then worker, and segments
-    mixed in a buffer of `buffer_files` files. Evaluation: this rank's block of files in order.
+    Training: this rank's share of a seeded per-epoch file permutation is dealt out to `roles`
+    streams, one per DataLoader worker. A stream reads its files `buffer_files` at a time,
+    shuffles each chunk's segments (seeded by epoch, rank, role and chunk) and cuts the
+    concatenation into full batches; only a stream's last batch may be short. The DataLoader
+    takes a batch from each worker in turn, so the epoch's batch order follows from the seed
+    and the worker count alone, and any stream can start at any batch without reading what
+    comes before it: `start_at(position)` resumes an epoch mid-way.
+    Evaluation: this rank's contiguous block of files, in order, whole files per batch.
     The h5py handle is opened inside each worker on first use, never pickled or forked.
     """
 
     def __init__(self, info: SplitInfo, targets: np.ndarray, batch_size: int, train: bool, seed: int,
-                 rank: int, world: int, buffer_files: int = 16) -> None:
+                 rank: int, world: int, roles: int = 1, buffer_files: int = 16) -> None:
         self.info, self.batch_size, self.train = info, batch_size, train
         self.targets = targets.astype(np.float32)
-        self.seed, self.rank, self.world, self.buffer_files = seed, rank, world, buffer_files
+        self.seed, self.rank, self.world = seed, rank, world
+        self.roles, self.buffer_files = max(1, roles), buffer_files
         self.epoch = 0
+        self.skip = [0] * self.roles  # batches of each stream already consumed this epoch
+        self.rotation = 0  # the stream DataLoader worker 0 serves
         self._h5: h5py.File | None = None
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_h5": None}
 
-    def _files(self) -> np.ndarray:
+    # ---- the epoch's layout (cheap: file indices only) --------------------------------------
+    def _rank_files(self) -> np.ndarray:
         n = self.info.num_files
         if not self.train:
             return np.arange(n * self.rank // self.world, n * (self.rank + 1) // self.world)
         order = np.random.default_rng(self.seed * 100_003 + self.epoch).permutation(n)
-        return order[self.rank: n // self.world * self.world: self.world]
+        return order[self.rank: n // self.world * self.world: self.world]  # equal shares per rank
 
+    def _eval_files_per_batch(self) -> int:
+        return max(1, self.batch_size // self.info.segments_per_file)
+
+    def stream_lengths(self) -> list[int]:
+        """Training batches of each stream this epoch (the same on every rank)."""
+        per_rank = self.info.num_files // self.world
+        spf = self.info.segments_per_file
+        files = [len(range(r, per_rank, self.roles)) for r in range(self.roles)]
+        return [math.ceil(f * spf / self.batch_size) for f in files]
+
+    def __len__(self) -> int:
+        if self.train:
+            return sum(self.stream_lengths())
+        n = self.info.num_files
+        block = n * (self.rank + 1) // self.world - n * self.rank // self.world
+        return math.ceil(block / self._eval_files_per_batch())
+
+    def start_at(self, position: int) -> None:
+        """Skip the first `position` batches of the epoch as the DataLoader would have served them.
+
+        The loader serves workers round-robin, skipping exhausted ones: batch t of every stream
+        that has one, stream 0 first, then batch t + 1, ... Streams whose batch of the interrupted
+        round was already served move to the back, so the resumed order continues exactly.
+        """
+        lengths = self.stream_lengths()
+        self.skip, self.rotation = [0] * self.roles, 0
+        left, t = position, 0
+        while left > 0:
+            active = [r for r, n in enumerate(lengths) if n > t]
+            if not active:
+                raise ValueError(f"position {position} is past the end of the epoch ({sum(lengths)} batches)")
+            taken = active[:left]
+            for r in taken:
+                self.skip[r] += 1
+            left -= len(taken)
+            if left == 0 and len(taken) < len(active):
+                self.rotation = active[len(taken)]
+            t += 1
+
+    # ---- reading --------------------------------------------------------------------------
     def _read(self, files: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._h5 is None:
             self._h5 = h5py.File(self.info.path, "r")
@@ -48,25 +100,70 @@ class StreamSplit(IterableDataset):
         y = np.repeat(self.targets[files], spf, axis=0)
         return x.astype(np.float16, copy=False), y
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    def _chunk(self, files: np.ndarray, role: int, j: int) -> tuple[np.ndarray, np.ndarray]:
+        x, y = self._read(files[j * self.buffer_files: (j + 1) * self.buffer_files])
+        perm = np.random.default_rng([self.seed, self.epoch, self.rank, role, j]).permutation(len(x))
+        return x[perm], y[perm]
+
+    def _stream(self, role: int) -> Iterator[Batch]:
+        files = self._rank_files()[role::self.roles]
+        total = len(files) * self.info.segments_per_file
+        chunk_len = self.buffer_files * self.info.segments_per_file
+        chunks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for b in range(self.skip[role], math.ceil(total / self.batch_size)):
+            lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, total)
+            first, last = lo // chunk_len, (hi - 1) // chunk_len
+            for done in [j for j in chunks if j < first]:
+                del chunks[done]
+            xs, ys = [], []
+            for j in range(first, last + 1):
+                if j not in chunks:
+                    chunks[j] = self._chunk(files, role, j)
+                a, z = max(lo, j * chunk_len) - j * chunk_len, min(hi, (j + 1) * chunk_len) - j * chunk_len
+                xs.append(chunks[j][0][a:z])
+                ys.append(chunks[j][1][a:z])
+            yield torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)), -1
+
+    def __iter__(self) -> Iterator[Batch]:
         worker = get_worker_info()
         wid, nw = (worker.id, worker.num_workers) if worker else (0, 1)
-        files = self._files()
-        spf = self.info.segments_per_file
-        if not self.train:  # contiguous groups of whole files, tagged with their first segment
-            per = max(1, self.batch_size // spf)
-            for g, lo in enumerate(range(0, len(files), per)):
-                if g % nw == wid:
-                    x, y = self._read(files[lo: lo + per])
-                    yield torch.from_numpy(x), torch.from_numpy(y), int(files[lo]) * spf
+        if self.train:
+            if nw != self.roles:
+                raise RuntimeError(f"StreamSplit has {self.roles} streams but runs in {nw} workers")
+            yield from self._stream((self.rotation + wid) % self.roles)
             return
-        yield from self._shuffled(files[wid::nw])
+        files, spf = self._rank_files(), self.info.segments_per_file
+        per = self._eval_files_per_batch()
+        for g, lo in enumerate(range(0, len(files), per)):  # groups of whole files, tagged with their first segment
+            if g % nw == wid:
+                x, y = self._read(files[lo: lo + per])
+                yield torch.from_numpy(x), torch.from_numpy(y), int(files[lo]) * spf
 
-    def _shuffled(self, files: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-        rng = np.random.default_rng([self.seed, self.epoch, self.rank])
-        for lo in range(0, len(files), self.buffer_files):
-            x, y = self._read(files[lo: lo + self.buffer_files])
-            perm = rng.permutation(len(x))
-            for b in range(0, len(x), self.batch_size):
-                idx = perm[b: b + self.batch_size]
-                yield torch.from_numpy(x[idx]), torch.from_numpy(y[idx]), -1
+
+def stream_loader(split: StreamSplit, num_workers: int, pin_memory: bool) -> DataLoader:
+    # Its own generator: a loader with workers otherwise draws their base seed from the global
+    # RNG, which would shift the masking RNG of a resumed run by one draw per loader started.
+    gen = torch.Generator().manual_seed(split.seed * 100_003 + split.epoch)
+    return DataLoader(split, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, generator=gen)
+
+
+class StreamBatches(ResumableOrder):
+    """A StreamSplit behind a fresh DataLoader each epoch, at the epoch's order and position.
+
+    Not a DataLoader itself: Lightning then sizes the epoch by `len()` without warning that an
+    IterableDataset's length may be wrong under several workers (here it is exact).
+    """
+
+    def __init__(self, split: StreamSplit, num_workers: int, pin_memory: bool, seed: int,
+                 epoch_fn: Callable[[], int], done_fn: Callable[[], int]) -> None:
+        super().__init__(seed, epoch_fn, done_fn, kind=f"stream/{split.roles}")
+        self.split, self.num_workers, self.pin_memory = split, num_workers, pin_memory
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __iter__(self) -> Iterator[Batch]:
+        # the split's epoch and start travel to the workers, which are started per epoch
+        self.split.epoch = self.epoch_fn()
+        self.split.start_at(self.start_position(self.split.epoch))
+        yield from stream_loader(self.split, self.num_workers, self.pin_memory)
