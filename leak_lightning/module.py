@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import Literal
 
 import lightning as L
 import torch
@@ -23,6 +24,7 @@ from .features import FeatureConfig, LogMelFrontend
 from .models import LeakCNN
 
 log = logging.getLogger(__name__)
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 
 
 def _segment_metrics(num_classes: int) -> MetricCollection:
@@ -61,6 +63,8 @@ class LeakClassifier(L.LightningModule):
         aggregation: file score from long windows, "vote" (fraction at/above threshold) or "mean".
         vote_fraction: in vote mode, the fraction of leak windows that makes a leak file.
         compile: torch.compile the network; None = on CUDA only. Failure falls back to eager.
+        compile_mode: torch.compile's mode; "reduce-overhead" replays CUDA graphs (fewer kernel
+            launches per step), "max-autotune" also searches kernel configurations.
         fused_adamw: AdamW's fused kernel (one launch per step instead of one per op and tensor
             group); None = on when the parameters live on CUDA. Same update rule either way.
     """
@@ -70,7 +74,7 @@ class LeakClassifier(L.LightningModule):
                  hidden: int = 256, dropout: float = 0.3, freq_mask: int = 8, time_mask: int = 0,
                  lr: float = 1e-3, weight_decay: float = 1e-2, min_lr_ratio: float = 0.01,
                  pos_weight: list[float] | None = None, aggregation: Aggregation = "vote",
-                 vote_fraction: float = 0.5, compile: bool | None = None,
+                 vote_fraction: float = 0.5, compile: bool | None = None, compile_mode: CompileMode = "default",
                  fused_adamw: bool | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -104,7 +108,7 @@ class LeakClassifier(L.LightningModule):
                                                  and self.trainer.strategy.root_device.type == "cuda")
         if use and self._compiled is None:
             # not a registered submodule: parameters stay under `net.` in checkpoints
-            object.__setattr__(self, "_compiled", torch.compile(self.net))
+            object.__setattr__(self, "_compiled", torch.compile(self.net, mode=self.hparams.compile_mode))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._compiled is not None:

@@ -4,7 +4,7 @@
     python scripts/benchmark_fit.py --batch 8192 --steps 300 --files 45000
 
 Both sides use the same LeakCNN, batch size, precision (bf16-mixed on CUDA, fp32 on CPU),
-torch.compile setting (on with CUDA) and optimizer (AdamW, fused kernel per --fused) with a
+torch.compile setting (on with CUDA, --compile-mode) and optimizer (AdamW, fused kernel per --fused) with a
 cosine schedule; the plain loop gathers batches from a tensor already on the device. Warm-up
 steps (and compilation) are excluded; the two are measured alternately and medians reported.
 
@@ -86,7 +86,7 @@ class Result:
     gpu_ms: float = float("nan")  # device busy time per step in the profiled steps
 
 
-def raw_loop(h5: Path, batch: int, warmup: int, steps: int, device: torch.device, compile_: bool,
+def raw_loop(h5: Path, batch: int, warmup: int, steps: int, device: torch.device, compile_: str | None,
              channels: list[int], fused: bool, profile_steps: int) -> Result:
     """The reference: data on the device, index gather, autocast, AdamW + cosine, nothing else."""
     from leak_lightning.data.h5 import load_segments, load_targets, read_info
@@ -96,7 +96,7 @@ def raw_loop(h5: Path, batch: int, warmup: int, steps: int, device: torch.device
     tgt = torch.from_numpy(load_targets(info).astype(np.float32)).to(device)
     spf = info.segments_per_file
     net = LeakCNN(len(CLASSES), channels=tuple(channels)).to(device).train()
-    model = torch.compile(net) if compile_ else net
+    model = torch.compile(net, mode=compile_) if compile_ else net
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-2, fused=fused or None)
     total = warmup + steps + profile_steps
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=1e-5)
@@ -157,7 +157,7 @@ class StepTimer(L.Callback):
 
 
 def lightning_fit(h5: dict[str, Path], batch: int, warmup: int, steps: int, root: Path,
-                  channels: list[int], fused: bool, profile_steps: int) -> Result:
+                  compile_: str | None, channels: list[int], fused: bool, profile_steps: int) -> Result:
     """The real path: LeakCLI's parser, data module, module, callbacks and Trainer.fit."""
     from leak_lightning.cli import LeakCLI
 
@@ -168,7 +168,8 @@ def lightning_fit(h5: dict[str, Path], batch: int, warmup: int, steps: int, root
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
         "--trainer.default_root_dir", str(root), "--checkpoint.monitor", "null",
         "--early_stopping.strict", "false", "--model.channels", str(channels),
-        "--model.fused_adamw", str(fused).lower()])
+        "--model.fused_adamw", str(fused).lower(), "--model.compile", str(bool(compile_)).lower(),
+        "--model.compile_mode", compile_ or "default"])
     cli.trainer.callbacks.append(timer)
     cli.trainer.fit(cli.model, cli.datamodule)
     return timer.result
@@ -188,8 +189,11 @@ def main() -> None:
                    help="AdamW's fused kernel on both sides (auto: on CUDA, as LeakClassifier does)")
     p.add_argument("--profile-steps", type=int, default=20 if cuda else 0,
                    help="steps per side run under torch.profiler after the timed ones (0: none)")
+    p.add_argument("--compile-mode", default="default" if cuda else "off",
+                   help="torch.compile mode on both sides (default, reduce-overhead, max-autotune), or off")
     args = p.parse_args()
     fused = {"on": True, "off": False, "auto": cuda}[args.fused]
+    compile_ = None if args.compile_mode == "off" else args.compile_mode
     setup_logging()
     device = torch.device("cuda" if cuda else "cpu")
     if cuda:
@@ -201,14 +205,14 @@ def main() -> None:
         raw, lit = [], []
         for r in range(args.repeats):
             common = (args.batch, args.warmup, args.steps)
-            raw.append(raw_loop(h5["train"], *common, device, cuda, args.channels, fused, args.profile_steps))
-            lit.append(lightning_fit(h5, *common, Path(tmp) / f"run{r}", args.channels, fused,
+            raw.append(raw_loop(h5["train"], *common, device, compile_, args.channels, fused, args.profile_steps))
+            lit.append(lightning_fit(h5, *common, Path(tmp) / f"run{r}", compile_, args.channels, fused,
                                      args.profile_steps))
             log.info("repeat %d: raw %.0f seg/s, fit %.0f seg/s, ratio %.3f", r, raw[-1].rate, lit[-1].rate,
                      lit[-1].rate / raw[-1].rate)
     name = torch.cuda.get_device_name() if cuda else "CPU"
     log.info("device %s, batch %d, %s, compile %s, fused AdamW %s, %d timed steps after %d warm-up, "
-             "%d repeats", name, args.batch, "bf16-mixed" if cuda else "32-true", cuda, fused, args.steps,
+             "%d repeats", name, args.batch, "bf16-mixed" if cuda else "32-true", compile_ or "off", fused, args.steps,
              args.warmup, args.repeats)
     for label, runs in (("plain PyTorch loop", raw), ("leak_lightning fit", lit)):
         rate = statistics.median(r.rate for r in runs)

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# One short pass over the GPU paths for a lent CUDA machine: fit benchmark (bf16 + compile),
-# build benchmark (GPU mel), and a tiny end-to-end build → fit → test on CUDA.
+# One short pass over the GPU paths for a lent CUDA machine (fits one 10-minute device call):
+#   fit benchmark with the CUDA defaults (bf16, compile, fused AdamW), then with the multi-tensor
+#   AdamW and with CUDA graphs (compile mode reduce-overhead), each side by side with the plain
+#   loop and with GPU busy time per step; a tiny end-to-end build → fit → test on CUDA; with
+#   BUILD=1 also the build benchmark (GPU mel).
 # Usage: bash scripts/gpu_check.sh OUT_DIR   (logs land in OUT_DIR)
 set -uo pipefail
 OUT=${1:-/tmp/gpu_check}
@@ -8,15 +11,19 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:${PYTHONPATH:-}"
 PY=${PY:-python3}
 nvidia-smi -L | tee "$OUT/device.txt"
-# fused AdamW is the CUDA default; the second run shows what it buys on each side
-timeout 150 $PY scripts/benchmark_fit.py --repeats 3 --warmup 30 --steps 300 > "$OUT/bench_fit.log" 2>&1
-echo "benchmark_fit rc=$?" | tee -a "$OUT/device.txt"
-timeout 120 $PY scripts/benchmark_fit.py --repeats 3 --warmup 30 --steps 300 --fused off \
-  > "$OUT/bench_fit_foreach.log" 2>&1
-echo "benchmark_fit --fused off rc=$?" | tee -a "$OUT/device.txt"
-timeout 100 $PY scripts/benchmark_build.py --files 20000 --resampled-files 600 --unique 150 \
-  --naive-files 200 --repeats 2 --workdir /tmp/bench > "$OUT/bench_build.log" 2>&1
-echo "benchmark_build rc=$?" | tee -a "$OUT/device.txt"
+bench() {  # name timeout args...
+  local name=$1 limit=$2; shift 2
+  timeout "$limit" $PY scripts/benchmark_fit.py --warmup 30 --steps 300 "$@" > "$OUT/$name.log" 2>&1
+  echo "$name rc=$?" | tee -a "$OUT/device.txt"
+}
+bench fit_defaults 150 --repeats 3
+bench fit_foreach 100 --repeats 2 --fused off
+bench fit_cudagraphs 130 --repeats 2 --compile-mode reduce-overhead
+if [ "${BUILD:-0}" = 1 ]; then
+  timeout 100 $PY scripts/benchmark_build.py --files 20000 --resampled-files 600 --unique 150 \
+    --naive-files 200 --repeats 2 --workdir /tmp/bench > "$OUT/bench_build.log" 2>&1
+  echo "benchmark_build rc=$?" | tee -a "$OUT/device.txt"
+fi
 W=/tmp/e2e
 timeout 180 bash -c "$PY scripts/make_synthetic_dataset.py --output $W/wav --files-per-label 20 --sensors-per-label 6 \
   && $PY -m leak_lightning build --input $W/wav --output $W/data --overwrite true \
@@ -27,5 +34,5 @@ timeout 180 bash -c "$PY scripts/make_synthetic_dataset.py --output $W/wav --fil
        --data.test_h5 $W/data/TESTING_DATASET.H5 --data.train_h5 $W/data/TRAINING_DATASET.H5 \
        --data.val_h5 $W/data/VALIDATION_DATASET.H5" > "$OUT/e2e.log" 2>&1
 echo "e2e rc=$?" | tee -a "$OUT/device.txt"
-grep -h "ratio\|segments/s\|fused\|files/s\|corpus\|TEST results\|file level\|precision\|compile\|Error\|error" \
+grep -H "ratio\|segments/s,\|fused AdamW\|files/s\|TEST results\|file_leak_f1 \|Error\|error" \
   "$OUT"/*.log | grep -v "^\s*$" | tail -40

@@ -161,14 +161,17 @@ def test_compile_failure_warns_once_and_runs_eager(monkeypatch):
         def forward(self, x):
             raise RuntimeError("inductor exploded\nlong backend trace")
 
-    monkeypatch.setattr(torch, "compile", lambda module: Broken())
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda module, mode=None: modes.append(mode) or Broken())
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append
     logging.getLogger("leak_lightning.module").addHandler(handler)
     try:
-        model = LeakClassifier(3, ["A", "LEAK", "C"], asdict(FeatureConfig()), compile=True)
+        model = LeakClassifier(3, ["A", "LEAK", "C"], asdict(FeatureConfig()), compile=True,
+                               compile_mode="reduce-overhead")
         model.setup("fit")
+        assert modes == ["reduce-overhead"]
         x = torch.randn(4, 64, 1)
         assert model(x).shape == (4, 3) and model(x).shape == (4, 3)
     finally:
