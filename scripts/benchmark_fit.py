@@ -6,7 +6,8 @@
 Both sides use the same LeakCNN, batch size, precision (bf16-mixed on CUDA, fp32 on CPU),
 torch.compile setting (on with CUDA, --compile-mode) and optimizer (AdamW, fused kernel per --fused) with a
 cosine schedule; the plain loop gathers batches from a tensor already on the device. Warm-up
-steps (and compilation) are excluded; the two are measured alternately and medians reported.
+steps (and compilation) are excluded; the two are measured alternately, in turn going
+first, and medians reported.
 
 With --profile-steps N (default 20 on CUDA), N more steps of each side run under
 torch.profiler and the GPU kernel time per step is printed beside the wall time per step:
@@ -192,6 +193,7 @@ def main() -> None:
     p.add_argument("--compile-mode", default="default" if cuda else "off",
                    help="torch.compile mode on both sides (default, reduce-overhead, max-autotune), or off")
     args = p.parse_args()
+    sys.argv = sys.argv[:1]  # LeakCLI below gets its arguments explicitly, not this script's
     fused = {"on": True, "off": False, "auto": cuda}[args.fused]
     compile_ = None if args.compile_mode == "off" else args.compile_mode
     setup_logging()
@@ -203,11 +205,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         h5 = make_h5(Path(tmp), files)
         raw, lit = [], []
+        common = (args.batch, args.warmup, args.steps)
         for r in range(args.repeats):
-            common = (args.batch, args.warmup, args.steps)
-            raw.append(raw_loop(h5["train"], *common, device, compile_, args.channels, fused, args.profile_steps))
-            lit.append(lightning_fit(h5, *common, Path(tmp) / f"run{r}", compile_, args.channels, fused,
-                                     args.profile_steps))
+            for side in ("raw", "fit") if r % 2 == 0 else ("fit", "raw"):  # neither always goes first
+                if side == "raw":
+                    raw.append(raw_loop(h5["train"], *common, device, compile_, args.channels, fused,
+                                        args.profile_steps))
+                else:
+                    lit.append(lightning_fit(h5, *common, Path(tmp) / f"run{r}", compile_, args.channels,
+                                             fused, args.profile_steps))
             log.info("repeat %d: raw %.0f seg/s, fit %.0f seg/s, ratio %.3f", r, raw[-1].rate, lit[-1].rate,
                      lit[-1].rate / raw[-1].rate)
     name = torch.cuda.get_device_name() if cuda else "CPU"

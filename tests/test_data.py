@@ -235,3 +235,25 @@ def test_stream_resumes_at_every_position_in_the_same_order(tmp_path, workers):
             assert torch.equal(want, got), position
     with pytest.raises(ValueError, match="past the end"):
         split.start_at(len(full) + 1)
+
+
+def test_a_different_batch_order_restarts_the_epoch_with_a_warning():
+    import logging
+
+    cpu = torch.device("cpu")
+    split = cached()
+    saved = TrainBatches(split, 3, 1, 0, 1, cpu, lambda: 0, lambda: 2).snapshot()
+    same = TrainBatches(split, 3, 1, 0, 1, cpu, lambda: 0, lambda: 0)
+    same.resume_from(saved)
+    assert len(list(same)) == len(same) - 2
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("leak_lightning.data.batches").addHandler(handler)
+    try:
+        other = TrainBatches(split, 4, 1, 0, 1, cpu, lambda: 0, lambda: 0)  # another batch size
+        other.resume_from(saved)
+    finally:
+        logging.getLogger("leak_lightning.data.batches").removeHandler(handler)
+    assert len(list(other)) == len(other)  # the whole epoch again, not a misplaced position
+    assert len(records) == 1 and "batch 3" in records[0].getMessage() and "batch 4" in records[0].getMessage()

@@ -54,8 +54,7 @@ class ResumableOrder:
     `kind` names the order: a position means nothing under another one.
     """
 
-    def __init__(self, seed: int, epoch_fn: Callable[[], int], done_fn: Callable[[], int],
-                 kind: str = "index") -> None:
+    def __init__(self, seed: int, epoch_fn: Callable[[], int], done_fn: Callable[[], int], kind: str) -> None:
         self.seed, self.epoch_fn, self.done_fn, self.kind = seed, epoch_fn, done_fn, kind
         self._resume: dict | None = None
 
@@ -63,11 +62,12 @@ class ResumableOrder:
         return {"epoch": self.epoch_fn(), "position": self.done_fn(), "seed": self.seed, "kind": self.kind}
 
     def resume_from(self, state: dict) -> None:
-        kind = state.get("kind", "index")  # checkpoints from before streams resumed were all "index"
+        kind = state.get("kind", self.kind)  # older checkpoints did not record it
         if state.get("seed") != self.seed or kind != self.kind:
-            log.warning("the checkpoint's sampler (%s, seed %s) differs from this run's (%s, seed %s; "
-                        "cache mode, data.num_workers when streaming, or data.seed changed): the resumed "
-                        "epoch restarts on a new order", kind, state.get("seed"), self.kind, self.seed)
+            log.warning("the checkpoint's batch order (%s, seed %s) differs from this run's (%s, seed %s): "
+                        "the resumed epoch restarts on a new order. Keep the cache mode, batch size, "
+                        "device count, data.seed and (streaming) data.num_workers to resume mid-epoch",
+                        kind, state.get("seed"), self.kind, self.seed)
             return
         self._resume = dict(state)
 
@@ -82,7 +82,7 @@ class TrainBatches(ResumableOrder):
 
     def __init__(self, split: CachedSplit, batch_size: int, seed: int, rank: int, world: int,
                  device: torch.device, epoch_fn: Callable[[], int], done_fn: Callable[[], int]) -> None:
-        super().__init__(seed, epoch_fn, done_fn)
+        super().__init__(seed, epoch_fn, done_fn, kind=f"gather, batch {batch_size}, {world} rank(s)")
         self.split, self.batch_size = split, batch_size
         self.rank, self.world, self.device = rank, world, device
         self.per_rank = split.num_segments // world  # equal shares: no rank waits at a collective

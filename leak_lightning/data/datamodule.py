@@ -145,7 +145,7 @@ class LeakDataModule(L.LightningDataModule):
         cuda = self._device().type == "cuda"
         if name != "train":
             if isinstance(split, StreamSplit):  # its order has no epoch or position
-                return StreamBatches(split, self.num_workers, cuda, self.seed, lambda: 0, lambda: 0)
+                return StreamBatches(split, self.num_workers, cuda, lambda: 0, lambda: 0)
             return EvalBatches(split, self.eval_batch_size, rank, world, self._device())
         loop = self.trainer.fit_loop.epoch_loop if self.trainer is not None else None
 
@@ -156,7 +156,7 @@ class LeakDataModule(L.LightningDataModule):
             return loop.batch_progress.current.processed if loop is not None else 0
 
         if isinstance(split, StreamSplit):
-            batches = StreamBatches(split, self.num_workers, cuda, self.seed, epoch, done)
+            batches = StreamBatches(split, self.num_workers, cuda, epoch, done)
         else:
             batches = TrainBatches(split, self.batch_size, self.seed, rank, world, self._device(), epoch, done)
         if self._resume is not None:

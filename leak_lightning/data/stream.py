@@ -154,9 +154,10 @@ class StreamBatches(ResumableOrder):
     IterableDataset's length may be wrong under several workers (here it is exact).
     """
 
-    def __init__(self, split: StreamSplit, num_workers: int, pin_memory: bool, seed: int,
+    def __init__(self, split: StreamSplit, num_workers: int, pin_memory: bool,
                  epoch_fn: Callable[[], int], done_fn: Callable[[], int]) -> None:
-        super().__init__(seed, epoch_fn, done_fn, kind=f"stream/{split.roles}")
+        super().__init__(split.seed, epoch_fn, done_fn, kind=f"stream, batch {split.batch_size}, "
+                         f"{split.world} rank(s), {split.roles} stream(s)")
         self.split, self.num_workers, self.pin_memory = split, num_workers, pin_memory
 
     def __len__(self) -> int:
