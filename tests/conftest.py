@@ -80,3 +80,14 @@ def small_h5(tmp_path_factory) -> dict[str, Path]:
 def data_args(h5: dict[str, Path]) -> list[str]:
     return ["--data.train_h5", str(h5["train"]), "--data.val_h5", str(h5["val"]),
             "--data.test_h5", str(h5["test"])]
+
+
+def first_files(src: Path, dst: Path, n: int) -> Path:
+    """A copy of split `src` holding only its first `n` files."""
+    import h5py
+
+    with h5py.File(src, "r") as f, h5py.File(dst, "w") as g:
+        for key, ds in f.items():
+            g.create_dataset(key, data=ds[:n], dtype=ds.dtype)
+        g.attrs.update(f.attrs)
+    return dst

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, data_args
+from conftest import REPO, data_args, first_files
 
 pytestmark = pytest.mark.slow
 TESTS = Path(__file__).resolve().parent
@@ -200,3 +200,21 @@ def test_ddp_interrupt_does_not_hang(small_h5, tmp_path, to_group):
     assert checkpoint_problem(tmp_path / "checkpoints" / "last.ckpt") is None
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 3
+
+
+def test_ddp_interrupt_in_validation_with_uneven_shares_resumes(small_h5, tmp_path):
+    # 7 validation files, one per batch: rank 0 has 3 batches, rank 1 has 4; 6 steps per epoch
+    val = first_files(small_h5["val"], tmp_path / "val7.h5", 7)
+    args = [*ddp_args(), "--data.val_h5", str(val), "--data.eval_batch_size", "80", "--trainer.max_epochs", "2"]
+    ready = tmp_path / "ready"
+    run = tmp_path / "run"
+    proc = start(fit_cmd(small_h5, run, *args, *pause(ready, where="val", epoch=0)))
+    wait_ready(proc, ready, timeout=180)
+    os.kill(proc.pid, signal.SIGINT)  # rank 0 only
+    rc, out = finish(proc, timeout=120)
+    assert rc == 130, out[-4000:]
+    assert group_gone(proc.pid), "a rank is still running"
+    assert torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 6
+    rc, out = finish(start(fit_cmd(small_h5, run, *args, "--ckpt_path", "last")), timeout=300)
+    assert rc == 0, out[-4000:]
+    assert torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 12

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, data_args
+from conftest import REPO, data_args, first_files
 
 from leak_lightning.cli import main
 
@@ -98,6 +98,21 @@ def test_ddp_two_cpu_ranks_match_one_process(small_h5, tmp_path, run_cli):
                 "threshold"):
         assert two[key] == pytest.approx(one[key], abs=1e-5), key
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cache", ["device", "stream"])
+def test_ddp_fit_with_uneven_validation_shares(small_h5, tmp_path, run_cli, cache):
+    # 7 validation files over 2 ranks, one file per batch: 3 batches on one rank, 4 on the other
+    val = first_files(small_h5["val"], tmp_path / "val7.h5", 7)
+    run = tmp_path / "run"
+    r = run_cli("fit", "--config", REPO / "configs/demo.yaml", "--data.train_h5", small_h5["train"],
+                "--data.val_h5", val, "--data.test_h5", "null", "--trainer.default_root_dir", run,
+                "--trainer.max_epochs", "1", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
+                "--trainer.strategy", "ddp", "--data.cache", cache, "--data.num_workers", "1",
+                "--data.eval_batch_size", "80")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert (run / "checkpoints" / "best.ckpt").is_file() and "val_file_leak_f1=" in r.stdout + r.stderr
 
 
 @pytest.mark.slow

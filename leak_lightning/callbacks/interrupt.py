@@ -89,6 +89,7 @@ class GracefulInterrupt(L.Callback):
         self._previous: dict = {}
         self._rng_to_restore: dict | None = None
         self._rewind = False
+        self._val_votes = 0  # validation batches every rank has (DDP): the ones that vote
 
     # ---- signals ---------------------------------------------------------------------------
     def _handler(self, signum, frame) -> None:
@@ -115,8 +116,17 @@ class GracefulInterrupt(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._maybe_stop(trainer)
 
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        # Whole files per batch: ranks may hold different numbers of validation batches, and a
+        # vote is a collective, so only the batches that every rank has vote. A signal during the
+        # rest of validation is acted on at the next training batch.
+        mine = sum(trainer.num_val_batches)
+        if trainer.world_size > 1 and trainer.state.fn == "fit" and not trainer.sanity_checking:
+            mine = int(trainer.strategy.reduce(torch.tensor(mine, device=pl_module.device), reduce_op="min"))
+        self._val_votes = mine
+
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and batch_idx < self._val_votes:
             self._maybe_stop(trainer, in_validation=True)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
