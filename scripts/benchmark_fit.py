@@ -74,11 +74,35 @@ def gpu_ms_per_step(prof: torch.profiler.profile, steps: int) -> float:
     return total_us / 1000 / max(steps, 1)
 
 
-def _profiler(device: torch.device) -> torch.profiler.profile:
-    acts = [torch.profiler.ProfilerActivity.CPU]
-    if device.type == "cuda":
-        acts.append(torch.profiler.ProfilerActivity.CUDA)
-    return torch.profiler.profile(activities=acts)
+class BusyMeter:
+    """torch.profiler over a few steps → device busy ms/step; if profiling fails, only this readout is lost."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.prof = device, None
+
+    def start(self) -> None:
+        acts = [torch.profiler.ProfilerActivity.CPU]
+        if self.device.type == "cuda":
+            acts.append(torch.profiler.ProfilerActivity.CUDA)
+        try:
+            self.prof = torch.profiler.profile(activities=acts)
+            self.prof.__enter__()
+        except Exception as err:  # noqa: BLE001 - the timing above stands without it
+            log.warning("profiler did not start (%s): no GPU busy time", err)
+            self.prof = None
+
+    def stop(self, steps: int) -> float:
+        if self.prof is None:
+            return float("nan")
+        try:
+            _sync(self.device)
+            self.prof.__exit__(None, None, None)
+            return gpu_ms_per_step(self.prof, steps)
+        except Exception as err:  # noqa: BLE001
+            log.warning("profiler failed (%s): no GPU busy time", err)
+            return float("nan")
+        finally:
+            self.prof = None
 
 
 @dataclass
@@ -104,7 +128,7 @@ def raw_loop(h5: Path, batch: int, warmup: int, steps: int, device: torch.device
     loss_fn = torch.nn.BCEWithLogitsLoss()
     perm = torch.randperm(len(seg), device=device)
     per_epoch = len(seg) // batch
-    result, t0, prof = Result(0.0), 0.0, None
+    result, t0, meter = Result(0.0), 0.0, BusyMeter(device)
     for step in range(total):
         if step == warmup:
             _sync(device)
@@ -112,7 +136,7 @@ def raw_loop(h5: Path, batch: int, warmup: int, steps: int, device: torch.device
         if step == warmup + steps:
             _sync(device)
             result.rate = steps * batch / (time.perf_counter() - t0)
-            prof = _profiler(device).__enter__()
+            meter.start()
         idx = perm[(step % per_epoch) * batch: (step % per_epoch + 1) * batch]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss = loss_fn(model(seg[idx]).float(), tgt[idx // spf])
@@ -121,11 +145,10 @@ def raw_loop(h5: Path, batch: int, warmup: int, steps: int, device: torch.device
         opt.step()
         sched.step()
     _sync(device)
-    if prof is None:
-        result.rate = steps * batch / (time.perf_counter() - t0)
+    if profile_steps:
+        result.gpu_ms = meter.stop(profile_steps)
     else:
-        prof.__exit__(None, None, None)
-        result.gpu_ms = gpu_ms_per_step(prof, profile_steps)
+        result.rate = steps * batch / (time.perf_counter() - t0)
     return result
 
 
@@ -134,7 +157,7 @@ class StepTimer(L.Callback):
 
     def __init__(self, warmup: int, steps: int, profile_steps: int) -> None:
         self.warmup, self.steps, self.profile_steps = warmup, steps, profile_steps
-        self.t0, self.result, self.prof = 0.0, Result(0.0), None
+        self.t0, self.result, self.meter = 0.0, Result(0.0), None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.warmup:
@@ -146,14 +169,13 @@ class StepTimer(L.Callback):
             _sync(pl_module.device)
             self.result.rate = self.steps * trainer.datamodule.batch_size / (time.perf_counter() - self.t0)
             if self.profile_steps:
-                self.prof = _profiler(pl_module.device).__enter__()
+                self.meter = BusyMeter(pl_module.device)
+                self.meter.start()
             else:
                 trainer.should_stop = True
-        elif self.prof is not None and trainer.global_step == self.warmup + self.steps + self.profile_steps:
-            _sync(pl_module.device)
-            self.prof.__exit__(None, None, None)
-            self.result.gpu_ms = gpu_ms_per_step(self.prof, self.profile_steps)
-            self.prof = None
+        elif self.meter is not None and trainer.global_step == self.warmup + self.steps + self.profile_steps:
+            self.result.gpu_ms = self.meter.stop(self.profile_steps)
+            self.meter = None
             trainer.should_stop = True
 
 
