@@ -150,6 +150,20 @@ class LeakClassifier(L.LightningModule):
         if mean is not None:
             self.log("train/loss", mean, sync_dist=True)
 
+    def on_train_start(self) -> None:
+        # A resumed run keeps its saved scheduler. Run longer (more epochs, a smaller batch) and its
+        # cosine would end early, then climb back to the full rate: stretch it so the decay
+        # continues from the current rate to this run's end.
+        if self.trainer.ckpt_path is None:
+            return
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        for config in self.trainer.lr_scheduler_configs:
+            sched = config.scheduler
+            if isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR) and sched.T_max != total:
+                log.info("learning-rate schedule stretched from %d to %d steps for this run's length",
+                         sched.T_max, total)
+                sched.T_max = total
+
     def configure_optimizers(self):
         fused = self.hparams.fused_adamw
         if fused is None:

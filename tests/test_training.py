@@ -56,6 +56,27 @@ def test_fit_then_validate_and_test_in_new_processes(small_h5, tmp_path, run_cli
     assert json.loads((run / "validate_report.json").read_text())["stage"] == "val"
 
 
+def test_last_checkpoint_follows_every_epoch_not_only_new_bests(small_h5, tmp_path):
+    # "epoch" in min mode is best at epoch 0 and never again: only last.ckpt can follow the run
+    main(["fit", "--config", str(REPO / "configs/demo.yaml"), *data_args(small_h5), "--data.batch_size", "1024",
+          "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs", "3",
+          "--checkpoint.monitor", "epoch", "--checkpoint.mode", "min"])
+    steps = {name: torch.load(tmp_path / "checkpoints" / f"{name}.ckpt", map_location="cpu",
+                              weights_only=False)["global_step"] for name in ("best", "last")}
+    assert steps == {"best": 6, "last": 18}  # 6 steps per epoch
+
+
+def test_a_longer_resumed_run_keeps_decaying_instead_of_restarting(small_h5, tmp_path):
+    args = ["fit", "--config", str(REPO / "configs/demo.yaml"), *data_args(small_h5), "--data.batch_size", "1024",
+            "--trainer.default_root_dir", str(tmp_path), "--model.lr", "0.001"]
+    main([*args, "--trainer.max_epochs", "1"])  # 6 steps: the cosine ends at the minimum
+    main([*args, "--trainer.max_epochs", "2", "--ckpt_path", "last"])  # 6 more steps
+    sched = torch.load(tmp_path / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)["lr_schedulers"][0]
+    assert sched["T_max"] == 12
+    # held at the floor (lr * min_lr_ratio) instead of climbing back half-way to 1e-3
+    assert sched["_last_lr"][0] == pytest.approx(1e-5, rel=1e-6)
+
+
 def test_missing_checkpoint_is_one_clear_line(small_h5, tmp_path, run_cli):
     r = run_cli("test", "--config", REPO / "configs/demo.yaml", *data_args(small_h5),
                 "--trainer.default_root_dir", tmp_path / "nothing", "--ckpt_path", "best")

@@ -44,7 +44,27 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class LeakCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint that says in the log when a new best checkpoint is written."""
+    """ModelCheckpoint that keeps `last.ckpt` current and logs each new best checkpoint.
+
+    Lightning 2.6 rewrites `last.ckpt` only in a step that also wrote a top-k checkpoint, so the
+    epochs after the latest improvement would be missing from it: a crash would lose them and
+    `--ckpt_path last` would name an older model. Here it follows every epoch (and every
+    mid-epoch validation).
+    """
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._keep_last_current(trainer, at_train_epoch_end=True)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self._keep_last_current(trainer, at_train_epoch_end=False)
+
+    def _keep_last_current(self, trainer, at_train_epoch_end: bool) -> None:
+        # skipped when this step was saved already (a new best writes last.ckpt too)
+        if (self.save_last is True and not self._should_skip_saving_checkpoint(trainer)
+                and self._should_save_on_train_epoch_end(trainer) == at_train_epoch_end):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def _update_best_and_save(self, current, trainer, monitor_candidates) -> None:
         super()._update_best_and_save(current, trainer, monitor_candidates)
