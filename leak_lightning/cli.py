@@ -32,6 +32,9 @@ class LeakCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--log_level", type=str | None, default=None,
                             help=f"one of {', '.join(LEVELS)} (default: $TRAINER_LOG_LEVEL or INFO)")
+        parser.add_argument("--overwrite", type=bool, default=False,
+                            help="fit: start a new run even where the run directory holds an earlier run's "
+                                 "checkpoints (they are replaced)")
         for attr in ("num_classes", "class_names", "feature_config"):
             parser.link_arguments(f"data.{attr}", f"model.{attr}", apply_on="instantiate")
         from .callbacks.checkpointing import LeakCheckpoint
@@ -64,6 +67,9 @@ class LeakCLI(LightningCLI):
             return
         cfg = self.config[sub]
         setup_logging(cfg.get("log_level"))
+        if sub == "fit" and not cfg.get("ckpt_path") and not cfg.get("overwrite") \
+                and not cfg["trainer"].get("fast_dev_run"):
+            refuse_to_replace_a_run(cfg["trainer"]["default_root_dir"])
         if cfg.get("ckpt_path"):
             cfg["ckpt_path"] = resolve_ckpt_path(cfg["ckpt_path"], cfg["trainer"]["default_root_dir"], sub)
 
@@ -99,6 +105,16 @@ class LeakCLI(LightningCLI):
         if cb.best_model_path:
             log.info("best checkpoint (%s=%.4f): %s", cb.monitor, float(cb.best_model_score),
                      cb.best_model_path, extra={"colour": "success"})
+
+
+def refuse_to_replace_a_run(root: str | None) -> None:
+    """A new fit would overwrite best.ckpt/last.ckpt of the run already in `root`: stop first."""
+    folder = Path(root or "runs") / "checkpoints"
+    found = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
+    if found:
+        raise ValueError(f"{folder} already holds {', '.join(found)} from an earlier run: resume it with "
+                         "--ckpt_path last, start elsewhere with --trainer.default_root_dir DIR, or replace "
+                         "it with --overwrite true")
 
 
 def resolve_ckpt_path(value: str, root: str | None, subcommand: str) -> str | None:

@@ -77,6 +77,20 @@ def test_a_longer_resumed_run_keeps_decaying_instead_of_restarting(small_h5, tmp
     assert sched["_last_lr"][0] == pytest.approx(1e-5, rel=1e-6)
 
 
+def test_a_new_fit_never_replaces_an_earlier_run_unasked(small_h5, tmp_path, run_cli):
+    run = tmp_path / "run"
+    common = ["--config", REPO / "configs/demo.yaml", *data_args(small_h5), "--trainer.default_root_dir", run,
+              "--trainer.max_epochs", "1", "--data.batch_size", "1024"]
+    assert run_cli("fit", *common).returncode == 0
+    best = (run / "checkpoints/best.ckpt").read_bytes()
+    r = run_cli("fit", *common, "--model.lr", "0.01")
+    assert r.returncode == 2
+    errors = [line for line in r.stderr.splitlines() if "[ERROR]" in line]
+    assert len(errors) == 1 and str(run / "checkpoints") in errors[0] and "--ckpt_path last" in errors[0]
+    assert (run / "checkpoints/best.ckpt").read_bytes() == best  # untouched
+    assert run_cli("fit", *common, "--overwrite", "true").returncode == 0
+
+
 def test_missing_checkpoint_is_one_clear_line(small_h5, tmp_path, run_cli):
     r = run_cli("test", "--config", REPO / "configs/demo.yaml", *data_args(small_h5),
                 "--trainer.default_root_dir", tmp_path / "nothing", "--ckpt_path", "best")
