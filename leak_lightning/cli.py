@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -27,6 +28,9 @@ class LeakCLI(LightningCLI):
         from .module import LeakClassifier
 
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        # fit stops before an earlier run's checkpoints unless resuming or --overwrite was asked
+        # for, so Lightning's generic warning about them would only repeat the user's choice
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         super().__init__(LeakClassifier, LeakDataModule, *args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
