@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import warnings
@@ -18,6 +17,12 @@ from .logs import LEVELS, setup_logging
 
 log = logging.getLogger(__name__)
 MONITOR = "val/file_leak_f1"
+DEFAULT_RUN_DIR = "runs"
+
+
+def checkpoint_dir(root: str | None) -> Path:
+    """Where a run's best.ckpt and last.ckpt live: <run dir>/checkpoints."""
+    return Path(root or DEFAULT_RUN_DIR) / "checkpoints"
 
 
 class LeakCLI(LightningCLI):
@@ -52,7 +57,7 @@ class LeakCLI(LightningCLI):
         parser.add_lightning_class_args(ConsoleLogger, "console")
         parser.add_lightning_class_args(GracefulInterrupt, "interrupt")
         parser.set_defaults({
-            "trainer.default_root_dir": "runs",
+            "trainer.default_root_dir": DEFAULT_RUN_DIR,
             "checkpoint.monitor": MONITOR, "checkpoint.mode": "max", "checkpoint.filename": "best",
             "checkpoint.save_last": True, "checkpoint.save_top_k": 1,
             "checkpoint.auto_insert_metric_name": False,
@@ -62,7 +67,7 @@ class LeakCLI(LightningCLI):
         })
         # checkpoints always land in <run dir>/checkpoints/{best,last}.ckpt
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath",
-                              compute_fn=lambda root: os.path.join(root or "runs", "checkpoints"))
+                              compute_fn=lambda root: str(checkpoint_dir(root)))
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         super().parse_arguments(parser, args)
@@ -113,7 +118,7 @@ class LeakCLI(LightningCLI):
 
 def refuse_to_replace_a_run(root: str | None) -> None:
     """A new fit would overwrite best.ckpt/last.ckpt of the run already in `root`: stop first."""
-    folder = Path(root or "runs") / "checkpoints"
+    folder = checkpoint_dir(root)
     found = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
     if found:
         raise ValueError(f"{folder} already holds {', '.join(found)} from an earlier run: resume it with "
@@ -125,7 +130,7 @@ def resolve_ckpt_path(value: str, root: str | None, subcommand: str) -> str | No
     """`best` / `last` → <run dir>/checkpoints/<name>.ckpt; a damaged `last` falls back to the newest valid one."""
     from .callbacks.checkpointing import checkpoint_problem, newest_valid_checkpoint
 
-    folder = Path(root or "runs") / "checkpoints"
+    folder = checkpoint_dir(root)
     if value in ("best", "last"):
         path = folder / f"{value}.ckpt"
         if subcommand == "fit" and value == "last":

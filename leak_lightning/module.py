@@ -150,13 +150,17 @@ class LeakClassifier(L.LightningModule):
         if mean is not None:
             self.log("train/loss", mean, sync_dist=True)
 
+    def _total_steps(self) -> int:
+        """Optimizer steps this run makes: the length of the cosine schedule."""
+        return max(1, int(self.trainer.estimated_stepping_batches))
+
     def on_train_start(self) -> None:
         # A resumed run keeps its saved scheduler. Run longer (more epochs, a smaller batch) and its
         # cosine would end early, then climb back to the full rate: stretch it so the decay
         # continues from the current rate to this run's end.
         if self.trainer.ckpt_path is None:
             return
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        total = self._total_steps()
         for config in self.trainer.lr_scheduler_configs:
             sched = config.scheduler
             if isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR) and sched.T_max != total:
@@ -170,9 +174,8 @@ class LeakClassifier(L.LightningModule):
             fused = self.device.type == "cuda"
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
                                 fused=fused or None)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-            opt, T_max=total, eta_min=self.hparams.lr * self.hparams.min_lr_ratio)
+            opt, T_max=self._total_steps(), eta_min=self.hparams.lr * self.hparams.min_lr_ratio)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ---- evaluation -----------------------------------------------------------------------

@@ -162,11 +162,13 @@ def test_stream_split_yields_every_segment(small_h5):
 def test_every_cache_mode_trains(small_h5, tmp_path, cache):
     from conftest import REPO, data_args
 
-    from leak_lightning.cli import main
+    from leak_lightning.cli import LeakCLI
 
-    main(["fit", "--config", str(REPO / "configs/demo.yaml"), *data_args(small_h5), "--trainer.fast_dev_run", "2",
-          "--trainer.default_root_dir", str(tmp_path), "--data.cache", cache, "--data.num_workers", "1",
-          "--data.batch_size", "256"])
+    cli = LeakCLI(args=["fit", "--config", str(REPO / "configs/demo.yaml"), *data_args(small_h5),
+                        "--trainer.fast_dev_run", "2", "--trainer.default_root_dir", str(tmp_path),
+                        "--data.cache", cache, "--data.num_workers", "1", "--data.batch_size", "256"])
+    assert cli.datamodule.modes == {"train": cache, "val": cache}
+    assert cli.trainer.global_step == 2 and cli.trainer.state.finished
 
 
 def numbered_split(folder, num_files: int) -> tuple:

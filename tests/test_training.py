@@ -16,8 +16,11 @@ CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_fast_dev_run_of_every_config(config, small_h5, tmp_path):
-    main(["fit", "--config", str(config), *data_args(small_h5), "--trainer.fast_dev_run", "true",
-          "--trainer.default_root_dir", str(tmp_path), "--data.batch_size", "256"])
+    from leak_lightning.cli import LeakCLI
+
+    cli = LeakCLI(args=["fit", "--config", str(config), *data_args(small_h5), "--trainer.fast_dev_run", "true",
+                        "--trainer.default_root_dir", str(tmp_path), "--data.batch_size", "256"])
+    assert cli.trainer.global_step == 1 and cli.trainer.state.finished
 
 
 def test_print_config_shows_overrides_and_defaults(small_h5, capsys):

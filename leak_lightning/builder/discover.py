@@ -25,7 +25,8 @@ def sensor_id_of(path: Path) -> str:
     return parts[0] if len(parts) == 4 and parts[0] else ""
 
 
-def _wavs_under(folder: Path) -> list[Path]:
+def wavs_under(folder: Path) -> list[Path]:
+    """Every WAV file below `folder`, sorted."""
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in WAV_SUFFIXES and p.is_file())
 
 
@@ -39,7 +40,7 @@ def _scan_labels(root: Path, folder: Path) -> list[WavItem]:
     if not label_dirs:
         raise ValueError(f"{folder}: no label folders found; expected {folder}/<LABEL>/*.wav")
     for label_dir in label_dirs:
-        wavs = _wavs_under(label_dir)
+        wavs = wavs_under(label_dir)
         if not wavs:
             raise ValueError(f"{label_dir}: label folder holds no .wav files; "
                              "add recordings or remove the folder")

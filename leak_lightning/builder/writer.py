@@ -12,6 +12,7 @@ import numpy as np
 
 from ..data import schema
 from ..features import FeatureConfig
+from ..fileio import temp_sibling
 
 
 class SplitWriter:
@@ -20,7 +21,7 @@ class SplitWriter:
     def __init__(self, final_path: Path, cfg: FeatureConfig, labels: list[str],
                  extra_attrs: dict | None = None) -> None:
         self.final_path = Path(final_path)
-        self.tmp_path = self.final_path.with_name(f".{self.final_path.name}.tmp-{os.getpid()}")
+        self.tmp_path = temp_sibling(self.final_path)
         self.rows = 0
         self._h5 = h5py.File(self.tmp_path, "w")
         try:

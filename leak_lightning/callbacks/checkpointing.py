@@ -11,6 +11,8 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from ..fileio import replacing
+
 log = logging.getLogger(__name__)
 
 
@@ -27,15 +29,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            with self._open_tmp(tmp) as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with replacing(path) as tmp, self._open_tmp(tmp) as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:  # make the rename itself durable
             os.fsync(dir_fd)

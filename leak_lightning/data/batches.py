@@ -20,6 +20,11 @@ log = logging.getLogger(__name__)
 Batch = tuple[torch.Tensor, torch.Tensor, int]  # x (B, n_mels, T), y (B, C), first segment index
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The shuffle seed of one epoch: distinct per epoch, the same on every rank and machine."""
+    return seed * 100_003 + epoch
+
+
 @dataclass
 class CachedSplit:
     """A split held whole: on the training device, or in (pinned) host memory."""
@@ -92,7 +97,7 @@ class TrainBatches(ResumableOrder):
 
     def permutation(self, epoch: int) -> torch.Tensor:
         """This rank's segment order for `epoch` (the same on every machine for a seed)."""
-        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         perm = torch.randperm(self.split.num_segments, generator=g)
         return perm[self.rank: self.per_rank * self.world: self.world]
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..builder.decode import ClipSpec, load_or_reason
-from ..builder.discover import WAV_SUFFIXES
+from ..builder.discover import wavs_under
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ def find_wavs(root: Path) -> list[Path]:
         return [root]
     if not root.is_dir():
         raise FileNotFoundError(f"--data.predict_dir {root}: no such file or folder")
-    wavs = sorted(p for p in root.rglob("*") if p.suffix.lower() in WAV_SUFFIXES and p.is_file())
+    wavs = wavs_under(root)
     if not wavs:
         raise ValueError(f"--data.predict_dir {root}: no .wav files found")
     return wavs

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from . import schema
-from .batches import Batch, ResumableOrder
+from .batches import Batch, ResumableOrder, epoch_seed
 from .h5 import SplitInfo
 
 
@@ -48,7 +48,7 @@ class StreamSplit(IterableDataset):
         n = self.info.num_files
         if not self.train:
             return np.arange(n * self.rank // self.world, n * (self.rank + 1) // self.world)
-        order = np.random.default_rng(self.seed * 100_003 + self.epoch).permutation(n)
+        order = np.random.default_rng(epoch_seed(self.seed, self.epoch)).permutation(n)
         return order[self.rank: n // self.world * self.world: self.world]  # equal shares per rank
 
     def _eval_files_per_batch(self) -> int:
@@ -64,9 +64,7 @@ class StreamSplit(IterableDataset):
     def __len__(self) -> int:
         if self.train:
             return sum(self.stream_lengths())
-        n = self.info.num_files
-        block = n * (self.rank + 1) // self.world - n * self.rank // self.world
-        return math.ceil(block / self._eval_files_per_batch())
+        return math.ceil(len(self._rank_files()) / self._eval_files_per_batch())
 
     def start_at(self, position: int) -> None:
         """Skip the first `position` batches of the epoch as the DataLoader would have served them.
@@ -143,7 +141,7 @@ class StreamSplit(IterableDataset):
 def stream_loader(split: StreamSplit, num_workers: int, pin_memory: bool) -> DataLoader:
     # Its own generator: a loader with workers otherwise draws their base seed from the global
     # RNG, which would shift the masking RNG of a resumed run by one draw per loader started.
-    gen = torch.Generator().manual_seed(split.seed * 100_003 + split.epoch)
+    gen = torch.Generator().manual_seed(epoch_seed(split.seed, split.epoch))
     return DataLoader(split, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, generator=gen)
 
 
