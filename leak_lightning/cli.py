@@ -6,23 +6,21 @@ import logging
 import signal
 import sys
 import warnings
+from argparse import ArgumentError
+from functools import partial
 from pathlib import Path
 
 import torch
+import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
-from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from .contract import ModelContract
 from .logs import LEVELS, setup_logging
+from .rundir import DEFAULT_RUN_DIR, check_writable, checkpoint_dir
 
 log = logging.getLogger(__name__)
 MONITOR = "val/file_leak_f1"
-DEFAULT_RUN_DIR = "runs"
-
-
-def checkpoint_dir(root: str | None) -> Path:
-    """Where a run's best.ckpt and last.ckpt live: <run dir>/checkpoints."""
-    return Path(root or DEFAULT_RUN_DIR) / "checkpoints"
 
 
 class LeakCLI(LightningCLI):
@@ -33,10 +31,16 @@ class LeakCLI(LightningCLI):
         from .module import LeakClassifier
 
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        self.contract: ModelContract | None = None  # what --ckpt_path was trained on
         # fit stops before an earlier run's checkpoints unless resuming or --overwrite was asked
         # for, so Lightning's generic warning about them would only repeat the user's choice
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         super().__init__(LeakClassifier, LeakDataModule, *args, **kwargs)
+
+    def init_parser(self, **kwargs) -> LightningArgumentParser:
+        # parse errors raise, so `main` prints one line instead of ~100 lines of usage
+        kwargs.setdefault("exit_on_error", False)
+        return super().init_parser(**kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--log_level", type=str | None, default=None,
@@ -45,14 +49,15 @@ class LeakCLI(LightningCLI):
                             help="fit: start a new run even where the run directory holds an earlier run's "
                                  "checkpoints (they are replaced)")
         for attr in ("num_classes", "class_names", "feature_config"):
-            parser.link_arguments(f"data.{attr}", f"model.{attr}", apply_on="instantiate")
-        from .callbacks.checkpointing import LeakCheckpoint
+            parser.link_arguments("data", f"model.{attr}", compute_fn=partial(self._data_says, attr),
+                                  apply_on="instantiate")
+        from .callbacks.checkpointing import LeakCheckpoint, LeakEarlyStopping
         from .callbacks.console import ConsoleLogger
         from .callbacks.interrupt import GracefulInterrupt
         from .callbacks.reports import ReportWriter
 
         parser.add_lightning_class_args(LeakCheckpoint, "checkpoint")
-        parser.add_lightning_class_args(EarlyStopping, "early_stopping")
+        parser.add_lightning_class_args(LeakEarlyStopping, "early_stopping")
         parser.add_lightning_class_args(ReportWriter, "reports")
         parser.add_lightning_class_args(ConsoleLogger, "console")
         parser.add_lightning_class_args(GracefulInterrupt, "interrupt")
@@ -76,11 +81,22 @@ class LeakCLI(LightningCLI):
             return
         cfg = self.config[sub]
         setup_logging(cfg.get("log_level"))
+        root = cfg["trainer"]["default_root_dir"]
+        check_writable(root)
         if sub == "fit" and not cfg.get("ckpt_path") and not cfg.get("overwrite") \
                 and not cfg["trainer"].get("fast_dev_run"):
-            refuse_to_replace_a_run(cfg["trainer"]["default_root_dir"])
+            refuse_to_replace_a_run(root)
+        if sub != "fit" and not cfg.get("ckpt_path"):
+            cfg["ckpt_path"] = default_checkpoint(root, sub)
         if cfg.get("ckpt_path"):
-            cfg["ckpt_path"] = resolve_ckpt_path(cfg["ckpt_path"], cfg["trainer"]["default_root_dir"], sub)
+            cfg["ckpt_path"], self.contract = resolve_ckpt_path(cfg["ckpt_path"], root, sub)
+
+    def _data_says(self, attr: str, data):
+        """A data → model link. With --ckpt_path the data is first bound to the checkpoint's contract
+        (checked against it, classes remapped by name): the model gets the checkpoint's order and frontend."""
+        if self.contract is not None and data.contract is None:
+            data.bind(self.contract)
+        return getattr(data, attr)
 
     def before_instantiate_classes(self) -> None:
         trainer = (self.config[self.subcommand] if self.subcommand else self.config)["trainer"]
@@ -98,20 +114,29 @@ class LeakCLI(LightningCLI):
             torch.backends.cudnn.allow_tf32 = True
 
     def instantiate_trainer(self, **kwargs):
-        from .callbacks.checkpointing import AtomicCheckpointIO
+        from .callbacks.checkpointing import AtomicCheckpointIO, LeakCheckpoint, LeakEarlyStopping
 
-        trainer_cfg = self._get(self.config_init, "trainer", default={})
-        if not trainer_cfg.get("plugins"):  # atomic checkpoint writes unless the user brings a CheckpointIO
-            kwargs.setdefault("plugins", [AtomicCheckpointIO()])
-        return super().instantiate_trainer(**kwargs)
+        config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        if not config.get("plugins"):  # atomic checkpoint writes unless the user brings a CheckpointIO
+            config["plugins"] = [AtomicCheckpointIO()]
+        callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
+        dropped = set()
+        if config.get("enable_checkpointing") is False:  # Lightning refuses a ModelCheckpoint then
+            dropped.add(LeakCheckpoint)
+            if self.subcommand == "fit":
+                log.warning("--trainer.enable_checkpointing false: no best.ckpt or last.ckpt will be written "
+                            "(Ctrl-C still saves last.ckpt)")
+        if not self._get(self.config_init, "early_stopping").enabled:
+            dropped.add(LeakEarlyStopping)
+        return self._instantiate_trainer(config, [c for c in callbacks if type(c) not in dropped])
 
     def before_fit(self) -> None:
         log.info("run directory %s: checkpoints in %s", self.trainer.default_root_dir,
-                 self.trainer.checkpoint_callback.dirpath, extra={"colour": "header"})
+                 checkpoint_dir(self.trainer.default_root_dir), extra={"colour": "header"})
 
     def after_fit(self) -> None:
         cb = self.trainer.checkpoint_callback
-        if cb.best_model_path:
+        if cb is not None and cb.best_model_path:
             log.info("best checkpoint (%s=%.4f): %s", cb.monitor, float(cb.best_model_score),
                      cb.best_model_path, extra={"colour": "success"})
 
@@ -126,29 +151,46 @@ def refuse_to_replace_a_run(root: str | None) -> None:
                          "it with --overwrite true")
 
 
-def resolve_ckpt_path(value: str, root: str | None, subcommand: str) -> str | None:
-    """`best` / `last` → <run dir>/checkpoints/<name>.ckpt; a damaged `last` falls back to the newest valid one."""
-    from .callbacks.checkpointing import checkpoint_problem, newest_valid_checkpoint
+def default_checkpoint(root: str | None, subcommand: str) -> str:
+    """validate/test/predict without --ckpt_path: the run directory's best.ckpt, never an untrained model."""
+    best = checkpoint_dir(root) / "best.ckpt"
+    if not best.is_file():
+        raise ValueError(f"{subcommand} needs a trained model: pass --ckpt_path FILE|best|last (no best.ckpt in "
+                         f"{best.parent}; train first or set --trainer.default_root_dir to the run's folder)")
+    log.info("no --ckpt_path given: using %s", best)
+    return "best"
+
+
+def resolve_ckpt_path(value: str, root: str | None, subcommand: str) -> tuple[str | None, ModelContract | None]:
+    """`best` / `last` → <run dir>/checkpoints/<name>.ckpt (a damaged `last` falls back to the newest valid
+    one when resuming), checked, with what the checkpoint was trained on."""
+    from .callbacks.checkpointing import load_checkpoint, newest_valid_checkpoint
 
     folder = checkpoint_dir(root)
     if value in ("best", "last"):
         path = folder / f"{value}.ckpt"
         if subcommand == "fit" and value == "last":
-            found = newest_valid_checkpoint(folder, preferred=path) if folder.is_dir() else None
+            if not (folder.is_dir() and any(folder.glob("*.ckpt"))):
+                raise FileNotFoundError(f"--ckpt_path last: {folder} holds no checkpoint to resume; drop "
+                                        "--ckpt_path to start a new run, or set --trainer.default_root_dir "
+                                        "to the run's folder")
+            found = newest_valid_checkpoint(folder, preferred=path)
             if found is None:
                 log.warning("no usable checkpoint in %s: starting a new run", folder)
-            elif found != path:
+                return None, None
+            if found != path:
                 log.warning("resuming from %s instead", found)
-            return str(found) if found else None
-        if not path.is_file():
+            path = found
+        elif not path.is_file():
             raise FileNotFoundError(f"--ckpt_path {value}: {path} does not exist; train first or pass "
                                     f"--trainer.default_root_dir of the run (or a checkpoint file)")
         value = str(path)
     if not Path(value).is_file():
         raise FileNotFoundError(f"--ckpt_path {value}: no such checkpoint file")
-    if problem := checkpoint_problem(Path(value)):
-        raise ValueError(f"--ckpt_path {value}: checkpoint is unusable ({problem}); pick another checkpoint")
-    return value
+    ckpt = load_checkpoint(Path(value))
+    if isinstance(ckpt, str):
+        raise ValueError(f"--ckpt_path {value}: checkpoint is unusable ({ckpt}); pick another checkpoint")
+    return value, ModelContract.from_checkpoint(ckpt, value)
 
 
 def build_parser() -> ArgumentParser:
@@ -195,8 +237,38 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(run_build(args[1:]))
     try:
         LeakCLI(args=argv)
+    except ArgumentError as err:  # a bad flag, value or config file: the error, then where to look
+        _fail(f"{_one_line(err, args)}; see `python -m leak_lightning {_subcommand(args)} --help` for the options")
     except (ValueError, FileNotFoundError) as err:
-        setup_logging("INFO")  # the error may be the log level itself
-        log.debug("details", exc_info=True)
-        log.error("%s", err)
-        sys.exit(2)
+        if str(err).startswith("Call to compute_fn of link") and err.__cause__ is not None:
+            err = err.__cause__  # our own check, raised inside a data → model link
+        _fail(str(err))
+
+
+def _fail(message: str) -> None:
+    setup_logging("INFO")  # the error may be the log level itself
+    log.debug("details", exc_info=True)
+    log.error("%s", message)
+    sys.exit(2)
+
+
+def _one_line(err: Exception, args: list[str]) -> str:
+    """jsonargparse's multi-line parse error as one line; a YAML error names its file and line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+    if lines[0].startswith("Problems parsing config"):
+        for path in (b for a, b in zip(args, args[1:]) if a in ("--config", "-c")):
+            try:
+                yaml.safe_load(Path(path).read_text())
+            except (OSError, yaml.YAMLError) as yerr:
+                where = getattr(yerr, "problem_mark", None)
+                line = f" line {where.line + 1}, column {where.column + 1}" if where else ""
+                return f"{path}:{line}: not valid YAML ({getattr(yerr, 'problem', None) or yerr})"
+    text = lines[0]
+    if text.endswith(":") and len(lines) > 1:
+        text += " " + lines[1]
+    given = next((line for line in lines[2:] if line.startswith("Given value:")), None)
+    return f"{text} ({given})" if given else text
+
+
+def _subcommand(args: list[str]) -> str:
+    return next((a for a in args if a in ("fit", "validate", "test", "predict")), "")

@@ -8,9 +8,11 @@ probability ("mean"). In vote mode a file is a leak when that fraction reaches
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from torchmetrics.functional.classification import binary_auroc
 
 Aggregation = Literal["vote", "mean"]
 DEFAULT_GRID = torch.linspace(0.01, 0.99, 99)
@@ -50,3 +52,59 @@ def sweep_threshold(windows: torch.Tensor, truth: torch.Tensor, mode: Aggregatio
     ties = torch.nonzero(f1 >= best - 1e-12).flatten()
     i = int(ties[len(ties) // 2])
     return float(grid[i]), float(best)
+
+
+@dataclass(frozen=True)
+class FileScores:
+    """File-level view of the scored segments: only files whose every segment was scored count."""
+
+    index: torch.Tensor  # (F,) the files' row numbers in the split
+    windows: torch.Tensor  # (F, L) leak probability per long window (mean of its short segments)
+    class_scores: torch.Tensor  # (F, C) mean probability per class over the file's segments
+    targets: torch.Tensor  # (F, C) the files' multi-hot targets
+    partial: int  # files with only some segments scored (e.g. --trainer.limit_val_batches): left out
+
+
+def score_files(segment_probs: torch.Tensor, segment_targets: torch.Tensor, seen: torch.Tensor,
+                num_long: int, num_short: int, leak_index: int) -> FileScores:
+    """(N, C) segment probabilities and targets, (N,) bool scored → FileScores.
+
+    N covers whole files (a multiple of L·S; segments of file f are rows f·L·S … (f+1)·L·S − 1).
+    A file only part of which was scored is left out rather than scored on zeros.
+    """
+    spf = num_long * num_short
+    num_files, num_classes = segment_probs.shape[0] // spf, segment_probs.shape[1]
+    seen = seen.reshape(num_files, spf)
+    full, some = seen.all(dim=1), seen.any(dim=1)
+    probs = segment_probs.reshape(num_files, spf, num_classes)[full]  # (F, L·S, C)
+    return FileScores(
+        index=torch.nonzero(full).flatten(),
+        windows=window_probs(probs[..., leak_index].reshape(-1), num_long, num_short),
+        class_scores=probs.mean(dim=1),
+        targets=segment_targets.reshape(num_files, spf, num_classes)[full][:, 0],
+        partial=int((some & ~full).sum()),
+    )
+
+
+def file_metrics(scores: FileScores, decisions: torch.Tensor, leak_index: int) -> dict[str, torch.Tensor]:
+    """File-level leak F1/precision/recall (at the decisions), AUROC (of the mean window score) and
+    top-class accuracy. A metric whose denominator is empty is NaN, not 0: precision with no leak
+    decision, recall (and F1 unless there are false alarms) with no leak file, all of them with no file."""
+    truth = scores.targets[:, leak_index].bool()
+    d = decisions.bool()
+    tp, fp, fn = (d & truth).sum().float(), (d & ~truth).sum().float(), (~d & truth).sum().float()
+    nan = torch.tensor(float("nan"), device=tp.device)
+    n = len(truth)
+
+    def ratio(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a / b if b > 0 else nan
+
+    return {
+        "file_leak_f1": ratio(2 * tp, 2 * tp + fp + fn),
+        "file_leak_precision": ratio(tp, tp + fp),
+        "file_leak_recall": ratio(tp, tp + fn),
+        "file_leak_auroc": binary_auroc(scores.windows.mean(-1), truth.int()) if 0 < truth.sum() < n else nan,
+        "file_accuracy": (scores.class_scores.argmax(-1) == scores.targets.argmax(-1)).float().mean() if n else nan,
+        "files_scored": torch.tensor(float(n), device=tp.device),
+        "files_partial": torch.tensor(float(scores.partial), device=tp.device),
+    }

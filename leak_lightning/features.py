@@ -81,6 +81,16 @@ class FeatureConfig:
     def from_json(cls, text: str) -> FeatureConfig:
         return cls.from_dict(json.loads(text))
 
+    def differences(self, other: FeatureConfig) -> dict[str, tuple]:
+        """{field: (self's value, other's value)} for every field that changes the features."""
+        def effective(cfg: FeatureConfig) -> dict:
+            values = asdict(cfg)
+            values["f_max"] = cfg.f_max if cfg.f_max is not None else cfg.sample_rate / 2
+            return values
+
+        mine, theirs = effective(self), effective(other)
+        return {k: (mine[k], theirs[k]) for k in mine if float(mine[k]) != float(theirs[k])}
+
 
 def fit_length(wave: torch.Tensor, num_samples: int) -> torch.Tensor:
     """Zero-pad or trim the last axis to `num_samples`."""

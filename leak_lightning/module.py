@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from typing import Literal
 
 import lightning as L
@@ -11,15 +12,9 @@ import torch
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MultilabelAUROC, MultilabelAveragePrecision, MultilabelF1Score
-from torchmetrics.functional.classification import (
-    binary_auroc,
-    binary_f1_score,
-    binary_precision,
-    binary_recall,
-    multiclass_accuracy,
-)
 
-from .evaluation import Aggregation, file_decisions, sweep_threshold, window_probs
+from .contract import SECTION, ModelContract
+from .evaluation import Aggregation, FileScores, file_decisions, file_metrics, score_files, sweep_threshold
 from .features import FeatureConfig, LogMelFrontend
 from .models import LeakCNN
 
@@ -97,7 +92,7 @@ class LeakClassifier(L.LightningModule):
         self.test_metrics = _segment_metrics(num_classes)
         self._compiled: nn.Module | None = None
         self._sums: dict[str, tuple[torch.Tensor, int]] = {}
-        self._probs: torch.Tensor | None = None
+        self._scored: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # evaluation: (first segment, probs, y)
         self.last_results: dict | None = None  # test/validate results for reports
 
     # ---- forward, with torch.compile when asked and a fallback to eager -------------------
@@ -145,6 +140,13 @@ class LeakClassifier(L.LightningModule):
         self._accumulate("train/loss", loss, len(x))
         return loss
 
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # --trainer.max_steps inside an epoch would end the run before any validation: no metric for
+        # early stopping, no best.ckpt. Asking to stop lets Lightning validate first (as early stopping does).
+        max_steps = self.trainer.max_steps
+        if 0 < max_steps <= self.trainer.global_step and not self.trainer.should_stop:
+            self.trainer.should_stop = True
+
     def on_train_epoch_end(self) -> None:
         mean = self._mean("train/loss")
         if mean is not None:
@@ -179,9 +181,11 @@ class LeakClassifier(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ---- evaluation -----------------------------------------------------------------------
-    def _eval_start(self, stage: str) -> None:
-        info = self.trainer.datamodule.infos[stage]
-        self._probs = torch.zeros(info.num_segments, self.hparams.num_classes, device=self.device)
+    # Probabilities are collected from the batches as they come (the batch says where its
+    # segments sit in the split), so file-level scores use only what was actually scored and
+    # the module needs no data module.
+    def _eval_start(self) -> None:
+        self._scored = []
 
     def _eval_step(self, batch, metrics: MetricCollection, prefix: str) -> None:
         x, y, start = batch
@@ -190,10 +194,25 @@ class LeakClassifier(L.LightningModule):
         probs = torch.sigmoid(logits)
         with _counting_is_exact():
             metrics.update(probs, y.int())
-        self._probs[start: start + len(x)] = probs
+        self._scored.append((int(start), probs, y))
+
+    def _gather_scored(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every rank's scored segments placed by index, on every rank (a collective): (N, C)
+        probabilities, (N, C) targets, (N,) scored; N rounded up to whole files."""
+        spf = self.features.num_long * self.features.num_short
+        c = self.hparams.num_classes
+        end = max((start + len(p) for start, p, _ in self._scored), default=0)
+        n = int(self.trainer.strategy.reduce(torch.tensor(end, device=self.device), reduce_op="max"))
+        table = torch.zeros(math.ceil(n / spf) * spf, 2 * c + 1, device=self.device)
+        for start, p, y in self._scored:
+            table[start: start + len(p)] = torch.cat([p, y.to(p.dtype), torch.ones_like(p[:, :1])], dim=1)
+        self._scored = []
+        # every segment was scored by at most one rank: a sum gathers the split everywhere
+        table = self.trainer.strategy.reduce(table, reduce_op="sum")
+        return table[:, :c], table[:, c: 2 * c], table[:, -1] > 0
 
     def on_validation_epoch_start(self) -> None:
-        self._eval_start("val")
+        self._eval_start()
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val")
@@ -202,7 +221,7 @@ class LeakClassifier(L.LightningModule):
         self._eval_end("val", self.val_metrics, sweep=not self.trainer.sanity_checking)
 
     def on_test_epoch_start(self) -> None:
-        self._eval_start("test")
+        self._eval_start()
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, self.test_metrics, "test")
@@ -211,20 +230,20 @@ class LeakClassifier(L.LightningModule):
         self._eval_end("test", self.test_metrics, sweep=False)
 
     def _eval_end(self, stage: str, metrics: MetricCollection, sweep: bool) -> None:
-        # every segment was written by exactly one rank: a sum gathers the whole split everywhere
-        probs = self.trainer.strategy.reduce(self._probs, reduce_op="sum")
-        self._probs = None
-        info = self.trainer.datamodule.infos[stage]
-        targets = self.trainer.datamodule.targets(stage).to(probs.device)
-        L_, S_ = info.segment_shape[:2]
-        windows = window_probs(probs[:, self.leak_index], L_, S_)  # (F, L)
-        truth = targets[:, self.leak_index].bool()
-        if sweep:
-            t, _ = sweep_threshold(windows, truth, self.hparams.aggregation, self.hparams.vote_fraction)
+        probs, targets, seen = self._gather_scored()
+        scores = score_files(probs, targets, seen, self.features.num_long, self.features.num_short, self.leak_index)
+        if not self.trainer.sanity_checking:
+            self._warn_if_partial(stage, scores)
+        leaks = int(scores.targets[:, self.leak_index].sum())
+        if not self.trainer.sanity_checking and len(scores.index) and not 0 < leaks < len(scores.index):
+            log.warning("%s: %d of the %d files scored are %s: the leak F1/AUROC are undefined (NaN)%s", stage, leaks,
+                        len(scores.index), self.hparams.leak_class_name, " and the threshold is not swept" * sweep)
+        if sweep and 0 < leaks < len(scores.index):
+            t, _ = sweep_threshold(scores.windows, scores.targets[:, self.leak_index].bool(),
+                                   self.hparams.aggregation, self.hparams.vote_fraction)
             self.threshold.fill_(t)
-        class_scores = probs.reshape(info.num_files, -1, probs.shape[-1]).mean(1)  # (F, C)
-        decided = self._decide(windows)
-        values = self._file_metrics(windows, decided, class_scores, targets, truth)
+        decided = self._decide(scores.windows)
+        values = file_metrics(scores, decided, self.leak_index)
         with _counting_is_exact():
             seg = metrics.compute()
         metrics.reset()
@@ -240,8 +259,26 @@ class LeakClassifier(L.LightningModule):
             # identical on every rank already; sync_dist only keeps Lightning's DDP bookkeeping quiet
             self.log(f"{stage}/{key}", v.float() if torch.is_tensor(v) else float(v), sync_dist=True)
         self.last_results = {"stage": stage, "metrics": {k: float(v) for k, v in values.items()},
-                             "file_probs": class_scores.cpu(), "file_scores": windows.mean(-1).cpu(),
-                             "decisions": decided.cpu(), "targets": targets.cpu()}
+                             "files": scores.index.cpu(), "file_probs": scores.class_scores.cpu(),
+                             "file_scores": scores.windows.mean(-1).cpu(), "decisions": decided.cpu(),
+                             "targets": scores.targets.cpu()}
+
+    def _warn_if_partial(self, stage: str, scores: FileScores) -> None:
+        limit = self.trainer.limit_val_batches if stage == "val" else self.trainer.limit_test_batches
+        if not len(scores.index):
+            log.warning("%s: no file was scored whole, so the file-level metrics are undefined (NaN) and the "
+                        "threshold stays at %.2f", stage, float(self.threshold))
+        elif scores.partial or limit != 1.0 or self.trainer.fast_dev_run:
+            log.warning("%s: file-level metrics cover only the %d file(s) scored whole (limit_%s_batches=%s, "
+                        "fast_dev_run=%s); %d partly scored file(s) left out", stage, len(scores.index), stage,
+                        limit, self.trainer.fast_dev_run, scores.partial)
+
+    # ---- the checkpoint owns its classes, leak class, frontend and threshold -------------------
+    def contract(self) -> ModelContract:
+        return ModelContract(tuple(self.hparams.class_names), self.hparams.leak_class_name, self.features, "")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[SECTION] = self.contract().section(float(self.threshold))
 
     # ---- prediction: raw recordings through the same frontend as the builder ----------------
     def on_predict_start(self) -> None:
@@ -249,12 +286,14 @@ class LeakClassifier(L.LightningModule):
         object.__setattr__(self, "_frontend", LogMelFrontend(self.features).to(self.device))
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        wave, owner = batch  # (W, num_samples) clip-long windows, (W,) recording index
+        # (W, num_samples) clip-long windows; per window: recording, window number, silent
+        wave, owner, index, silent = batch
         seg = self._frontend(wave).half()  # stored as float16 by the builder: the model saw those values
         n_windows, n_long, n_short = seg.shape[:3]
         logits = self(seg.reshape(-1, *seg.shape[-2:])).float()
         probs = torch.sigmoid(logits).reshape(n_windows, n_long, n_short, -1)
-        return {"owner": owner, "windows": probs[..., self.leak_index].mean(2), "class_probs": probs.mean((1, 2))}
+        return {"owner": owner, "index": index, "silent": silent, "windows": probs[..., self.leak_index].mean(2),
+                "class_probs": probs.mean((1, 2))}
 
     def decide_recording(self, windows: torch.Tensor) -> tuple[float, bool]:
         """All long-window leak probabilities of one recording → (mean score, leak decision)."""
@@ -264,17 +303,3 @@ class LeakClassifier(L.LightningModule):
     def _decide(self, windows: torch.Tensor) -> torch.Tensor:
         return file_decisions(windows, self.threshold[None], self.hparams.aggregation,
                               self.hparams.vote_fraction)[0]
-
-    @staticmethod
-    def _file_metrics(windows, decided, class_scores, targets, truth) -> dict[str, torch.Tensor]:
-        truth_i = truth.int()
-        return {
-            "file_leak_f1": binary_f1_score(decided.int(), truth_i),
-            "file_leak_precision": binary_precision(decided.int(), truth_i),
-            "file_leak_recall": binary_recall(decided.int(), truth_i),
-            # threshold-free ranking quality on the mean window probability
-            "file_leak_auroc": binary_auroc(windows.mean(-1), truth_i) if 0 < truth_i.sum() < len(truth_i)
-            else torch.tensor(float("nan")),
-            "file_accuracy": multiclass_accuracy(class_scores, targets.argmax(-1),
-                                                 num_classes=targets.shape[1], average="micro"),
-        }

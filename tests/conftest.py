@@ -91,3 +91,24 @@ def first_files(src: Path, dst: Path, n: int) -> Path:
             g.create_dataset(key, data=ds[:n], dtype=ds.dtype)
         g.attrs.update(f.attrs)
     return dst
+
+
+@pytest.fixture(scope="session")
+def trained_run(small_h5, tmp_path_factory) -> Path:
+    """A demo-config model trained once per session (in-process, 2 epochs): its run directory."""
+    from leak_lightning.cli import main
+
+    run = tmp_path_factory.mktemp("trained")
+    main(["fit", "--config", str(REPO / "configs/demo.yaml"), *data_args(small_h5), "--trainer.default_root_dir",
+          str(run), "--trainer.max_epochs", "2", "--data.batch_size", "512", "--console.log_file", "null"])
+    assert (run / "checkpoints" / "best.ckpt").is_file()
+    return run
+
+
+def cli_exit(capsys, *args: str) -> tuple[int, str]:
+    """Run the CLI in-process; (exit code, stderr). For errors that need no real process."""
+    from leak_lightning.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([str(a) for a in args])
+    return exit_.value.code, capsys.readouterr().err

@@ -203,7 +203,7 @@ def test_existing_output_needs_overwrite_and_survives_until_replaced(tmp_path, r
     r = run_cli("build", "--config", cfg, "--overwrite", "true", "--features.n_mels", "16")
     assert r.returncode == 0, r.stderr
     assert read_split(tmp_path / "out" / NAMES[0])["seg"].shape[3] == 16
-    assert "Built 20 files (0 skipped)" in r.stderr
+    assert "Built 20 files (0 skipped, 0 flagged)" in r.stderr
 
 
 @pytest.mark.slow
@@ -238,9 +238,44 @@ def test_build_killed_part_way_leaves_nothing_at_the_output_name(tmp_path, sig, 
 
 @pytest.mark.parametrize("orig", [44100, 48000, 8000, 22050])
 def test_resample_both_methods_keep_a_tone(orig):
-    from leak_lightning.builder.decode import resample
+    from leak_lightning.audio.decode import resample
 
     out = resample(tone(600, 10, orig, seed=0), orig, 4096)
     assert out.shape == (40960,) and out.dtype == np.float32
     ref = 0.3 * np.sin(2 * np.pi * 600 * np.arange(40960) / 4096)
     assert np.abs(out[200:-200] - ref[200:-200]).max() < 0.05
+
+
+def test_quality_odd_entries_and_undecodable_names_in_a_build(tmp_path):
+    make_origin(tmp_path / "in", per_label=2)
+    leak = tmp_path / "in" / "TRAINING" / "LEAK"
+    x = tone(500, 10, 4096)
+    write_wav(leak / "dead.wav", np.zeros_like(x))
+    write_wav(leak / "cancel.wav", np.stack([x, -x], axis=1), subtype="FLOAT")
+    write_wav(leak / "scaled.wav", x * 32767, subtype="FLOAT")
+    write_wav(leak / "hot.wav", np.clip(x * 20, -1, 1))
+    write_wav(leak / "tiny441.wav", np.full(3, 0.1, dtype=np.float32), sr=44100)
+    sf_path = write_wav(leak / "rf64.wav", x)
+    import soundfile as sf
+
+    sf.write(sf_path, x, 4096, subtype="PCM_16", format="RF64")
+    sf_path.write_bytes(sf_path.read_bytes()[:30000])
+    os.symlink("missing.wav", leak / "dangling.wav")
+    os.mkfifo(leak / "fifo.wav")
+    latin = write_wav(leak / "tmp.wav", x)
+    os.rename(latin, os.path.join(os.fsencode(leak), b"caf\xe9.wav"))
+    summary = build_dataset(tmp_path / "in", tmp_path / "out", progress=False)
+    def report_of(name: str) -> list[dict]:
+        return json.loads((tmp_path / "out" / name).read_text())
+
+    report = {r["path"].split("/")[-1]: r["reason"] for r in report_of(schema.SKIP_REPORT)}
+    assert report["dead.wav"].startswith("silent") and report["cancel.wav"].startswith("silent")
+    assert report["tiny441.wav"].startswith("too short") and report["rf64.wav"].startswith("truncated: the RF64")
+    assert report["dangling.wav"].startswith("dangling symlink") and report["fifo.wav"].startswith("a FIFO")
+    flagged = {r["path"].split("/")[-1]: r["flags"] for r in report_of(schema.FLAG_REPORT)}
+    assert flagged == {"scaled.wav": ["out_of_range"], "hot.wav": ["clipped"]}
+    d = read_split(tmp_path / "out" / NAMES[0])
+    names = [p.split("/")[-1] for p in d["paths"]]
+    assert "caf\\xe9.wav" in names and "scaled.wav" in names and "dead.wav" not in names
+    assert summary.files["TRAINING"] == 2 * 2 + 3  # the good ones, the flagged two and café
+    assert (d["seg"] > -200).any(axis=(1, 2, 3, 4)).all()  # no all-silence row

@@ -189,14 +189,14 @@ def test_predict_on_wavs_matches_test_on_the_built_dataset(small_h5, tmp_path, r
     audio, sr = sf.read(one, dtype="float32")
     sf.write(wavs / "long_25s.wav", np.concatenate([audio, audio, audio[: 5 * sr]]), sr)  # 3 windows
     (wavs / "broken.wav").write_bytes(b"RIFF....WAVE")
-    r = run_cli("predict", *common, "--ckpt_path", "best", "--data.predict_dir", wavs)
+    r = run_cli("predict", *common, "--ckpt_path", "best", "--data.predict_path", wavs)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "skipped" in r.stderr and "broken.wav" in r.stderr
     rows = {Path(row["path"]).name: row for row in csv.DictReader((run / "predictions.csv").open())}
     tested = {Path(row["path"]).name: row for row in csv.DictReader((run / "test_predictions.csv").open())}
     assert len(tested) == 10 and set(tested) < set(rows)
     for name, row in tested.items():
-        assert rows[name]["status"] == "ok" and rows[name]["windows"] == "1"
+        assert rows[name]["status"] in ("ok", "flagged") and rows[name]["windows"] == "1"
         assert float(rows[name]["leak_score"]) == pytest.approx(float(row["leak_score"]), abs=1e-4), name
         assert rows[name]["leak_decision"] == row["leak_decision"], name
     assert rows["long_25s.wav"]["windows"] == "3"

@@ -6,13 +6,14 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
 from tqdm import tqdm
 
+from ..audio.scan import printable
 from ..data import schema
 from ..features import FeatureConfig
 from ..fileio import write_atomic
@@ -30,6 +31,7 @@ class BuildSummary:
     segments: dict[str, int]
     skipped: list[dict]
     seconds: float
+    flagged: list[dict] = field(default_factory=list)
 
     @property
     def files_per_s(self) -> float:
@@ -80,7 +82,9 @@ def build_dataset(
     t0 = time.perf_counter()
     output = Path(output)
     targets = _check_outputs(output, overwrite)
-    splits = discover(Path(input), tuple(split_ratios), seed)
+    splits, unusable = discover(Path(input), tuple(split_ratios), seed)
+    for entry in unusable:
+        log.warning("skipped %s: %s", printable(entry.path), entry.reason)
     class_names = label_mapping({it.label for items in splits.values() for it in items}, labels)
     for split, items in splits.items():
         if not items:
@@ -103,11 +107,14 @@ def build_dataset(
         results = _run_splits(splits, targets, features, class_names, dev, batch_size, workers, progress)
     finally:
         torch.set_num_threads(threads)
-    skipped = [s for r in results.values() for s in r.skipped]
+    skipped = [{"split": None, "path": printable(e.path.relative_to(input)), "label": None, "reason": e.reason}
+               for e in unusable] + [s for r in results.values() for s in r.skipped]
+    flagged = [s for r in results.values() for s in r.flagged]
     write_atomic(output / schema.SKIP_REPORT, lambda f: json.dump(skipped, f, indent=2))
+    write_atomic(output / schema.FLAG_REPORT, lambda f: json.dump(flagged, f, indent=2))
     summary = BuildSummary(targets, {s: r.files for s, r in results.items()},
                            {s: r.files * features.num_long * features.num_short for s, r in results.items()},
-                           skipped, time.perf_counter() - t0)
+                           skipped, time.perf_counter() - t0, flagged)
     _log_summary(summary)
     return summary
 
@@ -145,5 +152,9 @@ def _log_summary(s: BuildSummary) -> None:
     for split, path in s.outputs.items():
         log.info("%-10s %6d files %9d segments %10s  %s", split, s.files[split], s.segments[split],
                  bytes_human(path.stat().st_size), path)
-    log.info("Built %d files (%d skipped) in %.1fs: %.0f files/s", sum(s.files.values()),
-             len(s.skipped), s.seconds, s.files_per_s, extra={"colour": "success"})
+    log.info("Built %d files (%d skipped, %d flagged) in %.1fs: %.0f files/s", sum(s.files.values()),
+             len(s.skipped), len(s.flagged), s.seconds, s.files_per_s, extra={"colour": "success"})
+    if s.skipped or s.flagged:
+        folder = next(iter(s.outputs.values())).parent
+        log.info("reasons: %s (skipped), %s (kept but clipped or out of range)", folder / schema.SKIP_REPORT,
+                 folder / schema.FLAG_REPORT)

@@ -7,14 +7,15 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..audio.scan import Unusable, printable, scan_audio
+
 SPLITS = ("TRAINING", "VALIDATION", "TESTING")
-WAV_SUFFIXES = {".wav", ".wave"}
 
 
 @dataclass(frozen=True)
 class WavItem:
     path: Path
-    rel_path: str  # relative to the input root, '/' separated: what /file_paths stores
+    rel_path: str  # relative to the input root, '/' separated, printable: what /file_paths stores
     label: str
     sensor_id: str
 
@@ -25,27 +26,24 @@ def sensor_id_of(path: Path) -> str:
     return parts[0] if len(parts) == 4 and parts[0] else ""
 
 
-def wavs_under(folder: Path) -> list[Path]:
-    """Every WAV file below `folder`, sorted."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in WAV_SUFFIXES and p.is_file())
-
-
 def _label_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _scan_labels(root: Path, folder: Path) -> list[WavItem]:
+def _scan_labels(root: Path, folder: Path, unusable: list[Unusable]) -> list[WavItem]:
+    """Labelled WAVs under folder/<LABEL>/; entries that cannot be read are added to `unusable`."""
     items = []
     label_dirs = _label_dirs(folder)
     if not label_dirs:
         raise ValueError(f"{folder}: no label folders found; expected {folder}/<LABEL>/*.wav")
     for label_dir in label_dirs:
-        wavs = wavs_under(label_dir)
+        wavs, problems = scan_audio(label_dir)
+        unusable += problems
         if not wavs:
             raise ValueError(f"{label_dir}: label folder holds no .wav files; "
                              "add recordings or remove the folder")
-        items += [WavItem(p, p.relative_to(root).as_posix(), label_dir.name, sensor_id_of(p))
-                  for p in wavs]
+        items += [WavItem(p, printable(p.relative_to(root).as_posix()), label_dir.name,
+                          printable(sensor_id_of(p))) for p in wavs]
     return items
 
 
@@ -53,19 +51,22 @@ def is_origin_layout(root: Path) -> bool:
     return any((root / split).is_dir() for split in SPLITS)
 
 
-def discover(root: Path, ratios: tuple[float, float, float], seed: int) -> dict[str, list[WavItem]]:
-    """Items per split: taken from the origin layout, or split from a single pool."""
+def discover(root: Path, ratios: tuple[float, float, float],
+             seed: int) -> tuple[dict[str, list[WavItem]], list[Unusable]]:
+    """Items per split (taken from the origin layout, or split from a single pool), and the
+    entries named like WAV files that cannot be read (dangling links, FIFOs, ...)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"input folder {root} does not exist; pass --input ROOT with "
                                 "ROOT/<LABEL>/*.wav or ROOT/{TRAINING,VALIDATION,TESTING}/<LABEL>/*.wav")
+    unusable: list[Unusable] = []
     if not is_origin_layout(root):
-        return split_pool(_scan_labels(root, root), ratios, seed)
+        return split_pool(_scan_labels(root, root, unusable), ratios, seed), unusable
     missing = [s for s in SPLITS if not (root / s).is_dir()]
     if missing:
         raise ValueError(f"{root}: origin layout but missing split folder(s) {', '.join(missing)}; "
                          f"create them or use the single-pool layout ROOT/<LABEL>/*.wav")
-    return {s: _scan_labels(root, root / s) for s in SPLITS}
+    return {s: _scan_labels(root, root / s, unusable) for s in SPLITS}, unusable
 
 
 def label_mapping(found: set[str], explicit: list[str] | None) -> list[str]:

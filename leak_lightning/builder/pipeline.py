@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..audio.decode import ClipSpec
+from ..audio.scan import printable
 from ..features import FeatureConfig, LogMelFrontend
-from .decode import ClipSpec
 from .discover import WavItem
 from .workers import DecoderPool
 from .writer import SplitWriter
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 class SplitResult:
     files: int = 0
     skipped: list[dict] = field(default_factory=list)
+    flagged: list[dict] = field(default_factory=list)  # kept, but clipped or out of range
 
 
 @dataclass
@@ -104,13 +106,16 @@ class BatchBuilder:
         return result
 
     def _finish(self, batch: _Batch, split: str, result: SplitResult, out: _Writer, bar: tqdm) -> None:
-        reasons = [r for fut in batch.futures for r in fut.result()]
-        keep = [i for i, r in enumerate(reasons) if r is None]
-        for item, reason in zip(batch.items, reasons):
+        decoded = [r for fut in batch.futures for r in fut.result()]
+        keep = [i for i, (reason, _) in enumerate(decoded) if reason is None]
+        for item, (reason, flags) in zip(batch.items, decoded):
+            entry = {"split": split, "path": item.rel_path, "label": item.label}
             if reason is not None:
-                log.warning("skipped %s: %s", item.path, reason)
-                result.skipped.append({"split": split, "path": item.rel_path,
-                                       "label": item.label, "reason": reason})
+                log.warning("skipped %s: %s", printable(item.path), reason)
+                result.skipped.append({**entry, "reason": reason})
+            elif flags:
+                log.warning("%s: %s (kept; check the recording)", printable(item.path), ", ".join(flags))
+                result.flagged.append({**entry, "flags": list(flags)})
         if keep:
             wave = torch.from_numpy(self.decoders.views[batch.buffer][: len(batch.items)])
             if len(keep) < len(batch.items):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .decode import ClipSpec, load_or_reason
+from ..audio.decode import SILENT, ClipSpec, clip_or_reason
 
 _views: list[np.ndarray] = []  # in a worker: the parent's buffers
 _blocks: list[SharedMemory] = []
@@ -47,18 +47,25 @@ def _attach(names: list[str], shape: tuple[int, int], parent: int) -> None:
         _views.append(np.ndarray(shape, dtype=np.float32, buffer=shm.buf))
 
 
-def decode_rows(buffer: int, start: int, paths: list[str], spec: ClipSpec) -> list[str | None]:
-    """Decode files into rows start.. of a buffer (zero-padded); a skip reason or None per file."""
-    out, reasons = _views[buffer], []
+SILENT_REASON = ("silent: no signal (digital silence or a constant; a dead sensor or channels that cancel "
+                 "in the downmix)")
+
+
+def decode_rows(buffer: int, start: int, paths: list[str],
+                spec: ClipSpec) -> list[tuple[str | None, tuple[str, ...]]]:
+    """Decode files into rows start.. of a buffer (zero-padded); per file (skip reason or None, quality flags)."""
+    out, results = _views[buffer], []
     for row, path in enumerate(paths, start):
-        clip = load_or_reason(Path(path), spec)
+        clip = clip_or_reason(Path(path), spec)
         if isinstance(clip, str):
-            reasons.append(clip)
-            continue
-        out[row, : len(clip)] = clip
-        out[row, len(clip):] = 0.0
-        reasons.append(None)
-    return reasons
+            results.append((clip, ()))
+        elif SILENT in clip.flags:  # a row of -200 dB would teach the model that a dead sensor is a class
+            results.append((SILENT_REASON, clip.flags))
+        else:
+            out[row, : len(clip.samples)] = clip.samples
+            out[row, len(clip.samples):] = 0.0
+            results.append((None, clip.flags))
+    return results
 
 
 class DecoderPool:
@@ -75,13 +82,21 @@ class DecoderPool:
                                          initargs=([b.name for b in self._blocks], shape, os.getpid()))
 
     def submit(self, buffer: int, paths: list[str]) -> list[Future]:
-        """Split a batch over the workers; futures resolve to lists of skip reasons."""
+        """Split a batch over the workers; futures resolve to lists of (skip reason, flags)."""
         step = max(1, math.ceil(len(paths) / self.workers))
         return [self._pool.submit(decode_rows, buffer, i, paths[i: i + step], self.spec)
                 for i in range(0, len(paths), step)]
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        for _ in range(50):
+            try:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                break
+            except RuntimeError:  # "cannot join thread before it is started": a Ctrl-C landed while the
+                time.sleep(0.1)  # pool was starting its manager thread, which is up a moment later
+        else:
+            for child in mp.active_children():
+                child.terminate()
         self.views.clear()
         for block in self._blocks:
             block.close()

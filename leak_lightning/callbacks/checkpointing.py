@@ -1,4 +1,4 @@
-"""Checkpoints that never corrupt, and finding a usable one to resume from."""
+"""Checkpoints that never corrupt, finding a usable one to resume from, and early stopping."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from ..fileio import replacing
 
@@ -63,6 +63,12 @@ class LeakCheckpoint(ModelCheckpoint):
                 and self._should_save_on_train_epoch_end(trainer) == at_train_epoch_end):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
+    def on_train_end(self, trainer, pl_module) -> None:
+        # Lightning 2.6 writes last.ckpt here even under fast_dev_run, which then blocks the next
+        # fit as "an earlier run": a dry run writes no checkpoint
+        if not trainer.fast_dev_run:
+            super().on_train_end(trainer, pl_module)
+
     def _update_best_and_save(self, current, trainer, monitor_candidates) -> None:
         super()._update_best_and_save(current, trainer, monitor_candidates)
         if trainer.is_global_zero and self.best_model_path:
@@ -70,15 +76,38 @@ class LeakCheckpoint(ModelCheckpoint):
                      extra={"colour": "success"})
 
 
-def checkpoint_problem(path: Path) -> str | None:
-    """Why `path` cannot be resumed from, or None when it loads and looks like a Lightning checkpoint."""
+class LeakEarlyStopping(EarlyStopping):
+    """EarlyStopping that can be switched off from the command line (`--early_stopping.enabled false`).
+
+    Args:
+        enabled: False leaves it out of the trainer (train for max_epochs / max_steps).
+    """
+
+    def __init__(self, *args, enabled: bool = True, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.enabled = enabled
+
+    @property
+    def state_key(self) -> str:
+        # EarlyStopping's key: checkpoints written before this subclass existed resume its state
+        return super().state_key.replace(type(self).__qualname__, "EarlyStopping", 1)
+
+
+def load_checkpoint(path: Path) -> dict | str:
+    """The checkpoint at `path`, or why it cannot be used (one line)."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # truncated zip, unpickling error, empty file...
+    except Exception as err:  # truncated zip, unpickling error, empty file, not a checkpoint at all...
         return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}"
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "loops" not in ckpt:
         return "not a complete Lightning training checkpoint"
-    return None
+    return ckpt
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why `path` cannot be resumed from, or None when it loads and looks like a Lightning checkpoint."""
+    ckpt = load_checkpoint(path)
+    return ckpt if isinstance(ckpt, str) else None
 
 
 def newest_valid_checkpoint(folder: Path, preferred: Path | None = None) -> Path | None:

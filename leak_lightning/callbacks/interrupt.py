@@ -15,11 +15,12 @@ import shlex
 import signal
 import sys
 import threading
-from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
+
+from ..rundir import checkpoint_dir
 
 log = logging.getLogger(__name__)
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -140,7 +141,7 @@ class GracefulInterrupt(L.Callback):
         if not stop:
             return
         signum = self.received or signal.SIGTERM
-        path = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"
+        path = checkpoint_dir(trainer.default_root_dir) / "last.ckpt"
         self._rewind = in_validation
         trainer.save_checkpoint(path)
         trainer.strategy.barrier("interrupt-saved")

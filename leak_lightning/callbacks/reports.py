@@ -12,6 +12,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
+from ..audio.scan import printable
 from ..fileio import write_atomic
 
 log = logging.getLogger(__name__)
@@ -33,42 +34,63 @@ class ReportWriter(L.Callback):
         self._pred: dict[int, list] = {}
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        for i, owner in enumerate(outputs["owner"].tolist()):
-            self._pred.setdefault(owner, []).append((outputs["windows"][i].cpu(), outputs["class_probs"][i].cpu()))
+        rows = zip(outputs["owner"].tolist(), outputs["index"].tolist(), outputs["silent"].tolist(),
+                   outputs["windows"].cpu(), outputs["class_probs"].cpu())
+        for owner, index, silent, windows, classes in rows:
+            self._pred.setdefault(owner, []).append((index, silent, windows, classes))
 
     @rank_zero_only
     def on_predict_end(self, trainer, pl_module) -> None:
-        source = trainer.datamodule.predict_input
-        names = pl_module.hparams.class_names
-        root = Path(trainer.datamodule.predict_dir)
+        dm = trainer.datamodule
+        source, names = dm.predict_input, pl_module.hparams.class_names
+        root = Path(dm.predict_path)
         run_dir = Path(trainer.default_root_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / "predictions.csv"
 
-        rows = []  # (relative path, status, windows, score, decision, class scores)
-        for i, wav in enumerate(source.paths):
-            rel = wav.relative_to(root).as_posix() if root.is_dir() else wav.name
-            if i not in self._pred:
-                rows.append((rel, f"skipped: {source.skipped.get(i, 'no audio')}", 0, None, None, None))
-                continue
-            windows = torch.stack([wv for wv, _ in self._pred[i]])
-            score, leak = pl_module.decide_recording(windows)
-            classes = torch.stack([c for _, c in self._pred[i]]).mean(0)
-            rows.append((rel, "ok", len(windows), score, leak, classes))
+        def name(p: Path) -> str:
+            return printable(p.relative_to(root) if root.is_dir() else p)
+
+        rows = [self._prediction_row(name(p), source.status.get(i), self._pred.get(i, []), pl_module)
+                for i, p in enumerate(source.paths)]
+        rows += [(name(e.path), f"skipped: {e.reason}", "", 0, None, None, None) for e in dm.predict_unusable]
+        rows.sort(key=lambda r: r[0])
 
         def write(f) -> None:
             w = csv.writer(f)
-            w.writerow(["path", "status", "windows", "leak_score", "leak_decision", *[f"score_{n}" for n in names]])
-            for rel, status, n, score, leak, classes in rows:
+            w.writerow(["path", "status", "quality", "windows", "leak_score", "leak_decision",
+                        *[f"score_{n}" for n in names]])
+            for rel, status, quality, n, score, leak, classes in rows:
                 if classes is None:
-                    w.writerow([rel, status, n, "", "", *[""] * len(names)])
+                    w.writerow([rel, status, quality, n, "", "", *[""] * len(names)])
                 else:
-                    w.writerow([rel, status, n, f"{score:.6f}", int(leak), *[f"{float(v):.6f}" for v in classes]])
+                    w.writerow([rel, status, quality, n, f"{score:.6f}", int(leak),
+                                *[f"{float(v):.6f}" for v in classes]])
 
         write_atomic(path, write)
-        leaks = sum(1 for r in rows if r[4])
-        log.info("predicted %d recordings (%d leak, %d skipped; threshold %.2f): %s", len(self._pred), leaks,
-                 len(source.skipped), float(pl_module.threshold), path, extra={"colour": "success"})
+        counts = {s: sum(1 for r in rows if r[1].split(":")[0] == s) for s in ("ok", "flagged", "silent", "skipped")}
+        log.info("predicted %d recordings: %d leak, %d ok, %d flagged, %d silent, %d skipped (threshold %.2f): %s",
+                 len(rows), sum(1 for r in rows if r[5]), counts["ok"], counts["flagged"], counts["silent"],
+                 counts["skipped"], float(pl_module.threshold), path, extra={"colour": "success"})
+
+    @staticmethod
+    def _prediction_row(rel: str, status, scored: list, module) -> tuple:
+        """(path, status, quality, windows, score, decision, class scores) of one recording.
+
+        status: ok; flagged (scored, but clipped/out of range/truncated/partly silent: see quality);
+        silent (no signal in any window: no decision, a dead sensor is not a healthy pipe);
+        skipped: reason.
+        """
+        if status is None or status.reason:
+            return rel, f"skipped: {status.reason if status else 'not decoded'}", "", 0, None, None, None
+        quality = ";".join(sorted(status.flags)) or "ok"
+        live = [(w, c) for _, silent, w, c in sorted(scored, key=lambda r: r[0]) if not silent]
+        if not live:
+            return rel, "silent", quality, status.windows, None, None, None
+        windows = torch.stack([w for w, _ in live])  # silent windows take no part in the decision
+        score, leak = module.decide_recording(windows)
+        classes = torch.stack([c for _, c in live]).mean(0)
+        return rel, "ok" if quality == "ok" else "flagged", quality, status.windows, score, leak, classes
 
     def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.state.fn == "validate":
@@ -85,13 +107,20 @@ class ReportWriter(L.Callback):
         run_dir = Path(trainer.default_root_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         metrics = results["metrics"]
-        report = {"stage": stage, "dataset": str(trainer.datamodule.infos[stage].path),
+        info = trainer.datamodule.infos[stage]
+        scored = int(metrics["files_scored"])
+        report = {"stage": stage, "dataset": str(info.path),
                   "threshold": float(module.threshold), "aggregation": module.hparams.aggregation,
                   "leak_class": module.hparams.leak_class_name, "class_names": module.hparams.class_names,
-                  "ckpt_path": trainer.ckpt_path, "metrics": metrics}
+                  "ckpt_path": trainer.ckpt_path,
+                  # file-level metrics count a file only when every one of its segments was scored
+                  "files": {"in_split": info.num_files, "scored": scored, "partly_scored_left_out":
+                            int(metrics["files_partial"]), "not_scored": info.num_files - scored -
+                            int(metrics["files_partial"])},
+                  "metrics": metrics}
         path = run_dir / f"{name}_report.json"
         write_atomic(path, lambda f: json.dump(report, f, indent=2))
-        self._log_table(stage, metrics, module.hparams.class_names)
+        self._log_table(stage, metrics, module.hparams.class_names, info.num_files)
         log.info("%s report: %s", name, path, extra={"colour": "success"})
         if self.per_file_csv:
             csv_path = run_dir / f"{name}_predictions.csv"
@@ -104,14 +133,14 @@ class ReportWriter(L.Callback):
         writer = csv.writer(f)
         writer.writerow(["path", "true_label", "leak_score", "leak_decision", *[f"score_{n}" for n in names]])
         truth = results["targets"].argmax(-1).tolist()
-        for i, path in enumerate(paths):
-            writer.writerow([path, names[truth[i]], f"{float(results['file_scores'][i]):.6f}",
-                             int(results["decisions"][i]),
-                             *[f"{float(v):.6f}" for v in results["file_probs"][i]]])
+        for k, row in enumerate(results["files"].tolist()):  # the files scored whole, by row number
+            writer.writerow([paths[row], names[truth[k]], f"{float(results['file_scores'][k]):.6f}",
+                             int(results["decisions"][k]), *[f"{float(v):.6f}" for v in results["file_probs"][k]]])
 
     @staticmethod
-    def _log_table(stage: str, m: dict, names: list[str]) -> None:
-        log.info("%s results (threshold %.2f)", stage.upper(), m["threshold"], extra={"colour": "header"})
+    def _log_table(stage: str, m: dict, names: list[str], num_files: int) -> None:
+        log.info("%s results (threshold %.2f, %d of %d files scored)", stage.upper(), m["threshold"],
+                 m["files_scored"], num_files, extra={"colour": "header"})
         log.info("  file level: leak F1 %.4f  precision %.4f  recall %.4f  AUROC %.4f  accuracy %.4f",
                  m["file_leak_f1"], m["file_leak_precision"], m["file_leak_recall"], m["file_leak_auroc"],
                  m["file_accuracy"])

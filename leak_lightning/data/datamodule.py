@@ -11,7 +11,9 @@ from typing import Literal
 import lightning as L
 import torch
 
-from ..builder.decode import ClipSpec
+from ..audio.decode import ClipSpec
+from ..audio.scan import WAV_SUFFIXES, printable
+from ..contract import ModelContract
 from .batches import CachedSplit, EvalBatches, TrainBatches, to_cached
 from .h5 import (
     SplitInfo,
@@ -22,11 +24,26 @@ from .h5 import (
     read_info,
     scan_segments,
 )
-from .predict import WavWindows, find_wavs
+from .predict import WindowStream, find_recordings
 from .stream import StreamBatches, StreamSplit
 
 log = logging.getLogger(__name__)
 CacheMode = Literal["auto", "device", "ram", "stream"]
+
+
+def _check_settings(batch_size: int, eval_batch_size: int | None, seed: int, num_workers: int,
+                    max_cache_fraction: float) -> None:
+    checks = [
+        (batch_size >= 1, f"data.batch_size={batch_size}: must be 1 or more segments"),
+        (eval_batch_size is None or eval_batch_size >= 1,
+         f"data.eval_batch_size={eval_batch_size}: must be 1 or more (or null for data.batch_size)"),
+        (seed >= 0, f"data.seed={seed}: the shuffle seed must be 0 or more"),
+        (num_workers >= 0, f"data.num_workers={num_workers}: must be 0 or more"),
+        (0 < max_cache_fraction <= 1, f"data.max_cache_fraction={max_cache_fraction}: must be in (0, 1]"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
 
 
 def _available_ram() -> int:
@@ -43,51 +60,80 @@ class LeakDataModule(L.LightningDataModule):
         cache: "device" holds a split on the training device, "ram" in (pinned) host memory,
             "stream" reads per-file chunks with `num_workers` workers; "auto" picks the first that fits.
         seed: base of the per-epoch shuffle seeds.
-        predict_dir: a WAV file or folder for `predict` (recordings are cut into clip-long windows).
-        num_workers: DataLoader workers, used only when streaming.
+        predict_path: for `predict`: an audio file, a folder (searched recursively) or a text file
+            listing recordings; each is cut into clip-long windows.
+        predict_suffixes: file name endings `predict` reads in a folder (libsndfile decodes them).
+        num_workers: DataLoader workers when streaming; decoder threads for `predict`.
         max_cache_fraction: share of free device memory / available RAM a cached split may take.
     """
 
     def __init__(self, train_h5: str | None = None, val_h5: str | None = None, test_h5: str | None = None,
                  batch_size: int = 8192, eval_batch_size: int | None = None, cache: CacheMode = "auto",
                  seed: int = 0, num_workers: int = 2, max_cache_fraction: float = 0.5,
-                 predict_dir: str | None = None) -> None:
+                 predict_path: str | None = None,
+                 predict_suffixes: tuple[str, ...] = (*WAV_SUFFIXES, ".flac", ".ogg", ".aif", ".aiff")) -> None:
         super().__init__()
         self.paths = {"train": train_h5, "val": val_h5, "test": test_h5}
-        if not any(self.paths.values()):
-            raise ValueError("no dataset given: set data.train_h5 / data.val_h5 / data.test_h5")
-        if seed < 0:
-            raise ValueError(f"data.seed={seed}: the shuffle seed must be 0 or more")
+        if not any(self.paths.values()) and not predict_path:
+            raise ValueError("no dataset given: set data.train_h5 / data.val_h5 / data.test_h5 "
+                             "(or data.predict_path for predict)")
+        _check_settings(batch_size, eval_batch_size, seed, num_workers, max_cache_fraction)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.cache, self.seed, self.num_workers = cache, seed, num_workers
         self.max_cache_fraction = max_cache_fraction
-        self.predict_dir = predict_dir
-        self.predict_input: WavWindows | None = None
+        self.predict_path, self.predict_suffixes = predict_path, tuple(predict_suffixes)
+        self.predict_input: WindowStream | None = None
+        self.predict_unusable: list = []
         # Metadata only (cheap): the CLI links class names and features into the model from here.
         self.infos: dict[str, SplitInfo] = {k: read_info(p) for k, p in self.paths.items() if p}
-        check_compatible(list(self.infos.values()))
-        self.info = next(iter(self.infos.values()))
+        if self.infos:
+            check_compatible(list(self.infos.values()))
+        self.contract: ModelContract | None = None
+        self._columns: dict[str, list[int]] = {}  # per split: the data column of each model class
         self.splits: dict[str, CachedSplit | StreamSplit] = {}
         self.modes: dict[str, str] = {}
         self._train_batches: TrainBatches | StreamBatches | None = None
         self._resume: dict | None = None
 
+    def __str__(self) -> str:  # Lightning's would build every dataloader to report their sizes
+        given = ", ".join(f"{k}={v}" for k, v in {**self.paths, "predict": self.predict_path}.items() if v)
+        return f"{type(self).__name__}({given})"
+
+    def bind(self, contract: ModelContract) -> None:
+        """Evaluate/resume a checkpoint: its classes and features rule; every split is checked against them.
+
+        A split with the same classes in another order is remapped by name (targets are reordered
+        to the checkpoint's columns); another class set or frontend raises one ValueError.
+        """
+        self._columns = {name: contract.columns_for(info.class_names, info.features, info.path)
+                         for name, info in self.infos.items()}
+        moved = [str(self.infos[name].path) for name, cols in self._columns.items() if cols != sorted(cols)]
+        if moved:
+            log.info("classes %s of %s remapped by name to the checkpoint's order %s",
+                     self.infos[next(iter(self._columns))].class_names, ", ".join(moved), list(contract.class_names))
+        self.contract = contract
+
+    def _require_classes(self) -> None:
+        if self.contract is None and not self.infos:
+            raise ValueError("no class names: predict without HDF5 files needs a checkpoint (--ckpt_path FILE)")
+
     @property
     def class_names(self) -> list[str]:
-        return list(self.info.class_names)
+        self._require_classes()
+        return list(self.contract.class_names) if self.contract else list(next(iter(self.infos.values())).class_names)
 
     @property
     def num_classes(self) -> int:
-        return len(self.info.class_names)
+        return len(self.class_names)
+
+    @property
+    def features(self):
+        self._require_classes()
+        return self.contract.features if self.contract else next(iter(self.infos.values())).features
 
     @property
     def feature_config(self) -> dict:
-        return asdict(self.info.features)
-
-    def targets(self, stage: str) -> torch.Tensor:
-        """Per-file targets (F, C) float32 of a set-up split, whole (not this rank's share)."""
-        split = self.splits[stage]
-        return split.targets if isinstance(split, CachedSplit) else torch.from_numpy(split.targets)
+        return asdict(self.features)
 
     def file_paths(self, stage: str) -> list[str]:
         return read_file_paths(self.infos[stage])
@@ -126,6 +172,8 @@ class LeakDataModule(L.LightningDataModule):
             info = self.infos[name]
             mode = self._choose_mode(info, device)
             targets = load_targets(info)
+            if name in self._columns:  # the checkpoint's class order
+                targets = targets[:, self._columns[name]]
             if mode == "stream":
                 scan_segments(info)
                 batch = self.batch_size if name == "train" else self.eval_batch_size
@@ -166,13 +214,16 @@ class LeakDataModule(L.LightningDataModule):
         return batches
 
     def _setup_predict(self) -> None:
-        if not self.predict_dir:
-            raise ValueError("predict needs --data.predict_dir (a WAV file or a folder of WAVs)")
+        if not self.predict_path:
+            raise ValueError("predict needs --data.predict_path (an audio file, a folder, or a text file "
+                             "listing recordings)")
         if self._rank_world()[1] > 1:
             raise ValueError("predict runs on one device; use --trainer.devices 1")
-        spec = ClipSpec.of(self.info.features)
-        self.predict_input = WavWindows(find_wavs(Path(self.predict_dir)), spec, workers=max(1, self.num_workers))
-        log.info("predict: %d recordings under %s", len(self.predict_input.paths), self.predict_dir)
+        found, self.predict_unusable = find_recordings(Path(self.predict_path), self.predict_suffixes)
+        for entry in self.predict_unusable:
+            log.warning("skipped %s: %s", printable(entry.path), entry.reason)
+        self.predict_input = WindowStream(found, ClipSpec.of(self.features), workers=max(1, self.num_workers))
+        log.info("predict: %d recordings under %s", len(found), self.predict_path)
 
     def predict_dataloader(self):
         return self.predict_input

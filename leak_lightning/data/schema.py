@@ -21,4 +21,5 @@ SPLIT_FILES = {
     "VALIDATION": "VALIDATION_DATASET.H5",
     "TESTING": "TESTING_DATASET.H5",
 }
-SKIP_REPORT = "skipped_files.json"
+SKIP_REPORT = "skipped_files.json"  # files left out, with the reason
+FLAG_REPORT = "flagged_files.json"  # files kept despite a quality flag (clipped, out of range)

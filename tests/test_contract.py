@@ -1,0 +1,122 @@
+"""The checkpoint owns its classes and frontend; file-level metrics cover only what was scored; no untrained model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+import torch
+from conftest import REPO, cli_exit
+
+from leak_lightning.builder.build import build_dataset
+from leak_lightning.cli import main
+
+REORDERED = ["LEAK", "NORMAL", "BACKGROUND", "CRACK", "UNCLASSIFIED"]
+
+
+def splits(folder) -> list[str]:
+    return ["--data.train_h5", str(folder / "TRAINING_DATASET.H5"), "--data.val_h5",
+            str(folder / "VALIDATION_DATASET.H5"), "--data.test_h5", str(folder / "TESTING_DATASET.H5")]
+
+
+def evaluate(stage: str, data: list[str], run, out, *extra: str) -> dict:
+    """validate/test the run's best checkpoint in-process; reports go to `out`."""
+    main([stage, "--config", str(REPO / "configs/demo.yaml"), *data, "--trainer.default_root_dir", str(out),
+          "--ckpt_path", str(run / "checkpoints" / "best.ckpt"), *extra])
+    name = "validate" if stage == "validate" else "test"
+    report = json.loads((out / f"{name}_report.json").read_text())
+    rows = list(csv.DictReader((out / f"{name}_predictions.csv").open()))
+    return {"report": report, "rows": rows}
+
+
+@pytest.fixture(scope="module")
+def other_builds(small_h5, tmp_path_factory):
+    """The session's WAVs built again: classes in another order, 3 classes only, and 32 mels."""
+    wav = small_h5["train"].parent.parent / "wav"
+    root = tmp_path_factory.mktemp("other_builds")
+    build_dataset(wav, root / "reordered", labels=REORDERED, progress=False)
+    three = root / "wav3"
+    for split in ("TRAINING", "VALIDATION", "TESTING"):
+        for label in ("CRACK", "LEAK", "NORMAL"):
+            shutil.copytree(wav / split / label, three / split / label)
+    build_dataset(three, root / "three", progress=False)
+    from leak_lightning.features import FeatureConfig
+
+    build_dataset(wav, root / "mels32", features=FeatureConfig(n_mels=32), progress=False)
+    return root
+
+
+def test_the_checkpoint_carries_its_contract(trained_run):
+    ckpt = torch.load(trained_run / "checkpoints/best.ckpt", map_location="cpu", weights_only=False)
+    section = ckpt["leak_lightning"]
+    assert section["class_names"] == ["BACKGROUND", "CRACK", "LEAK", "NORMAL", "UNCLASSIFIED"]
+    assert section["leak_class_name"] == "LEAK" and section["feature_config"]["n_mels"] == 64
+    assert section["format_version"] == 1 and section["threshold"] == pytest.approx(
+        float(ckpt["state_dict"]["threshold"]))
+
+
+def test_same_classes_in_another_order_are_remapped_by_name(small_h5, trained_run, other_builds, tmp_path):
+    original = evaluate("test", splits(small_h5["train"].parent), trained_run, tmp_path / "a")
+    reordered = evaluate("test", splits(other_builds / "reordered"), trained_run, tmp_path / "b")
+    assert original["report"]["class_names"] == reordered["report"]["class_names"]  # the checkpoint's order
+    for key, value in original["report"]["metrics"].items():
+        assert reordered["report"]["metrics"][key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
+    assert original["rows"] == reordered["rows"]  # per file: true label, scores, decision
+
+
+@pytest.mark.parametrize("build, fragment", [
+    ("three", "classes ['CRACK', 'LEAK', 'NORMAL'] differ from the classes ['BACKGROUND', 'CRACK', 'LEAK', "
+              "'NORMAL', 'UNCLASSIFIED']"),
+    ("mels32", "built with n_mels=32, but the checkpoint"),
+])
+def test_another_class_set_or_frontend_is_one_line(trained_run, other_builds, tmp_path, capsys, build, fragment):
+    code, err = cli_exit(capsys, "test", "--config", REPO / "configs/demo.yaml", *splits(other_builds / build),
+                         "--trainer.default_root_dir", tmp_path, "--ckpt_path", trained_run / "checkpoints/best.ckpt")
+    errors = [line for line in err.splitlines() if "[ERROR]" in line]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err
+    assert fragment in errors[0] and str(trained_run / "checkpoints/best.ckpt") in errors[0]
+    assert not (tmp_path / "test_report.json").exists()
+
+
+def test_limited_validation_scores_only_the_files_it_saw(small_h5, trained_run, tmp_path):
+    data = splits(small_h5["train"].parent)
+    full = evaluate("validate", data, trained_run, tmp_path / "full", "--data.eval_batch_size", "320")
+    part = evaluate("validate", data, trained_run, tmp_path / "part", "--data.eval_batch_size", "320",
+                    "--trainer.limit_val_batches", "2")
+    # 320 segments = 4 whole files per batch: 2 batches score the first 8 of the 20 files
+    assert part["report"]["files"] == {"in_split": 20, "scored": 8, "partly_scored_left_out": 0, "not_scored": 12}
+    assert [r["path"] for r in part["rows"]] == [r["path"] for r in full["rows"][:8]]
+    # F1 over those 8 files, by hand from the full run's per-file decisions (same threshold)
+    seen = full["rows"][:8]
+    tp = sum(r["leak_decision"] == "1" and r["true_label"] == "LEAK" for r in seen)
+    fp = sum(r["leak_decision"] == "1" and r["true_label"] != "LEAK" for r in seen)
+    fn = sum(r["leak_decision"] == "0" and r["true_label"] == "LEAK" for r in seen)
+    metrics = part["report"]["metrics"]
+    if 2 * tp + fp + fn:
+        assert metrics["file_leak_f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    else:
+        assert metrics["file_leak_f1"] != metrics["file_leak_f1"]  # NaN: undefined, never a silent 0
+
+
+def test_evaluation_without_ckpt_path_uses_the_runs_best_checkpoint(small_h5, trained_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(trained_run / "checkpoints", out / "checkpoints")
+    main(["test", "--config", str(REPO / "configs/demo.yaml"), *splits(small_h5["train"].parent),
+          "--trainer.default_root_dir", str(out)])
+    assert f"no --ckpt_path given: using {out / 'checkpoints' / 'best.ckpt'}" in capsys.readouterr().err
+    assert json.loads((out / "test_report.json").read_text())["ckpt_path"] == str(out / "checkpoints/best.ckpt")
+    code, err = cli_exit(capsys, "validate", "--config", REPO / "configs/demo.yaml", *splits(small_h5["train"].parent),
+                         "--trainer.default_root_dir", tmp_path / "empty")
+    assert code == 2 and "validate needs a trained model: pass --ckpt_path" in err
+    assert not (tmp_path / "empty" / "validate_report.json").exists()
+
+
+def test_a_checkpoint_from_a_newer_format_is_refused(small_h5, trained_run, tmp_path, capsys):
+    ckpt = torch.load(trained_run / "checkpoints/best.ckpt", map_location="cpu", weights_only=False)
+    ckpt["leak_lightning"]["format_version"] = 99
+    torch.save(ckpt, tmp_path / "future.ckpt")
+    code, err = cli_exit(capsys, "test", "--config", REPO / "configs/demo.yaml", *splits(small_h5["train"].parent),
+                         "--trainer.default_root_dir", tmp_path, "--ckpt_path", tmp_path / "future.ckpt")
+    assert code == 2 and "written by a newer leak_lightning (checkpoint format 99" in err
