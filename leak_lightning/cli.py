@@ -196,7 +196,7 @@ def resolve_ckpt_path(value: str, root: str | None, subcommand: str) -> tuple[st
 def build_parser() -> ArgumentParser:
     from .builder.build import build_dataset
 
-    parser = ArgumentParser(prog="leak-lightning build",
+    parser = ArgumentParser(prog="python -m leak_lightning build", exit_on_error=False,
                             description="Build TRAINING/VALIDATION/TESTING_DATASET.H5 from WAV folders.")
     parser.add_argument("--config", action=ActionConfigFile, help="YAML with any of the options below")
     parser.add_argument("--log_level", type=str | None, default=None,
@@ -211,16 +211,20 @@ def _raise_interrupt(signum, frame) -> None:
 
 def run_build(argv: list[str]) -> int:
     parser = build_parser()
-    cfg = parser.parse_args(argv)
-    setup_logging(cfg.pop("log_level"))
+    try:
+        cfg = parser.parse_args(argv)
+        setup_logging(cfg.pop("log_level"))
+    except (ArgumentError, ValueError) as err:
+        setup_logging("INFO")
+        log.error("%s; see `python -m leak_lightning build --help` for the options", _one_line(err, argv))
+        return 2
     cfg.pop("config", None)
     from .builder.build import build_dataset
 
-    init = parser.instantiate_classes(cfg)
     # SIGTERM unwinds like Ctrl-C so the temporary files are removed on the way out.
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        build_dataset(**init.as_dict())
+        build_dataset(**parser.instantiate_classes(cfg).as_dict())
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         log.error("%s", err)
         return 2
@@ -228,6 +232,8 @@ def run_build(argv: list[str]) -> int:
         log.error("build interrupted (%s): temporary files removed, existing outputs untouched",
                   err or "SIGINT")
         return 143 if str(err) == "SIGTERM" else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 

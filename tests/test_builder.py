@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, make_origin, make_pool, tone, write_wav
+from conftest import REPO, cli_exit, make_origin, make_pool, tone, write_wav
 
 from leak_lightning.builder.build import build_dataset
 from leak_lightning.builder.discover import WavItem, split_pool
@@ -164,30 +164,36 @@ def no_outputs(folder):
     return not folder.exists() or not any(p.name in NAMES or ".tmp-" in p.name for p in folder.iterdir())
 
 
-def test_missing_input_folder_is_a_clear_error(tmp_path, run_cli):
-    r = run_cli("build", "--input", tmp_path / "nope", "--output", tmp_path / "out")
-    assert r.returncode == 2
-    assert f"input folder {tmp_path / 'nope'} does not exist" in r.stderr
+def test_missing_input_folder_is_a_clear_error(tmp_path, capsys):
+    code, err = cli_exit(capsys, "build", "--input", tmp_path / "nope", "--output", tmp_path / "out")
+    assert code == 2
+    assert f"input folder {tmp_path / 'nope'} does not exist" in err
     assert no_outputs(tmp_path / "out")
 
 
-def test_no_usable_file_is_an_error_and_writes_nothing(tmp_path, run_cli):
+def test_no_usable_file_is_an_error_and_writes_nothing(tmp_path, capsys):
     make_origin(tmp_path / "in", per_label=1)
     for split in ("TRAINING", "VALIDATION", "TESTING"):
         for wav in (tmp_path / "in" / split).rglob("*.wav"):
             wav.write_bytes(b"RIFF")
-    r = run_cli("build", "--input", tmp_path / "in", "--output", tmp_path / "out")
-    assert r.returncode == 2
-    assert "no usable file in split TRAINING" in r.stderr
+    code, err = cli_exit(capsys, "build", "--input", tmp_path / "in", "--output", tmp_path / "out")
+    assert code == 2
+    assert "no usable file in split TRAINING" in err
     assert no_outputs(tmp_path / "out")
 
 
-def test_label_folder_without_wavs_is_an_error(tmp_path, run_cli):
+def test_label_folder_without_wavs_is_an_error(tmp_path, capsys):
     make_pool(tmp_path / "in", sensors=3, per_sensor=1)
     (tmp_path / "in" / "EMPTY").mkdir()
-    r = run_cli("build", "--input", tmp_path / "in", "--output", tmp_path / "out")
-    assert r.returncode == 2 and "EMPTY: label folder holds no .wav files" in r.stderr
+    code, err = cli_exit(capsys, "build", "--input", tmp_path / "in", "--output", tmp_path / "out")
+    assert code == 2 and "EMPTY: label folder holds no .wav files" in err
     assert no_outputs(tmp_path / "out")
+
+
+def test_a_bad_build_flag_is_one_line(tmp_path, capsys):
+    code, err = cli_exit(capsys, "build", "--input", tmp_path, "--output", tmp_path / "out", "--batch_sise", "4")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "unrecognized arguments: --batch_sise 4" in err and "build --help" in err
 
 
 def test_existing_output_needs_overwrite_and_survives_until_replaced(tmp_path, run_cli):

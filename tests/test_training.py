@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, data_args, first_files
+from conftest import REPO, cli_exit, data_args, first_files
 
 from leak_lightning.cli import main
 
@@ -80,34 +80,35 @@ def test_a_longer_resumed_run_keeps_decaying_instead_of_restarting(small_h5, tmp
     assert sched["_last_lr"][0] == pytest.approx(1e-5, rel=1e-6)
 
 
-def test_a_new_fit_never_replaces_an_earlier_run_unasked(small_h5, tmp_path, run_cli):
+def test_a_new_fit_never_replaces_an_earlier_run_unasked(small_h5, tmp_path, capsys):
     run = tmp_path / "run"
     common = ["--config", REPO / "configs/demo.yaml", *data_args(small_h5), "--trainer.default_root_dir", run,
-              "--trainer.max_epochs", "1", "--data.batch_size", "1024"]
-    assert run_cli("fit", *common).returncode == 0
+              "--trainer.max_steps", "2", "--data.batch_size", "1024", "--console.log_file", "null"]
+    main(["fit", *map(str, common)])
     best = (run / "checkpoints/best.ckpt").read_bytes()
-    r = run_cli("fit", *common, "--model.lr", "0.01")
-    assert r.returncode == 2
-    errors = [line for line in r.stderr.splitlines() if "[ERROR]" in line]
+    code, err = cli_exit(capsys, "fit", *common, "--model.lr", "0.01")
+    assert code == 2
+    errors = [line for line in err.splitlines() if "[ERROR]" in line]
     assert len(errors) == 1 and str(run / "checkpoints") in errors[0] and "--ckpt_path last" in errors[0]
     assert (run / "checkpoints/best.ckpt").read_bytes() == best  # untouched
-    assert run_cli("fit", *common, "--overwrite", "true").returncode == 0
+    main(["fit", *map(str, common), "--model.lr", "0.01", "--overwrite", "true"])
+    assert (run / "checkpoints/best.ckpt").read_bytes() != best  # replaced by the new run
 
 
-def test_missing_checkpoint_is_one_clear_line(small_h5, tmp_path, run_cli):
-    r = run_cli("test", "--config", REPO / "configs/demo.yaml", *data_args(small_h5),
-                "--trainer.default_root_dir", tmp_path / "nothing", "--ckpt_path", "best")
-    assert r.returncode == 2
-    assert f"{tmp_path / 'nothing' / 'checkpoints' / 'best.ckpt'} does not exist" in r.stderr
-    assert "Traceback" not in r.stderr
+def test_missing_checkpoint_is_one_clear_line(small_h5, tmp_path, capsys):
+    code, err = cli_exit(capsys, "test", "--config", REPO / "configs/demo.yaml", *data_args(small_h5),
+                         "--trainer.default_root_dir", tmp_path / "nothing", "--ckpt_path", "best")
+    assert code == 2
+    assert f"{tmp_path / 'nothing' / 'checkpoints' / 'best.ckpt'} does not exist" in err
+    assert "Traceback" not in err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
-def test_gpu_without_cuda_is_one_clear_line(small_h5, tmp_path, run_cli):
-    r = run_cli("fit", "--config", REPO / "configs/demo.yaml", *data_args(small_h5),
-                "--trainer.default_root_dir", tmp_path, "--trainer.accelerator", "gpu")
-    assert r.returncode == 2
-    assert "CUDA is not available" in r.stderr and "Traceback" not in r.stderr
+def test_gpu_without_cuda_is_one_clear_line(small_h5, tmp_path, capsys):
+    code, err = cli_exit(capsys, "fit", "--config", REPO / "configs/demo.yaml", *data_args(small_h5),
+                         "--trainer.default_root_dir", tmp_path, "--trainer.accelerator", "gpu")
+    assert code == 2
+    assert "CUDA is not available" in err and "Traceback" not in err
 
 
 def test_leak_class_is_chosen_by_name(small_h5, tmp_path, capsys):
@@ -171,7 +172,7 @@ def test_demo_config_learns_the_synthetic_task(tmp_path, run_cli):
     assert f1 >= 0.9
 
 
-def test_predict_on_wavs_matches_test_on_the_built_dataset(small_h5, tmp_path, run_cli):
+def test_predict_on_wavs_matches_test_on_the_built_dataset(small_h5, trained_run, tmp_path, run_cli):
     """Raw WAVs through predict give the scores `test` gave for the same recordings via the HDF5."""
     import csv
     import shutil
@@ -180,9 +181,9 @@ def test_predict_on_wavs_matches_test_on_the_built_dataset(small_h5, tmp_path, r
     import soundfile as sf
 
     run = tmp_path / "run"
+    shutil.copytree(trained_run / "checkpoints", run / "checkpoints")
     common = ["--config", REPO / "configs/demo.yaml", *data_args(small_h5), "--trainer.default_root_dir", run]
-    assert run_cli("fit", *common, "--trainer.max_epochs", "2", "--data.batch_size", "512").returncode == 0
-    assert run_cli("test", *common, "--ckpt_path", "best").returncode == 0
+    main(["test", *map(str, common), "--ckpt_path", "best"])
     wavs = tmp_path / "wavs"
     shutil.copytree(small_h5["train"].parent.parent / "wav" / "TESTING", wavs)
     one = sorted(wavs.rglob("*.wav"))[0]
