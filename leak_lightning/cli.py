@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
 import signal
 import sys
+import time
 import warnings
 from argparse import ArgumentError
 from functools import partial
@@ -16,8 +19,9 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from .contract import ModelContract
-from .logs import LEVELS, setup_logging
-from .rundir import DEFAULT_RUN_DIR, check_writable, checkpoint_dir
+from .fileio import remove_stale_temporaries
+from .logs import LEVELS, process_rank, setup_logging
+from .rundir import DEFAULT_RUN_DIR, FolderLock, check_writable, checkpoint_dir
 
 log = logging.getLogger(__name__)
 MONITOR = "val/file_leak_f1"
@@ -32,9 +36,14 @@ class LeakCLI(LightningCLI):
 
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         self.contract: ModelContract | None = None  # what --ckpt_path was trained on
+        self._asked: dict = {}  # --model.* options given with --ckpt_path
         # fit stops before an earlier run's checkpoints unless resuming or --overwrite was asked
         # for, so Lightning's generic warning about them would only repeat the user's choice
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        # LeakDataModule restores the exact batch position itself (its state_dict): the resume is exact
+        warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch")
+        # evaluating a checkpoint from another run directory: its best/last bookkeeping is not needed
+        warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
         super().__init__(LeakClassifier, LeakDataModule, *args, **kwargs)
 
     def init_parser(self, **kwargs) -> LightningArgumentParser:
@@ -83,6 +92,12 @@ class LeakCLI(LightningCLI):
         setup_logging(cfg.get("log_level"))
         root = cfg["trainer"]["default_root_dir"]
         check_writable(root)
+        if sub == "fit" and process_rank() == 0:  # DDP's other ranks are rank 0's children
+            # one run at a time in a run directory: two would overwrite each other's checkpoints
+            FolderLock(root, "--trainer.default_root_dir").acquire()  # released when the command ends
+            if stale := remove_stale_temporaries(checkpoint_dir(root)):
+                log.warning("removed %d temporary file(s) left by killed checkpoint saves: %s", len(stale),
+                            ", ".join(p.name for p in stale))
         if sub == "fit" and not cfg.get("ckpt_path") and not cfg.get("overwrite") \
                 and not cfg["trainer"].get("fast_dev_run"):
             refuse_to_replace_a_run(root)
@@ -90,6 +105,25 @@ class LeakCLI(LightningCLI):
             cfg["ckpt_path"] = default_checkpoint(root, sub)
         if cfg.get("ckpt_path"):
             cfg["ckpt_path"], self.contract = resolve_ckpt_path(cfg["ckpt_path"], root, sub)
+            # the checkpoint's hyper-parameters replace the model's options: note what was asked for
+            given = {a.split("=")[0][len("--model."):] for a in (args or sys.argv[1:]) if str(a).startswith("--model.")}
+            self._asked = {k: cfg["model"].get(k) for k in given if k in cfg["model"]}
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        # Lightning re-raises what stopped a run; the ones a user can act on become one line here
+        try:
+            super()._run_subcommand(subcommand)
+        except (RuntimeError, OSError) as err:
+            if self.trainer.world_size > 1 and isinstance(err, RuntimeError):
+                raise ValueError(f"a DDP rank stopped, so the run cannot go on ({_first(err)}); "
+                                 f"{_last_checkpoint_note(self.trainer.default_root_dir)}") from err
+            if isinstance(err, OSError):
+                where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+                raise ValueError(f"{where}{err.strerror or _first(err)}; "
+                                 f"{_last_checkpoint_note(self.trainer.default_root_dir)}") from err
+            raise
+        finally:
+            FolderLock.release_all()
 
     def _data_says(self, attr: str, data):
         """A data → model link. With --ckpt_path the data is first bound to the checkpoint's contract
@@ -99,6 +133,14 @@ class LeakCLI(LightningCLI):
         return getattr(data, attr)
 
     def before_instantiate_classes(self) -> None:
+        model = (self.config[self.subcommand] if self.subcommand else self.config)["model"]
+        def shown(value):
+            return list(value) if isinstance(value, tuple) else value
+
+        for key, value in self._asked.items():
+            if model.get(key) != value:
+                log.warning("--model.%s %s is not used: the checkpoint's hyper-parameters rule (%s=%s)", key,
+                            shown(value), key, shown(model.get(key)))
         trainer = (self.config[self.subcommand] if self.subcommand else self.config)["trainer"]
         wants_gpu = str(trainer.get("accelerator")) in ("gpu", "cuda")
         if wants_gpu and not torch.cuda.is_available():
@@ -149,6 +191,24 @@ def refuse_to_replace_a_run(root: str | None) -> None:
         raise ValueError(f"{folder} already holds {', '.join(found)} from an earlier run: resume it with "
                          "--ckpt_path last, start elsewhere with --trainer.default_root_dir DIR, or replace "
                          "it with --overwrite true")
+
+
+def _first(err: BaseException) -> str:
+    text = str(err).splitlines()[0] if str(err) else ""
+    # gloo: "[/path/pair.cc:561] Connection closed by peer [...]. This is typically caused by ..."
+    text = re.sub(r"^\[[^\]]*\]\s*", "", text).split(". This is typically")[0]
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _last_checkpoint_note(root: str | None) -> str:
+    """Where the run stands on disk, and the command that goes on from there."""
+    from .callbacks.interrupt import resume_command
+
+    last = checkpoint_dir(root) / "last.ckpt"
+    if not last.is_file():
+        return "no checkpoint was saved yet: run the same command again"
+    saved = time.strftime("%H:%M:%S", time.localtime(last.stat().st_mtime))
+    return f"{last} (saved {saved}) is intact; resume with: {resume_command()}"
 
 
 def default_checkpoint(root: str | None, subcommand: str) -> str:
@@ -228,6 +288,19 @@ def run_build(argv: list[str]) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         log.error("%s", err)
         return 2
+    except (OSError, RuntimeError) as err:  # a full disk, a lost mount: discarded, the old dataset untouched
+        errno = getattr(err, "errno", None) or (28 if "errno = 28" in str(err) else None)
+        reason = os.strerror(errno) if errno else str(err).splitlines()[0]
+        log.debug("details", exc_info=True)
+        log.error("%s: %s while writing the dataset; nothing was replaced (an earlier dataset there is intact) "
+                  "and the temporary files were removed; free space or choose another --output",
+                  cfg.get("output"), reason)
+        from .builder.writer import UNCLOSED
+
+        if UNCLOSED:  # h5py would crash freeing the half-closed file at exit: leave without freeing it
+            logging.shutdown()
+            os._exit(2)
+        return 2
     except KeyboardInterrupt as err:
         log.error("build interrupted (%s): temporary files removed, existing outputs untouched",
                   err or "SIGINT")
@@ -248,7 +321,18 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, FileNotFoundError) as err:
         if str(err).startswith("Call to compute_fn of link") and err.__cause__ is not None:
             err = err.__cause__  # our own check, raised inside a data → model link
-        _fail(str(err))
+        _fail(_worker_error(str(err)))
+    finally:
+        FolderLock.release_all()
+
+
+def _worker_error(message: str) -> str:
+    """A DataLoader worker's error arrives as 'Caught ValueError in DataLoader worker ... Original Traceback
+    ...': keep the original message."""
+    if message.startswith("Caught ") and "Original Traceback" in message:
+        last = message.strip().splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return message
 
 
 def _fail(message: str) -> None:

@@ -8,6 +8,7 @@ inference) cannot come back. The config travels with the HDF5 file and the check
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -80,6 +81,14 @@ class FeatureConfig:
     @classmethod
     def from_json(cls, text: str) -> FeatureConfig:
         return cls.from_dict(json.loads(text))
+
+    def db_range(self) -> tuple[float, float]:
+        """Bounds on the stored dB values: the amin floor, and the largest mel value a waveform of
+        samples within ±32768 can reach (the sum of the |STFT| bins of a Hann window, ≤ n_fft/2 each;
+        wrongly scaled float files reach ±32768, full scale is ±1)."""
+        floor = (20 if self.power == 1.0 else 10) * math.log10(1e-10)
+        peak = (self.n_fft // 2 + 1) * self.n_fft / 2 * 32768
+        return floor - 0.5, 20 * math.log10(peak) + 0.5
 
     def differences(self, other: FeatureConfig) -> dict[str, tuple]:
         """{field: (self's value, other's value)} for every field that changes the features."""

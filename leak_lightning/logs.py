@@ -73,7 +73,7 @@ def resolve_level(level: str | None = None) -> int:
     return getattr(logging, name)
 
 
-def _process_rank() -> int:
+def process_rank() -> int:
     """Global rank from the launcher's environment (0 when not distributed)."""
     for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
         if os.environ.get(var, "").isdigit():
@@ -86,7 +86,7 @@ def setup_logging(level: str | None = None, stream=None) -> logging.Logger:
     stream = stream or sys.stderr
     logger = logging.getLogger("leak_lightning")
     logger.setLevel(resolve_level(level))
-    if _process_rank() != 0:  # DDP ranks > 0 report errors only; rank 0 tells the story
+    if process_rank() != 0:  # DDP ranks > 0 report errors only; rank 0 tells the story
         logger.setLevel(logging.ERROR)
     for handler in list(logger.handlers):
         if getattr(handler, "_leak_lightning", False):

@@ -83,13 +83,16 @@ def data_args(h5: dict[str, Path]) -> list[str]:
 
 
 def first_files(src: Path, dst: Path, n: int) -> Path:
-    """A copy of split `src` holding only its first `n` files."""
+    """A copy of split `src` holding only its first `n` files (a file of its own: no build id or counts)."""
     import h5py
+
+    from leak_lightning.data import schema
 
     with h5py.File(src, "r") as f, h5py.File(dst, "w") as g:
         for key, ds in f.items():
-            g.create_dataset(key, data=ds[:n], dtype=ds.dtype)
-        g.attrs.update(f.attrs)
+            g.create_dataset(key, data=ds[:n], dtype=ds.dtype, fletcher32=ds.fletcher32)
+        own = {k: v for k, v in f.attrs.items() if k not in (schema.ATTR_BUILD_ID, schema.ATTR_LABEL_COUNTS)}
+        g.attrs.update(own)
     return dst
 
 

@@ -84,3 +84,35 @@ class _SlowFile:
 
     def __exit__(self, *exc) -> None:
         self.f.close()
+
+
+class FullDiskCheckpointIO(AtomicCheckpointIO):
+    """Atomic writes that hit "No space left on device" from the `nth` save on (an injected full disk)."""
+
+    def __init__(self, nth: int = 2) -> None:
+        super().__init__()
+        self.nth, self._saves = nth, 0
+
+    def _open_tmp(self, tmp: Path):
+        self._saves += 1
+        f = open(tmp, "wb")
+        return _FullFile(f) if self._saves >= self.nth else f
+
+
+class _FullFile:
+    def __init__(self, f) -> None:
+        self.f = f
+
+    def write(self, data) -> int:
+        import errno
+
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.f.close()

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
+import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
@@ -16,10 +19,11 @@ from tqdm import tqdm
 from ..audio.scan import printable
 from ..data import schema
 from ..features import FeatureConfig
-from ..fileio import write_atomic
+from ..fileio import remove_stale_temporaries, write_atomic
+from ..rundir import FolderLock
 from .discover import SPLITS, discover, label_mapping
 from .pipeline import BatchBuilder, SplitResult
-from .writer import SplitWriter
+from .writer import SplitWriter, publish
 
 log = logging.getLogger(__name__)
 
@@ -91,32 +95,50 @@ def build_dataset(
             raise ValueError(f"{input}: split {split} received no files; add recordings/sensors "
                              f"or change --split_ratios {list(split_ratios)}")
     output.mkdir(parents=True, exist_ok=True)
-    dev = _resolve_device(device)
-    cores = os.cpu_count() or 1
-    on_cpu = dev.type == "cpu"
-    # On CPU the cores are shared between decoders and the mel; measured on 2 cores,
-    # an intra-op pool on top of the decoders oversubscribes them (~1,000 vs ~1,500 files/s).
-    workers = num_workers or (max(1, cores // 2) if on_cpu else cores)
-    batch_size = batch_size or (64 if on_cpu else 512)
-    log.info("Building %s → %s on %s: %s files, %d decoder processes, batch %d",
-             input, output, dev, {s: len(v) for s, v in splits.items()}, workers, batch_size)
-    threads = torch.get_num_threads()
-    if on_cpu:
-        torch.set_num_threads(max(1, cores - workers))
-    try:
-        results = _run_splits(splits, targets, features, class_names, dev, batch_size, workers, progress)
-    finally:
-        torch.set_num_threads(threads)
-    skipped = [{"split": None, "path": printable(e.path.relative_to(input)), "label": None, "reason": e.reason}
-               for e in unusable] + [s for r in results.values() for s in r.skipped]
-    flagged = [s for r in results.values() for s in r.flagged]
-    write_atomic(output / schema.SKIP_REPORT, lambda f: json.dump(skipped, f, indent=2))
-    write_atomic(output / schema.FLAG_REPORT, lambda f: json.dump(flagged, f, indent=2))
+    with FolderLock(output, "--output"):  # two builds into one folder would mix their splits
+        if stale := remove_stale_temporaries(output):
+            log.warning("removed %d temporary file(s) left by a killed build: %s", len(stale),
+                        ", ".join(p.name for p in stale))
+        _check_free_space(output, sum(map(len, splits.values())), features)
+        dev = _resolve_device(device)
+        cores = os.cpu_count() or 1
+        on_cpu = dev.type == "cpu"
+        # On CPU the cores are shared between decoders and the mel; measured on 2 cores,
+        # an intra-op pool on top of the decoders oversubscribes them (~1,000 vs ~1,500 files/s).
+        workers = num_workers or (max(1, cores // 2) if on_cpu else cores)
+        batch_size = batch_size or (64 if on_cpu else 512)
+        log.info("Building %s → %s on %s: %s files, %d decoder processes, batch %d",
+                 input, output, dev, {s: len(v) for s, v in splits.items()}, workers, batch_size)
+        threads = torch.get_num_threads()
+        if on_cpu:
+            torch.set_num_threads(max(1, cores - workers))
+        try:
+            results = _run_splits(splits, targets, features, class_names, dev, batch_size, workers, progress)
+        finally:
+            torch.set_num_threads(threads)
+        skipped = [{"split": None, "path": printable(e.path.relative_to(input)), "label": None,
+                    "reason": e.reason} for e in unusable] + [s for r in results.values() for s in r.skipped]
+        flagged = [s for r in results.values() for s in r.flagged]
+        write_atomic(output / schema.SKIP_REPORT, lambda f: json.dump(skipped, f, indent=2))
+        write_atomic(output / schema.FLAG_REPORT, lambda f: json.dump(flagged, f, indent=2))
     summary = BuildSummary(targets, {s: r.files for s, r in results.items()},
                            {s: r.files * features.num_long * features.num_short for s, r in results.items()},
                            skipped, time.perf_counter() - t0, flagged)
     _log_summary(summary)
     return summary
+
+
+def _check_free_space(output: Path, files: int, cfg: FeatureConfig) -> None:
+    """Refuse a build the disk cannot hold before spending hours on it (the old dataset stays until
+    the new one is complete, so the new one needs its full size)."""
+    from ..logs import bytes_human
+
+    per_file = cfg.num_long * cfg.num_short * cfg.n_mels * cfg.t_frames * 2 + 128  # float16 + chunk index, path
+    need = int(files * per_file * 1.02) + 2**18
+    free = shutil.disk_usage(output).free
+    if need > free:
+        raise ValueError(f"{output}: not enough free space for the dataset: about {bytes_human(need)} needed "
+                         f"for {files} files, {bytes_human(free)} free; free some space or choose another --output")
 
 
 def _run_splits(splits, targets, cfg, class_names, dev, batch_size, workers,
@@ -126,6 +148,7 @@ def _run_splits(splits, targets, cfg, class_names, dev, batch_size, workers,
     results: dict[str, SplitResult] = {}
     builder = BatchBuilder(cfg, label_ids, dev, batch_size, workers)
     total = sum(len(v) for v in splits.values())
+    build_id = uuid.uuid4().hex
     try:
         with tqdm(total=total, unit="file", desc="build", disable=None if progress else True) as bar:
             for split in SPLITS:
@@ -135,8 +158,13 @@ def _run_splits(splits, targets, cfg, class_names, dev, batch_size, workers,
                 if results[split].files == 0:
                     raise ValueError(f"no usable file in split {split}: all {len(splits[split])} were "
                                      f"skipped (see the warnings above); fix or replace those recordings")
-        for writer in writers:  # all three appear together, or none
-            writer.commit()
+        for writer in writers:
+            writer.finish(build_id)
+        # all three appear together with dataset.json, or none (a reader refuses a mix)
+        publish(writers, targets["TRAINING"].parent, {
+            "format_version": schema.FORMAT_VERSION, "build_id": build_id,
+            "created_at_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "classes": list(class_names), "features": json.loads(cfg.to_json())})
     except BaseException:
         for writer in writers:
             writer.discard()

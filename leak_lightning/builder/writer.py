@@ -1,4 +1,5 @@
-"""Streaming HDF5 writer: rows are appended batch by batch, never assembled in RAM."""
+"""Streaming HDF5 writer: rows are appended batch by batch, never assembled in RAM; a build's splits
+are published together (renamed into place, then `dataset.json` written last) or not at all."""
 
 from __future__ import annotations
 
@@ -12,17 +13,26 @@ import numpy as np
 
 from ..data import schema
 from ..features import FeatureConfig
-from ..fileio import temp_sibling
+from ..fileio import fsync_dir, temp_sibling, write_atomic
+
+UNCLOSED: list[Path] = []  # temporaries HDF5 could not close (see SplitWriter.discard)
 
 
 class SplitWriter:
-    """Appends rows to a temporary HDF5 file; `commit()` renames it to its final name."""
+    """Appends rows to a temporary HDF5 file; `finish()` closes and fsyncs it, `publish` renames it.
+
+    Segments and labels carry HDF5 fletcher32 checksums on every chunk: HDF5 verifies them on each
+    read, so a flipped byte on disk or in a copy is an error, not a silent wrong feature or label.
+    (Variable-length strings cannot take filters; paths and sensor ids are not checksummed.)
+    """
 
     def __init__(self, final_path: Path, cfg: FeatureConfig, labels: list[str],
                  extra_attrs: dict | None = None) -> None:
         self.final_path = Path(final_path)
         self.tmp_path = temp_sibling(self.final_path)
         self.rows = 0
+        self.label_counts = np.zeros(len(labels), dtype=np.int64)
+        self._labels = labels
         self._h5 = h5py.File(self.tmp_path, "w")
         try:
             self._create(cfg, labels, extra_attrs or {})
@@ -34,9 +44,9 @@ class SplitWriter:
         shape = cfg.segment_shape
         # One file per chunk: a reader takes a whole file's segments in one uncompressed read.
         self._seg = self._h5.create_dataset(schema.SEGMENTS, shape=(0, *shape), maxshape=(None, *shape),
-                                            dtype=np.float16, chunks=(1, *shape))
+                                            dtype=np.float16, chunks=(1, *shape), fletcher32=True)
         self._lab = self._h5.create_dataset(schema.LABELS, shape=(0,), maxshape=(None,),
-                                            dtype=np.int16, chunks=(4096,))
+                                            dtype=np.int16, chunks=(4096,), fletcher32=True)
         text = h5py.string_dtype("utf-8")
         self._paths = self._h5.create_dataset(schema.FILE_PATHS, shape=(0,), maxshape=(None,),
                                               dtype=text, chunks=(1024,))
@@ -64,19 +74,66 @@ class SplitWriter:
         self._lab[start:end] = labels
         self._paths[start:end] = paths
         self._sensors[start:end] = sensors
+        self.label_counts += np.bincount(labels, minlength=len(self._labels))
         self.rows = end
+        # HDF5 buffers megabytes: flushing per batch makes a full disk fail here, with one batch
+        # of unwritten data, rather than at close with all of it (which cannot be discarded cleanly)
+        self._h5.flush()
 
-    def commit(self) -> Path:
-        """Close, fsync and atomically move the file to its final name."""
+    def finish(self, build_id: str | None) -> None:
+        """Record the build id and label counts, flush, close and fsync the temporary file."""
+        if build_id is not None:
+            self._h5.attrs[schema.ATTR_BUILD_ID] = build_id
+        self._h5.attrs[schema.ATTR_LABEL_COUNTS] = json.dumps(self.counts())
+        self._h5.flush()
         self._h5.close()
         with open(self.tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+
+    def commit(self) -> Path:
+        """A standalone file (benchmarks, tests): finish it without a build id and move it into place."""
+        self.finish(None)
         os.replace(self.tmp_path, self.final_path)
         return self.final_path
 
+    def counts(self) -> dict[str, int]:
+        return {name: int(n) for name, n in zip(self._labels, self.label_counts)}
+
     def discard(self) -> None:
-        """Close and delete the temporary file (after an error or interrupt)."""
+        """Close and delete the temporary file, whatever state it is in; never raises.
+
+        After a failed write (a full disk) HDF5 still has to write its buffers on close; if that
+        fails too, h5py later crashes the interpreter while freeing the half-closed file. Truncating
+        the doomed file first gives its space back, so the close succeeds. A file that still cannot
+        be closed is noted in `UNCLOSED`: the process must then leave with `os._exit`.
+        """
         try:
-            self._h5.close()
-        finally:
-            self.tmp_path.unlink(missing_ok=True)
+            if self.tmp_path.exists():
+                os.truncate(self.tmp_path, 0)
+        except OSError:
+            pass
+        for _ in range(2):
+            try:
+                self._h5.close()
+                break
+            except Exception:
+                continue
+        else:
+            UNCLOSED.append(self.tmp_path)
+        self.tmp_path.unlink(missing_ok=True)
+
+
+def publish(writers: list[SplitWriter], folder: Path, manifest: dict) -> None:
+    """Rename every finished split into place, then write `dataset.json` naming them, last.
+
+    Renames cannot be atomic together; the manifest is the commit: a reader checks each split's
+    build id and size against it (data/h5.py), so a crash between two renames leaves a set that is
+    refused as mixed, never one that trains.
+    """
+    for writer in writers:
+        os.replace(writer.tmp_path, writer.final_path)
+    fsync_dir(folder)
+    manifest["files"] = {w.final_path.name: {"bytes": w.final_path.stat().st_size, "rows": w.rows,
+                                             "label_counts": w.counts()} for w in writers}
+    write_atomic(folder / schema.MANIFEST, lambda f: json.dump(manifest, f, indent=2))
+    fsync_dir(folder)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-from ..fileio import replacing
+from ..fileio import fsync_dir, replacing
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +29,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with replacing(path) as tmp, self._open_tmp(tmp) as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:  # make the rename itself durable
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with replacing(path) as tmp, self._open_tmp(tmp) as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            fsync_dir(path.parent)  # make the rename itself durable
+        except (OSError, RuntimeError) as err:  # a full disk shows as either, through torch.save's zip writer
+            from ..logs import bytes_human
+            from .interrupt import resume_command
+
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+            free = shutil.disk_usage(path.parent).free
+            if free < 2**26:  # the zip writer's own words ("unexpected pos ...") would not say so
+                reason = f"the disk is full: {bytes_human(free)} free"
+            raise ValueError(f"cannot save checkpoint {path} ({reason}); the checkpoints already in {path.parent} "
+                             f"are intact: free some space, then resume with: {resume_command()}") from err
 
 
 class LeakCheckpoint(ModelCheckpoint):

@@ -65,6 +65,14 @@ class ConsoleLogger(L.Callback):
             log.info("log file: %s", path)
         self._banner(trainer, pl_module, stage)
 
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        # the console gets one line (cli.main); the run's log file keeps the whole traceback
+        if self._handler is not None and not isinstance(exception, (SystemExit, KeyboardInterrupt)):
+            record = logging.LogRecord(log.name, logging.ERROR, __file__, 0, "run stopped by %s: %s",
+                                       (type(exception).__name__, exception),
+                                       (type(exception), exception, exception.__traceback__))
+            self._handler.handle(record)
+
     def teardown(self, trainer, pl_module, stage: str) -> None:
         if self._handler is not None:
             logging.getLogger("leak_lightning").removeHandler(self._handler)

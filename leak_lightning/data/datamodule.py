@@ -88,6 +88,10 @@ class LeakDataModule(L.LightningDataModule):
         self.infos: dict[str, SplitInfo] = {k: read_info(p) for k, p in self.paths.items() if p}
         if self.infos:
             check_compatible(list(self.infos.values()))
+        for info in self.infos.values():
+            if not info.checksummed:
+                log.warning("%s has no checksums (built by the origin builder or before leak_lightning 0.2): "
+                            "damage on disk would go unnoticed; rebuild it to add them", info.path)
         self.contract: ModelContract | None = None
         self._columns: dict[str, list[int]] = {}  # per split: the data column of each model class
         self.splits: dict[str, CachedSplit | StreamSplit] = {}

@@ -15,11 +15,14 @@ ATTR_LABELS = "labels_json"
 ATTR_LABEL2ID = "label2id_json"
 ATTR_VERSION = "format_version"
 ATTR_CREATED = "created_at_utc"
+ATTR_BUILD_ID = "build_id"  # the same in every split of one build, and in its dataset.json
+ATTR_LABEL_COUNTS = "label_counts_json"  # {label: files}, checked against /labels on load
 
 SPLIT_FILES = {
     "TRAINING": "TRAINING_DATASET.H5",
     "VALIDATION": "VALIDATION_DATASET.H5",
     "TESTING": "TESTING_DATASET.H5",
 }
+MANIFEST = "dataset.json"  # written last by a build: its splits, build id, sizes and label counts
 SKIP_REPORT = "skipped_files.json"  # files left out, with the reason
 FLAG_REPORT = "flagged_files.json"  # files kept despite a quality flag (clipped, out of range)

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from . import schema
 from .batches import Batch, ResumableOrder, epoch_seed
-from .h5 import SplitInfo
+from .h5 import SplitInfo, _damaged
 
 
 class StreamSplit(IterableDataset):
@@ -94,7 +94,10 @@ class StreamSplit(IterableDataset):
             self._h5 = h5py.File(self.info.path, "r")
         ds = self._h5[schema.SEGMENTS]
         spf = self.info.segments_per_file
-        x = np.concatenate([ds[int(i)].reshape(spf, *self.info.segment_shape[2:]) for i in files])
+        try:
+            x = np.concatenate([ds[int(i)].reshape(spf, *self.info.segment_shape[2:]) for i in files])
+        except (OSError, RuntimeError) as err:  # a checksum mismatch or a disk error since set-up
+            raise _damaged(self.info.path, err, f"/{schema.SEGMENTS} rows {files.min()}..{files.max()}") from None
         y = np.repeat(self.targets[files], spf, axis=0)
         return x.astype(np.float16, copy=False), y
 
