@@ -1,3 +1,18 @@
-"""leak_lightning: acoustic water-leak detection trained with PyTorch Lightning."""
+"""leak_lightning: acoustic water-leak detection trained with PyTorch Lightning.
 
-__version__ = "0.1.0"
+    from leak_lightning import LeakDetector
+    det = LeakDetector.from_checkpoint("runs/x/checkpoints/best.ckpt")
+    det.predict("clip.wav").leak
+"""
+
+__version__ = "0.2.0"
+__all__ = ["LeakDetector", "Prediction", "__version__"]
+
+
+def __getattr__(name: str):
+    # lazy: the builder's decoder processes import this package and must not pay for torch and Lightning
+    if name in ("LeakDetector", "Prediction"):
+        from . import predict
+
+        return getattr(predict, name)
+    raise AttributeError(f"module 'leak_lightning' has no attribute {name!r}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 
@@ -97,3 +98,26 @@ def setup_logging(level: str | None = None, stream=None) -> logging.Logger:
     logger.addHandler(handler)
     logger.propagate = False
     return logger
+
+
+class _Quiet(logging.Filter):
+    """Drops Lightning's notices that a user of this tool cannot act on."""
+
+    PATTERNS = re.compile(r"^(Seed set to|💡 Tip|(GPU|TPU|HPU) available|Loading `train_dataloader` to estimate"
+                          r"|.*tensorboardX)")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.PATTERNS.match(record.getMessage())
+
+
+def quiet_lightning() -> None:
+    """Filter those notices on the handlers Lightning installs (idempotent), and its chatty warnings."""
+    import warnings
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, _Quiet) for f in handler.filters):
+                handler.addFilter(_Quiet())
+    for message in (r".*isinstance\(treespec, LeafSpec\)", r"Couldn't infer the batch indices fetched",
+                    r"No seed found", r"The number of training batches \(\d+\) is smaller than the logging interval"):
+        warnings.filterwarnings("ignore", message=message)

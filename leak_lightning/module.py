@@ -141,11 +141,20 @@ class LeakClassifier(L.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        trainer = self.trainer
         # --trainer.max_steps inside an epoch would end the run before any validation: no metric for
         # early stopping, no best.ckpt. Asking to stop lets Lightning validate first (as early stopping does).
-        max_steps = self.trainer.max_steps
-        if 0 < max_steps <= self.trainer.global_step and not self.trainer.should_stop:
-            self.trainer.should_stop = True
+        if 0 < trainer.max_steps <= trainer.global_step and not trainer.should_stop:
+            trainer.should_stop = True
+        # The step loss and learning rate every log_every_n_steps, straight to the loggers: one host
+        # sync per n steps, not self.log's per-step bookkeeping.
+        every = trainer.log_every_n_steps
+        if self.loggers and every and trainer.global_step % every == 0:
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            metrics = {"train/loss_step": float(loss.detach()),
+                       "lr": trainer.optimizers[0].param_groups[0]["lr"]}
+            for logger in self.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
 
     def on_train_epoch_end(self) -> None:
         mean = self._mean("train/loss")
@@ -261,6 +270,7 @@ class LeakClassifier(L.LightningModule):
         self.last_results = {"stage": stage, "metrics": {k: float(v) for k, v in values.items()},
                              "files": scores.index.cpu(), "file_probs": scores.class_scores.cpu(),
                              "file_scores": scores.windows.mean(-1).cpu(), "decisions": decided.cpu(),
+                             "windows": scores.windows.cpu(),
                              "targets": scores.targets.cpu()}
 
     def _warn_if_partial(self, stage: str, scores: FileScores) -> None:
@@ -281,19 +291,26 @@ class LeakClassifier(L.LightningModule):
         checkpoint[SECTION] = self.contract().section(float(self.threshold))
 
     # ---- prediction: raw recordings through the same frontend as the builder ----------------
-    def on_predict_start(self) -> None:
+    def prepare_predict(self) -> None:
         # not registered: its mel buffers would otherwise join the checkpoint's state_dict
         object.__setattr__(self, "_frontend", LogMelFrontend(self.features).to(self.device))
 
-    def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        # (W, num_samples) clip-long windows; per window: recording, window number, silent
-        wave, owner, index, silent = batch
+    def on_predict_start(self) -> None:
+        self.prepare_predict()
+
+    def score_windows(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W, num_samples) clip-long windows → leak probability per long window (W, L), class probabilities (W, C)."""
         seg = self._frontend(wave).half()  # stored as float16 by the builder: the model saw those values
         n_windows, n_long, n_short = seg.shape[:3]
         logits = self(seg.reshape(-1, *seg.shape[-2:])).float()
         probs = torch.sigmoid(logits).reshape(n_windows, n_long, n_short, -1)
-        return {"owner": owner, "index": index, "silent": silent, "windows": probs[..., self.leak_index].mean(2),
-                "class_probs": probs.mean((1, 2))}
+        return probs[..., self.leak_index].mean(2), probs.mean((1, 2))
+
+    def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        # (W, num_samples) clip-long windows; per window: recording, window number, silent
+        wave, owner, index, silent = batch
+        windows, class_probs = self.score_windows(wave)
+        return {"owner": owner, "index": index, "silent": silent, "windows": windows, "class_probs": class_probs}
 
     def decide_recording(self, windows: torch.Tensor) -> tuple[float, bool]:
         """All long-window leak probabilities of one recording → (mean score, leak decision)."""

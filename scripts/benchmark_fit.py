@@ -182,7 +182,7 @@ class StepTimer(L.Callback):
 def lightning_fit(h5: dict[str, Path], batch: int, warmup: int, steps: int, root: Path,
                   compile_: str | None, channels: list[int], fused: bool, profile_steps: int) -> Result:
     """The real path: LeakCLI's parser, data module, module, callbacks and Trainer.fit."""
-    from leak_lightning.cli import LeakCLI
+    from leak_lightning.training_cli import LeakCLI
 
     timer = StepTimer(warmup, steps, profile_steps)
     cli = LeakCLI(run=False, args=[

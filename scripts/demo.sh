@@ -1,11 +1,32 @@
 #!/usr/bin/env bash
-# Fresh machine → synthetic WAV corpus → HDF5 dataset → fit → test (best checkpoint). Output in demo_out/.
+# Fresh machine → synthetic WAV corpus → HDF5 dataset → fit → test (report, plots) → predict from the
+# checkpoint alone → export with parity. Everything lands in demo_out/ (DEMO_OUT to change it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 OUT=${DEMO_OUT:-demo_out}
-.venv/bin/python scripts/make_synthetic_dataset.py --output "$OUT/wav" --layout origin \
+PY=.venv/bin/python
+RUN=$OUT/runs
+$PY scripts/make_synthetic_dataset.py --output "$OUT/wav" --layout origin \
   --files-per-label 60 --sensors-per-label 12 --seed 0
-.venv/bin/python -m leak_lightning build --input "$OUT/wav" --output "$OUT/data" --overwrite true
-.venv/bin/python -m leak_lightning fit --config configs/demo.yaml --overwrite true  # the demo re-runs from scratch
-.venv/bin/python -m leak_lightning test --config configs/demo.yaml --ckpt_path best
+$PY -m leak_lightning build --input "$OUT/wav" --output "$OUT/data" --overwrite true
+DATA=(--data.train_h5 "$OUT/data/TRAINING_DATASET.H5" --data.val_h5 "$OUT/data/VALIDATION_DATASET.H5"
+      --data.test_h5 "$OUT/data/TESTING_DATASET.H5" --trainer.default_root_dir "$RUN")
+$PY -m leak_lightning fit --config configs/demo.yaml "${DATA[@]}" --overwrite true  # the demo re-runs from scratch
+$PY -m leak_lightning test --config configs/demo.yaml "${DATA[@]}" --ckpt_path best
+# a user with only the checkpoint and recordings: no config, no HDF5
+$PY -m leak_lightning predict --ckpt_path "$RUN/checkpoints/best.ckpt" --data.predict_path "$OUT/wav/TESTING" \
+  --output "$OUT/predictions.csv"
+$PY -m leak_lightning export --ckpt_path "$RUN/checkpoints/best.ckpt" --format onnx --with-frontend \
+  --output "$OUT/export"
+cat <<DONE
+
+Demo finished. Where things are:
+  dataset      $OUT/data/{TRAINING,VALIDATION,TESTING}_DATASET.H5, dataset.json, skipped/flagged_files.json
+  checkpoints  $RUN/checkpoints/best.ckpt, last.ckpt   (log: $RUN/train.log)
+  test report  $RUN/test_report.json, $RUN/test_predictions.csv
+  plots        $RUN/test_pr_roc.png, test_f1_threshold.png, test_confusion.png, test_scores.png
+  TensorBoard  tensorboard --logdir $RUN/lightning_logs
+  predictions  $OUT/predictions.csv
+  export       $OUT/export/best_network.onnx, best_with_frontend.onnx, best.json
+DONE

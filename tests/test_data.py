@@ -162,7 +162,7 @@ def test_stream_split_yields_every_segment(small_h5):
 def test_every_cache_mode_trains(small_h5, tmp_path, cache):
     from conftest import REPO, data_args
 
-    from leak_lightning.cli import LeakCLI
+    from leak_lightning.training_cli import LeakCLI
 
     cli = LeakCLI(args=["fit", "--config", str(REPO / "configs/demo.yaml"), *data_args(small_h5),
                         "--trainer.fast_dev_run", "2", "--trainer.default_root_dir", str(tmp_path),

@@ -11,6 +11,7 @@ import time
 import pytest
 from conftest import REPO, data_args
 
+from leak_lightning import __version__
 from leak_lightning.logs import RED, RESET, YELLOW, ElapsedTimeFormatter, bytes_human, resolve_level, setup_logging
 
 
@@ -90,7 +91,7 @@ def test_run_writes_banner_epoch_lines_and_a_json_lines_log(small_h5, tmp_path, 
                 "--console.log_file", "train.jsonl", "--data.batch_size", "512")
     assert r.returncode == 0, r.stderr[-3000:]
     err = r.stderr
-    assert "leak_lightning 0.1.0: fit" in err and "leak class 'LEAK' at index 2" in err
+    assert f"leak_lightning {__version__}: fit" in err and "leak class 'LEAK' at index 2" in err
     assert "parameters:" in err and "device: CPU" in err and "precision=32-true" in err
     lines = [json.loads(x) for x in (tmp_path / "train.jsonl").read_text().splitlines()]
     epochs = [x for x in lines if x["message"].startswith("Epoch ")]

@@ -16,7 +16,7 @@ CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_fast_dev_run_of_every_config(config, small_h5, tmp_path):
-    from leak_lightning.cli import LeakCLI
+    from leak_lightning.training_cli import LeakCLI
 
     cli = LeakCLI(args=["fit", "--config", str(config), *data_args(small_h5), "--trainer.fast_dev_run", "true",
                         "--trainer.default_root_dir", str(tmp_path), "--data.batch_size", "256"])
@@ -235,7 +235,7 @@ def test_compile_failure_warns_once_and_runs_eager(monkeypatch):
 
 
 def test_fused_adamw_is_the_same_update_and_off_by_default_on_cpu(small_h5, tmp_path):
-    from leak_lightning.cli import LeakCLI
+    from leak_lightning.training_cli import LeakCLI
 
     def one_step(*extra: str):
         cli = LeakCLI(run=False, args=[

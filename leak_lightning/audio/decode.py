@@ -249,6 +249,40 @@ def _pad(x: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+class WindowSource:
+    """Samples already in memory that read like a SoundFile, for scoring arrays (`LeakDetector.predict_array`)."""
+
+    subtype = "FLOAT"
+
+    def __init__(self, samples: np.ndarray, sample_rate: int) -> None:
+        data = np.asarray(samples, dtype=np.float32)
+        data = data[:, None] if data.ndim == 1 else data
+        if data.ndim != 2 or not data.size:
+            raise SkipFile(f"samples must be (N,) or (N, channels) with N > 0, got shape {np.shape(samples)}")
+        if sample_rate <= 0:
+            raise SkipFile(f"sample_rate must be > 0, got {sample_rate}")
+        self.data, self.samplerate, self.frames, self.channels = data, int(sample_rate), len(data), data.shape[1]
+        self._pos = 0
+
+    @classmethod
+    def of_array(cls, samples: np.ndarray, sample_rate: int) -> WindowSource:
+        return cls(samples, sample_rate)
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, frames: int, dtype: str = "float32", always_2d: bool = True) -> np.ndarray:
+        out = self.data[self._pos: self._pos + frames]
+        self._pos += len(out)
+        return out
+
+    def __enter__(self) -> WindowSource:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
 class WindowReader:
     """A whole recording as clip-long windows, read `block` windows at a time (bounded memory).
 
@@ -260,14 +294,17 @@ class WindowReader:
     Errors propagate: the caller turns them into a reason with `reason_of`.
     """
 
-    def __init__(self, path: str | Path, spec: ClipSpec, block: int = 16) -> None:
+    def __init__(self, path: str | Path | WindowSource, spec: ClipSpec, block: int = 16) -> None:
         self.path, self.spec, self.block = path, spec, max(1, block)
         self.flags: set[str] = set()
         self.windows = self.silent_windows = 0
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         spec, out, silent = self.spec, [], []
-        f, declared = open_checked(self.path)
+        if isinstance(self.path, WindowSource):
+            f, declared = self.path, self.path.frames
+        else:
+            f, declared = open_checked(self.path)
         with f:
             if shortfall(f, declared):  # scored as far as it goes, and flagged
                 self.flags.add(TRUNCATED)

@@ -79,6 +79,9 @@ class LeakCheckpoint(ModelCheckpoint):
 
     def _update_best_and_save(self, current, trainer, monitor_candidates) -> None:
         super()._update_best_and_save(current, trainer, monitor_candidates)
+        if self.best_model_score is not None:  # TensorBoard's hparams view: the best monitored value so far
+            for logger in trainer.loggers:
+                logger.log_metrics({"hp_metric": float(self.best_model_score)}, step=trainer.global_step)
         if trainer.is_global_zero and self.best_model_path:
             log.info("new best %s=%.4f → %s", self.monitor, float(self.best_model_score), self.best_model_path,
                      extra={"colour": "success"})

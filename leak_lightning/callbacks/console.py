@@ -99,8 +99,9 @@ class ConsoleLogger(L.Callback):
                      info.num_segments, dm.modes.get(name, "-"))
         log.info("classes: %s; leak class %r at index %d", ", ".join(module.hparams.class_names),
                  module.hparams.leak_class_name, module.leak_index, extra={"colour": "success"})
-        log.info("batch size %d (eval %d), workers %d (streaming only)", dm.batch_size, dm.eval_batch_size,
-                 dm.num_workers)
+        if stage != "predict":
+            log.info("batch size %d (eval %d), workers %d (streaming only)", dm.batch_size, dm.eval_batch_size,
+                     dm.num_workers)
         total = sum(p.numel() for p in module.parameters())
         trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
         log.info("parameters: %s total, %s trainable", f"{total:,}", f"{trainable:,}")

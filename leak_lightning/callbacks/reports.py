@@ -1,5 +1,5 @@
-"""Writes `<stage>_report.json` and a per-file CSV after validate/test (with a results table in the
-log), and `predictions.csv` after predict."""
+"""Writes `<stage>_report.json`, a per-file CSV and plots after validate/test (with a results table in the
+log). `predict` has its own writer (leak_lightning/predict.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,8 @@ import logging
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from ..audio.scan import printable
 from ..fileio import write_atomic
 
 log = logging.getLogger(__name__)
@@ -24,73 +22,12 @@ class ReportWriter(L.Callback):
     Args:
         per_file_csv: also write `<stage>_predictions.csv` (path, true label, leak score, decision,
             class scores).
+        plots: also write PNGs: precision-recall/ROC (with the decisions' operating point), F1 against
+            threshold, the confusion matrix and per-class score histograms (and log them to TensorBoard).
     """
 
-    def __init__(self, per_file_csv: bool = True) -> None:
-        self.per_file_csv = per_file_csv
-
-    # ---- predict: one row per recording ---------------------------------------------------
-    def on_predict_start(self, trainer, pl_module) -> None:
-        self._pred: dict[int, list] = {}
-
-    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        rows = zip(outputs["owner"].tolist(), outputs["index"].tolist(), outputs["silent"].tolist(),
-                   outputs["windows"].cpu(), outputs["class_probs"].cpu())
-        for owner, index, silent, windows, classes in rows:
-            self._pred.setdefault(owner, []).append((index, silent, windows, classes))
-
-    @rank_zero_only
-    def on_predict_end(self, trainer, pl_module) -> None:
-        dm = trainer.datamodule
-        source, names = dm.predict_input, pl_module.hparams.class_names
-        root = Path(dm.predict_path)
-        run_dir = Path(trainer.default_root_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        path = run_dir / "predictions.csv"
-
-        def name(p: Path) -> str:
-            return printable(p.relative_to(root) if root.is_dir() else p)
-
-        rows = [self._prediction_row(name(p), source.status.get(i), self._pred.get(i, []), pl_module)
-                for i, p in enumerate(source.paths)]
-        rows += [(name(e.path), f"skipped: {e.reason}", "", 0, None, None, None) for e in dm.predict_unusable]
-        rows.sort(key=lambda r: r[0])
-
-        def write(f) -> None:
-            w = csv.writer(f)
-            w.writerow(["path", "status", "quality", "windows", "leak_score", "leak_decision",
-                        *[f"score_{n}" for n in names]])
-            for rel, status, quality, n, score, leak, classes in rows:
-                if classes is None:
-                    w.writerow([rel, status, quality, n, "", "", *[""] * len(names)])
-                else:
-                    w.writerow([rel, status, quality, n, f"{score:.6f}", int(leak),
-                                *[f"{float(v):.6f}" for v in classes]])
-
-        write_atomic(path, write)
-        counts = {s: sum(1 for r in rows if r[1].split(":")[0] == s) for s in ("ok", "flagged", "silent", "skipped")}
-        log.info("predicted %d recordings: %d leak, %d ok, %d flagged, %d silent, %d skipped (threshold %.2f): %s",
-                 len(rows), sum(1 for r in rows if r[5]), counts["ok"], counts["flagged"], counts["silent"],
-                 counts["skipped"], float(pl_module.threshold), path, extra={"colour": "success"})
-
-    @staticmethod
-    def _prediction_row(rel: str, status, scored: list, module) -> tuple:
-        """(path, status, quality, windows, score, decision, class scores) of one recording.
-
-        status: ok; flagged (scored, but clipped/out of range/truncated/partly silent: see quality);
-        silent (no signal in any window: no decision, a dead sensor is not a healthy pipe);
-        skipped: reason.
-        """
-        if status is None or status.reason:
-            return rel, f"skipped: {status.reason if status else 'not decoded'}", "", 0, None, None, None
-        quality = ";".join(sorted(status.flags)) or "ok"
-        live = [(w, c) for _, silent, w, c in sorted(scored, key=lambda r: r[0]) if not silent]
-        if not live:
-            return rel, "silent", quality, status.windows, None, None, None
-        windows = torch.stack([w for w, _ in live])  # silent windows take no part in the decision
-        score, leak = module.decide_recording(windows)
-        classes = torch.stack([c for _, c in live]).mean(0)
-        return rel, "ok" if quality == "ok" else "flagged", quality, status.windows, score, leak, classes
+    def __init__(self, per_file_csv: bool = True, plots: bool = True) -> None:
+        self.per_file_csv, self.plots = per_file_csv, plots
 
     def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.state.fn == "validate":
@@ -127,6 +64,24 @@ class ReportWriter(L.Callback):
             write_atomic(csv_path, lambda f: self._write_csv(f, trainer.datamodule.file_paths(stage),
                                                              results, module.hparams.class_names))
             log.info("per-file results: %s", csv_path)
+        if self.plots and len(results["files"]):
+            self._plot(trainer, module, results, stage, name, run_dir)
+
+    @staticmethod
+    def _plot(trainer, module, results: dict, stage: str, name: str, run_dir: Path) -> None:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        from .. import plots
+
+        hp = module.hparams
+        figures = plots.report_figures(results, hp.class_names, module.leak_index, float(module.threshold),
+                                       hp.aggregation, hp.vote_fraction)
+        paths = plots.save(figures, run_dir, name)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                for key, fig in figures.items():
+                    logger.experiment.add_figure(f"{stage}/{key}", fig, global_step=trainer.global_step, close=False)
+        log.info("plots: %s", ", ".join(str(p) for p in paths))
 
     @staticmethod
     def _write_csv(f, paths: list[str], results: dict, names: list[str]) -> None:

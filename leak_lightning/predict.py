@@ -1,0 +1,184 @@
+"""Prediction: one owner for turning scored windows into per-recording answers.
+
+`summarise` makes a `Prediction` from a recording's scored windows; the CLI's `PredictionWriter`
+writes them to a CSV and the Python API `LeakDetector` returns them, so both give the same
+numbers for the same recording.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from .audio.decode import SILENT, ClipSpec, WindowReader, WindowSource, reason_of
+from .audio.scan import printable
+from .fileio import write_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The answer for one recording.
+
+    status: "ok"; "flagged" (scored, but see `quality`); "silent" (no signal in any window: no score,
+    no decision: a dead sensor is not a healthy pipe); "skipped: <reason>" (could not be decoded).
+    """
+
+    path: str
+    status: str
+    leak_probability: float | None = None  # the recording's leak score: the mean long-window probability
+    leak: bool | None = None  # the decision at the checkpoint's threshold and aggregation
+    class_scores: dict[str, float] = field(default_factory=dict)  # mean probability per class
+    window_scores: list[float] = field(default_factory=list)  # leak score per clip-long window (NaN: silent)
+    quality: tuple[str, ...] = ()
+    windows: int = 0
+
+    @property
+    def top_class(self) -> str | None:
+        return max(self.class_scores, key=self.class_scores.get) if self.class_scores else None
+
+
+def summarise(path: str, scored: list[tuple[int, bool, torch.Tensor, torch.Tensor]], flags, model,
+              reason: str | None = None) -> Prediction:
+    """(window index, silent, long-window leak probabilities (L,), class probabilities (C,)) per window
+    of one recording → its Prediction. Silent windows take no part in the decision."""
+    if reason is not None:
+        return Prediction(path, f"skipped: {reason}")
+    scored = sorted(scored, key=lambda r: r[0])
+    quality = tuple(sorted(flags))
+    live = [(w, c) for _, silent, w, c in scored if not silent]
+    window_scores = [math.nan if silent else float(w.mean()) for _, silent, w, _ in scored]
+    if not live:
+        return Prediction(path, "silent", quality=quality or (SILENT,), window_scores=window_scores,
+                          windows=len(scored))
+    score, leak = model.decide_recording(torch.stack([w for w, _ in live]))
+    classes = torch.stack([c for _, c in live]).mean(0).tolist()
+    return Prediction(path, "flagged" if quality else "ok", score, leak,
+                      dict(zip(model.hparams.class_names, classes)), window_scores, quality, len(scored))
+
+
+def write_csv(path: Path, predictions: list[Prediction], class_names: list[str]) -> None:
+    def write(f) -> None:
+        w = csv.writer(f)
+        w.writerow(["path", "status", "quality", "windows", "leak_score", "leak_decision", "top_class",
+                    *[f"score_{n}" for n in class_names], "window_leak_scores"])
+        for p in predictions:
+            scored = p.leak_probability is not None
+            w.writerow([p.path, p.status, ";".join(p.quality) or ("ok" if scored else ""), p.windows,
+                        f"{p.leak_probability:.6f}" if scored else "", int(p.leak) if scored else "",
+                        p.top_class or "", *[f"{p.class_scores[n]:.6f}" if scored else "" for n in class_names],
+                        ";".join("" if math.isnan(s) else f"{s:.4f}" for s in p.window_scores)])
+
+    write_atomic(path, write)
+
+
+class PredictionWriter(BasePredictionWriter):
+    """`predict`: a row for every recording (and every unusable name) in a CSV.
+
+    Args:
+        output: the CSV to write; None: `<run dir>/predictions.csv`.
+    """
+
+    def __init__(self, output: str | None = None) -> None:
+        super().__init__(write_interval="batch")
+        self.output = output
+        self.predictions: list[Prediction] = []
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        self._scored: dict[int, list] = {}
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
+                           dataloader_idx) -> None:
+        rows = zip(prediction["owner"].tolist(), prediction["index"].tolist(), prediction["silent"].tolist(),
+                   prediction["windows"].cpu(), prediction["class_probs"].cpu())
+        for owner, index, silent, windows, classes in rows:
+            self._scored.setdefault(owner, []).append((index, silent, windows, classes))
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        dm = trainer.datamodule
+        source, root = dm.predict_input, Path(dm.predict_path)
+
+        def name(p: Path) -> str:
+            return printable(p.relative_to(root) if root.is_dir() else p)
+
+        predictions = [summarise(name(p), self._scored.get(i, []), source.status[i].flags, pl_module,
+                                 source.status[i].reason) for i, p in enumerate(source.paths)]
+        predictions += [Prediction(name(e.path), f"skipped: {e.reason}") for e in dm.predict_unusable]
+        self.predictions = sorted(predictions, key=lambda p: p.path)
+        path = Path(self.output) if self.output else Path(trainer.default_root_dir) / "predictions.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_csv(path, self.predictions, pl_module.hparams.class_names)
+        counts = {s: sum(p.status.split(":")[0] == s for p in self.predictions)
+                  for s in ("ok", "flagged", "silent", "skipped")}
+        log.info("predicted %d recordings: %d leak, %d ok, %d flagged, %d silent, %d skipped (threshold %.2f): %s",
+                 len(self.predictions), sum(bool(p.leak) for p in self.predictions), counts["ok"],
+                 counts["flagged"], counts["silent"], counts["skipped"], float(pl_module.threshold), path,
+                 extra={"colour": "success"})
+
+
+class LeakDetector:
+    """Score recordings with a trained checkpoint from Python, no data files or config needed.
+
+        det = LeakDetector.from_checkpoint("runs/x/checkpoints/best.ckpt", device="auto")
+        result = det.predict("clip.wav")           # or det.predict_array(samples, sample_rate)
+        result.leak, result.leak_probability, result.quality
+
+    Decoding, windows, frontend, threshold and aggregation are those of `predict` (and `test`).
+    """
+
+    def __init__(self, model, device: torch.device, windows_per_batch: int = 32) -> None:
+        self.model, self.device, self.windows_per_batch = model, device, windows_per_batch
+        self.spec = ClipSpec.of(model.features)
+        self.class_names: list[str] = list(model.hparams.class_names)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "auto") -> LeakDetector:
+        from .callbacks.checkpointing import load_checkpoint
+        from .contract import ModelContract
+        from .module import LeakClassifier
+
+        ckpt = load_checkpoint(Path(path))
+        if isinstance(ckpt, str):
+            raise ValueError(f"{path}: not a usable checkpoint ({ckpt}); pass a checkpoint written by "
+                             "`python -m leak_lightning fit`")
+        ModelContract.from_checkpoint(ckpt, path)  # refuses foreign files and newer formats in one line
+        dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                           "cpu" if device == "auto" else device)
+        model = LeakClassifier.load_from_checkpoint(path, map_location=dev, compile=False).eval()
+        model.prepare_predict()
+        return cls(model, dev)
+
+    @torch.no_grad()
+    def _score(self, windows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        out = [self.model.score_windows(torch.from_numpy(windows[i: i + self.windows_per_batch]).to(self.device))
+               for i in range(0, len(windows), self.windows_per_batch)]
+        return torch.cat([w for w, _ in out]).cpu(), torch.cat([c for _, c in out]).cpu()
+
+    def _run(self, name: str, reader) -> Prediction:
+        try:
+            scored = []
+            for windows, silent in reader:
+                leak, classes = self._score(windows)
+                first = len(scored)
+                scored += [(first + k, bool(s), leak[k], classes[k]) for k, s in enumerate(silent)]
+        except Exception as err:  # one recording: a reason, not a crash
+            return summarise(name, [], (), self.model, reason_of(err))
+        return summarise(name, scored, reader.flags, self.model)
+
+    def predict(self, path: str | Path) -> Prediction:
+        """One recording file (any format libsndfile reads), cut into clip-long windows."""
+        return self._run(printable(path), WindowReader(path, self.spec))
+
+    def predict_array(self, samples: np.ndarray, sample_rate: int, name: str = "<array>") -> Prediction:
+        """Samples (N,) or (N, channels), floats in [-1, 1], at `sample_rate` (resampled as files are)."""
+        return self._run(name, WindowReader(WindowSource.of_array(samples, sample_rate), self.spec))
