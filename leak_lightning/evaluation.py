@@ -108,3 +108,48 @@ def file_metrics(scores: FileScores, decisions: torch.Tensor, leak_index: int) -
         "files_scored": torch.tensor(float(n), device=tp.device),
         "files_partial": torch.tensor(float(scores.partial), device=tp.device),
     }
+
+
+def _logit(p: torch.Tensor) -> torch.Tensor:
+    p = p.double().clamp(1e-4, 1 - 1e-4)
+    return torch.log(p) - torch.log1p(-p)
+
+
+def fit_platt(scores: torch.Tensor, truth: torch.Tensor, prior: float = 1.0, steps: int = 50) -> tuple[float, float]:
+    """Platt scaling of file scores: P(leak) = sigmoid(a·logit(score) + b), fit on validation files.
+
+    Newton steps on the mean log-loss plus `prior`/n·((a - 1)² + b²), which keeps a tiny or perfectly
+    separable validation set from driving a to infinity (the prior is the identity map).
+    """
+    z, t = _logit(scores), truth.double()
+    n = max(len(z), 1)
+    params = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    features = torch.stack([z, torch.ones_like(z)], dim=1)  # (F, 2)
+    reg = prior / n
+    for _ in range(steps):
+        p = torch.sigmoid(features @ params)
+        grad = features.T @ (p - t) / n + 2 * reg * (params - torch.tensor([1.0, 0.0], dtype=torch.float64))
+        hess = (features.T * (p * (1 - p))) @ features / n + 2 * reg * torch.eye(2, dtype=torch.float64)
+        step = torch.linalg.solve(hess, grad)
+        params = params - step
+        if float(step.abs().max()) < 1e-10:
+            break
+    return float(params[0]), float(params[1])
+
+
+def calibrate(scores: torch.Tensor, a: float, b: float) -> torch.Tensor:
+    return torch.sigmoid(a * _logit(scores) + b).to(scores.dtype)
+
+
+def expected_calibration_error(probs: torch.Tensor, truth: torch.Tensor, bins: int = 10) -> float:
+    """Σ over equal-width probability bins of (share of files) · |mean probability − share of leaks|."""
+    if not len(probs):
+        return float("nan")
+    which = (probs.double() * bins).long().clamp(max=bins - 1)
+    total = 0.0
+    for k in range(bins):
+        members = which == k
+        if members.any():
+            total += float(members.double().mean()) * abs(float(probs[members].double().mean())
+                                                          - float(truth[members].double().mean()))
+    return total

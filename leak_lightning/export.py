@@ -152,7 +152,10 @@ def export(ckpt_path: str | Path, fmt: str = "onnx", with_frontend: bool = False
         "format": fmt, "class_names": list(contract.class_names), "leak_class_name": contract.leak_class_name,
         "leak_index": list(contract.class_names).index(contract.leak_class_name),
         "threshold": float(model.threshold), "aggregation": model.hparams.aggregation,
-        "vote_fraction": model.hparams.vote_fraction, "calibration": None,
+        "vote_fraction": model.hparams.vote_fraction,
+        "calibration": {"method": "platt", "a": float(model.calibration[0]), "b": float(model.calibration[1]),
+                        "probability": "sigmoid(a * logit(clamp(s, 1e-4, 1 - 1e-4)) + b), s = the mean "
+                                       "long-window leak probability"},
         "feature_config": asdict(features), "files": files,
         "decision": "file leak = (vote: fraction of long windows with leak probability >= threshold reaches "
                     "vote_fraction) | (mean: mean long-window leak probability >= threshold)",

@@ -14,12 +14,37 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MultilabelAUROC, MultilabelAveragePrecision, MultilabelF1Score
 
 from .contract import SECTION, ModelContract
-from .evaluation import Aggregation, FileScores, file_decisions, file_metrics, score_files, sweep_threshold
+from .evaluation import (
+    DEFAULT_GRID,
+    Aggregation,
+    FileScores,
+    calibrate,
+    expected_calibration_error,
+    file_decisions,
+    file_metrics,
+    fit_platt,
+    score_files,
+    sweep_threshold,
+)
 from .features import FeatureConfig, LogMelFrontend
 from .models import LeakCNN
+from .models.augment import Augmentation, SpectrumAugment
 
 log = logging.getLogger(__name__)
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+
+
+def _pos_weight(value, num_classes: int, counts: list[int] | None, files: int | None) -> list[float] | None:
+    """Explicit per-class weights, or "auto": each class's negatives over positives in the training split."""
+    if value == "auto":
+        if counts is None or not files:
+            raise ValueError("--model.pos_weight auto needs the training split's class counts: set data.train_h5")
+        weights = [round((files - c) / max(c, 1), 4) for c in counts]
+        log.info("loss: BCE with pos_weight auto from the training split (%d files): %s", files, weights)
+        return weights
+    if value is not None and len(value) != num_classes:
+        raise ValueError(f"pos_weight has {len(value)} values for {num_classes} classes")
+    return list(value) if value else None
 
 
 def _segment_metrics(num_classes: int) -> MetricCollection:
@@ -54,7 +79,10 @@ class LeakClassifier(L.LightningModule):
 
     Args:
         leak_class_name: the class whose file-level decision is the product (chosen by name).
-        pos_weight: optional per-class positive weights for the BCE loss.
+        pos_weight: per-class positive weights for the BCE loss; "auto": negatives/positives of each
+            class in the training split (`class_counts`, linked from the data).
+        augment: training-time augmentation of the log-mel batches (models/augment.py); masks are
+            `freq_mask` / `time_mask`.
         aggregation: file score from long windows, "vote" (fraction at/above threshold) or "mean".
         vote_fraction: in vote mode, the fraction of leak windows that makes a leak file.
         compile: torch.compile the network; None = on CUDA only. Failure falls back to eager.
@@ -68,9 +96,10 @@ class LeakClassifier(L.LightningModule):
                  leak_class_name: str = "LEAK", channels: tuple[int, ...] = (48, 96, 192, 256),
                  hidden: int = 256, dropout: float = 0.3, freq_mask: int = 8, time_mask: int = 0,
                  lr: float = 1e-3, weight_decay: float = 1e-2, min_lr_ratio: float = 0.01,
-                 pos_weight: list[float] | None = None, aggregation: Aggregation = "vote",
-                 vote_fraction: float = 0.5, compile: bool | None = None, compile_mode: CompileMode = "default",
-                 fused_adamw: bool | None = None) -> None:
+                 pos_weight: list[float] | Literal["auto"] | None = None, augment: Augmentation = Augmentation(),
+                 aggregation: Aggregation = "vote", vote_fraction: float = 0.5, compile: bool | None = None,
+                 compile_mode: CompileMode = "default", fused_adamw: bool | None = None,
+                 class_counts: list[int] | None = None, train_files: int | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         if len(class_names) != num_classes:
@@ -79,15 +108,21 @@ class LeakClassifier(L.LightningModule):
         if leak_class_name not in class_names:
             raise ValueError(f"leak_class_name {leak_class_name!r} is not one of the dataset's classes "
                              f"{class_names}; set --model.leak_class_name to one of them")
-        if pos_weight is not None and len(pos_weight) != num_classes:
-            raise ValueError(f"pos_weight has {len(pos_weight)} values for {num_classes} classes")
         self.leak_index = class_names.index(leak_class_name)
         self.features = FeatureConfig.from_dict(feature_config)
         self.net = LeakCNN(num_classes, self.features.n_mels, self.features.t_frames, tuple(channels),
                            hidden, dropout, freq_mask, time_mask)
+        aug = augment if isinstance(augment, Augmentation) else Augmentation(**augment)
+        f = self.features
+        self.augment = SpectrumAugment(aug, f.n_mels, f.f_min, f.f_max or f.sample_rate / 2, self.leak_index)
+        self.pos_weights = _pos_weight(pos_weight, num_classes, class_counts, train_files)
         self.loss_fn = nn.BCEWithLogitsLoss(
-            pos_weight=torch.tensor(pos_weight, dtype=torch.float32) if pos_weight else None)
-        self.register_buffer("threshold", torch.tensor(0.5))  # swept on validation, saved in checkpoints
+            pos_weight=torch.tensor(self.pos_weights, dtype=torch.float32) if self.pos_weights else None)
+        # decided on validation, saved in checkpoints: the threshold, its validation precision and
+        # recall, and the Platt calibration (a, b) of the file leak score
+        self.register_buffer("threshold", torch.tensor(0.5))
+        self.register_buffer("threshold_stats", torch.tensor([float("nan"), float("nan")]))
+        self.register_buffer("calibration", torch.tensor([1.0, 0.0]))
         self.val_metrics = _segment_metrics(num_classes)
         self.test_metrics = _segment_metrics(num_classes)
         self._compiled: nn.Module | None = None
@@ -136,6 +171,7 @@ class LeakClassifier(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y, _ = batch
+        x, y = self.augment(x, y)
         loss = self.loss_fn(self(x).float(), y)
         self._accumulate("train/loss", loss, len(x))
         return loss
@@ -247,12 +283,16 @@ class LeakClassifier(L.LightningModule):
         if not self.trainer.sanity_checking and len(scores.index) and not 0 < leaks < len(scores.index):
             log.warning("%s: %d of the %d files scored are %s: the leak F1/AUROC are undefined (NaN)%s", stage, leaks,
                         len(scores.index), self.hparams.leak_class_name, " and the threshold is not swept" * sweep)
+        truth = scores.targets[:, self.leak_index].bool()
         if sweep and 0 < leaks < len(scores.index):
-            t, _ = sweep_threshold(scores.windows, scores.targets[:, self.leak_index].bool(),
-                                   self.hparams.aggregation, self.hparams.vote_fraction)
-            self.threshold.fill_(t)
+            self._sweep(scores, truth, leaks)
         decided = self._decide(scores.windows)
         values = file_metrics(scores, decided, self.leak_index)
+        if sweep and 0 < leaks < len(scores.index):
+            self.threshold_stats.copy_(torch.stack([values["file_leak_precision"], values["file_leak_recall"]]))
+        probability = calibrate(scores.windows.mean(-1), *self.calibration.tolist())
+        values["file_leak_ece"] = torch.tensor(expected_calibration_error(probability, truth))
+        values["file_leak_ece_uncalibrated"] = torch.tensor(expected_calibration_error(scores.windows.mean(-1), truth))
         with _counting_is_exact():
             seg = metrics.compute()
         metrics.reset()
@@ -270,8 +310,20 @@ class LeakClassifier(L.LightningModule):
         self.last_results = {"stage": stage, "metrics": {k: float(v) for k, v in values.items()},
                              "files": scores.index.cpu(), "file_probs": scores.class_scores.cpu(),
                              "file_scores": scores.windows.mean(-1).cpu(), "decisions": decided.cpu(),
-                             "windows": scores.windows.cpu(),
+                             "windows": scores.windows.cpu(), "file_probability": probability.cpu(),
                              "targets": scores.targets.cpu()}
+
+    def _sweep(self, scores: FileScores, truth: torch.Tensor, leaks: int) -> None:
+        """The threshold (best file F1 on validation) and the Platt calibration of the file leak score."""
+        t, _ = sweep_threshold(scores.windows, truth, self.hparams.aggregation, self.hparams.vote_fraction)
+        self.threshold.fill_(t)
+        self.calibration.copy_(torch.tensor(fit_platt(scores.windows.mean(-1).cpu(), truth.cpu())))
+        edge = t <= float(DEFAULT_GRID[0]) + 1e-6 or t >= float(DEFAULT_GRID[-1]) - 1e-6
+        if (edge or leaks < 20) and not getattr(self, "_warned_small_val", False):
+            self._warned_small_val = True  # once per run: it is the validation set's size that is the issue
+            log.warning("the threshold (%.2f%s) was swept on only %d %s file(s) among %d: it is uncertain; "
+                        "use a validation split with 20 or more leak files", t, ", at the edge of the sweep" * edge,
+                        leaks, self.hparams.leak_class_name, len(truth))
 
     def _warn_if_partial(self, stage: str, scores: FileScores) -> None:
         limit = self.trainer.limit_val_batches if stage == "val" else self.trainer.limit_test_batches
@@ -289,6 +341,18 @@ class LeakClassifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[SECTION] = self.contract().section(float(self.threshold))
+        a, b = self.calibration.tolist()
+        precision, recall = self.threshold_stats.tolist()
+        checkpoint[SECTION].update(
+            threshold_validation={"precision": precision, "recall": recall},
+            calibration={"method": "platt", "a": a, "b": b,
+                         "input": "logit of the mean long-window leak probability, clamped to [1e-4, 1 - 1e-4]"})
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # checkpoints from before calibration: identity calibration, unknown threshold statistics
+        state = checkpoint.get("state_dict", {})
+        state.setdefault("calibration", torch.tensor([1.0, 0.0]))
+        state.setdefault("threshold_stats", torch.tensor([float("nan"), float("nan")]))
 
     # ---- prediction: raw recordings through the same frontend as the builder ----------------
     def prepare_predict(self) -> None:
@@ -312,10 +376,12 @@ class LeakClassifier(L.LightningModule):
         windows, class_probs = self.score_windows(wave)
         return {"owner": owner, "index": index, "silent": silent, "windows": windows, "class_probs": class_probs}
 
-    def decide_recording(self, windows: torch.Tensor) -> tuple[float, bool]:
-        """All long-window leak probabilities of one recording → (mean score, leak decision)."""
+    def decide_recording(self, windows: torch.Tensor) -> tuple[float, float, bool]:
+        """All long-window leak probabilities of one recording → (mean score, calibrated leak probability,
+        leak decision)."""
         flat = windows.reshape(1, -1)
-        return float(flat.mean()), bool(self._decide(flat)[0])
+        score = flat.mean()
+        return float(score), float(calibrate(score, *self.calibration.tolist())), bool(self._decide(flat)[0])
 
     def _decide(self, windows: torch.Tensor) -> torch.Tensor:
         return file_decisions(windows, self.threshold[None], self.hparams.aggregation,

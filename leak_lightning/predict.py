@@ -34,8 +34,9 @@ class Prediction:
 
     path: str
     status: str
-    leak_probability: float | None = None  # the recording's leak score: the mean long-window probability
+    leak_probability: float | None = None  # calibrated on validation (Platt): P(leak) for this recording
     leak: bool | None = None  # the decision at the checkpoint's threshold and aggregation
+    leak_score: float | None = None  # uncalibrated: the mean long-window leak probability
     class_scores: dict[str, float] = field(default_factory=dict)  # mean probability per class
     window_scores: list[float] = field(default_factory=list)  # leak score per clip-long window (NaN: silent)
     quality: tuple[str, ...] = ()
@@ -59,21 +60,22 @@ def summarise(path: str, scored: list[tuple[int, bool, torch.Tensor, torch.Tenso
     if not live:
         return Prediction(path, "silent", quality=quality or (SILENT,), window_scores=window_scores,
                           windows=len(scored))
-    score, leak = model.decide_recording(torch.stack([w for w, _ in live]))
+    score, probability, leak = model.decide_recording(torch.stack([w for w, _ in live]))
     classes = torch.stack([c for _, c in live]).mean(0).tolist()
-    return Prediction(path, "flagged" if quality else "ok", score, leak,
+    return Prediction(path, "flagged" if quality else "ok", probability, leak, score,
                       dict(zip(model.hparams.class_names, classes)), window_scores, quality, len(scored))
 
 
 def write_csv(path: Path, predictions: list[Prediction], class_names: list[str]) -> None:
     def write(f) -> None:
         w = csv.writer(f)
-        w.writerow(["path", "status", "quality", "windows", "leak_score", "leak_decision", "top_class",
-                    *[f"score_{n}" for n in class_names], "window_leak_scores"])
+        w.writerow(["path", "status", "quality", "windows", "leak_score", "leak_probability", "leak_decision",
+                    "top_class", *[f"score_{n}" for n in class_names], "window_leak_scores"])
         for p in predictions:
             scored = p.leak_probability is not None
             w.writerow([p.path, p.status, ";".join(p.quality) or ("ok" if scored else ""), p.windows,
-                        f"{p.leak_probability:.6f}" if scored else "", int(p.leak) if scored else "",
+                        f"{p.leak_score:.6f}" if scored else "", f"{p.leak_probability:.6f}" if scored else "",
+                        int(p.leak) if scored else "",
                         p.top_class or "", *[f"{p.class_scores[n]:.6f}" if scored else "" for n in class_names],
                         ";".join("" if math.isnan(s) else f"{s:.4f}" for s in p.window_scores)])
 
@@ -131,7 +133,7 @@ class LeakDetector:
 
         det = LeakDetector.from_checkpoint("runs/x/checkpoints/best.ckpt", device="auto")
         result = det.predict("clip.wav")           # or det.predict_array(samples, sample_rate)
-        result.leak, result.leak_probability, result.quality
+        result.leak, result.leak_probability (calibrated), result.quality
 
     Decoding, windows, frontend, threshold and aggregation are those of `predict` (and `test`).
     """

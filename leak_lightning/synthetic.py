@@ -7,7 +7,7 @@ import logging
 import struct
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -38,6 +38,27 @@ class _Sensor:
 
 
 @dataclass(frozen=True)
+class Conditions:
+    """Another network than the standard one, for robustness tests; the defaults change nothing.
+
+    Args:
+        resonance_scale: every pipe mode (and its bandwidth) moves by this factor (material, diameter).
+        gain_db: the sensor's gain: every clip is this much louder (clipped at full scale, as a
+            real sensor would be).
+        background: "machinery" replaces the pump hum of ambient and BACKGROUND sounds by a
+            generator's harmonic whine (80-200 Hz fundamental, harmonics up to 2 kHz): a noise
+            the standard corpus never has.
+    """
+
+    resonance_scale: float = 1.0
+    gain_db: float = 0.0
+    background: Literal["standard", "machinery"] = "standard"
+
+
+STANDARD = Conditions()
+
+
+@dataclass(frozen=True)
 class _Ctx:
     """Everything a sound source needs to render one clip."""
 
@@ -46,6 +67,7 @@ class _Ctx:
     n: int
     f: np.ndarray  # rfft bin frequencies in Hz
     sensor: _Sensor
+    conditions: Conditions = STANDARD
 
 
 @dataclass(frozen=True)
@@ -56,6 +78,7 @@ class _WriteSpec:
     channels: int
     subtype: str
     sensors_per_label: int
+    conditions: Conditions = STANDARD
 
 
 # ---------------------------------------------------------------- spectral building blocks
@@ -223,8 +246,23 @@ def _ambient(ctx: _Ctx, probability: float) -> np.ndarray | float:
     rng = ctx.rng
     if rng.random() >= probability:
         return 0.0
-    source = (_hum, _rumble, _clicks)[int(rng.integers(3))]
+    source = (_pump(ctx), _rumble, _clicks)[int(rng.integers(3))]
     return rng.uniform(0.05, 0.5) * source(ctx)
+
+
+def _machinery(ctx: _Ctx) -> np.ndarray:
+    """A generator or compressor: a 80-200 Hz fundamental with harmonics up to 2 kHz, slowly beating."""
+    rng = ctx.rng
+    f0 = rng.uniform(80.0, 200.0)
+    k = np.arange(1, int(min(2000.0, 0.45 * ctx.sr) // f0) + 1)
+    centres, widths = f0 * k * rng.uniform(0.995, 1.005, k.size), np.full(k.size, rng.uniform(2.0, 6.0))
+    comb = _peaks(ctx.f, centres, widths, rng.uniform(0.3, 1.0, k.size) / k**0.3)
+    return _unit_rms(_noise(ctx, comb) * _slow_envelope(ctx, rng.uniform(0.5, 2.0), 0.3))
+
+
+def _pump(ctx: _Ctx):
+    """The tonal source of the ambient: the standard pump hum, or another noise altogether."""
+    return _machinery if ctx.conditions.background == "machinery" else _hum
 
 
 # ---------------------------------------------------------------- class recipes
@@ -251,7 +289,7 @@ def _normal(ctx: _Ctx) -> np.ndarray:
 
 def _background(ctx: _Ctx) -> np.ndarray:
     rng = ctx.rng
-    return (rng.uniform(0.2, 1.0) * _hum(ctx) + rng.uniform(0.2, 1.2) * _rumble(ctx)
+    return (rng.uniform(0.2, 1.0) * _pump(ctx)(ctx) + rng.uniform(0.2, 1.2) * _rumble(ctx)
             + rng.uniform(0.05, 0.6) * _clicks(ctx))
 
 
@@ -307,16 +345,22 @@ def _num_samples(sample_rate: int, duration_sec: float) -> int:
 
 
 def _synth(label: str, rng: np.random.Generator, sensor: _Sensor, sample_rate: int,
-           duration_sec: float) -> np.ndarray:
+           duration_sec: float, conditions: Conditions = STANDARD) -> np.ndarray:
     recipe = _recipe(label)
     n = _num_samples(sample_rate, duration_sec)
-    ctx = _Ctx(rng, sample_rate, n, _freqs(n, sample_rate), sensor)
+    if conditions.resonance_scale != 1.0:
+        scale = conditions.resonance_scale
+        sensor = replace(sensor, resonances=np.minimum(sensor.resonances * scale, 0.45 * sample_rate),
+                         bandwidths=sensor.bandwidths * scale)
+    ctx = _Ctx(rng, sample_rate, n, _freqs(n, sample_rate), sensor, conditions)
     x = recipe(ctx)
     white_ish = 1.0 + 0.5 * ctx.f / ctx.f[-1]  # electronics noise, slightly rising with frequency
     x = x + sensor.self_noise * rng.uniform(0.8, 1.25) * _noise(ctx, white_ish)
     # Loudness comes from one distribution for every class, so level alone says nothing;
     # RMS (not peak) normalisation, because peaks would leak each class's crest factor.
     target = np.exp(rng.uniform(np.log(_RMS_RANGE[0]), np.log(_RMS_RANGE[1])))
+    if conditions.gain_db:
+        target *= 10 ** (conditions.gain_db / 20)
     return np.clip(_unit_rms(x) * np.float32(target), -1.0, 1.0).astype(np.float32)
 
 
@@ -438,7 +482,7 @@ def _write_sensor(root: Path, split: str | None, label: str, label_index: int,
         rng = np.random.default_rng([spec.seed, label_key, sensor_index, rec])
         stamp = (start + timedelta(minutes=15 * (rec - 1))).strftime("%Y%m%dT%H%M%S")
         path = folder / sensor_file_name(sensor_id, rec, stamp, gain)
-        mono = _synth(label, rng, sensor, spec.sample_rate, spec.duration_sec)
+        mono = _synth(label, rng, sensor, spec.sample_rate, spec.duration_sec, spec.conditions)
         sf.write(path, _to_channels(mono, spec.channels, rng), spec.sample_rate,
                  subtype=spec.subtype, format="WAV")
         if spec.subtype in ("FLOAT", "DOUBLE"):
@@ -451,17 +495,18 @@ def make_dataset(root: str | Path, *, layout: Literal["origin", "pool"] = "origi
                  labels: Sequence[str] = DEFAULT_LABELS, files_per_label: int = 40,
                  sensors_per_label: int = 8, seed: int = 0, sample_rate: int = 4096,
                  duration_sec: float = 10.0, channels: int = 1, subtype: str = "PCM_16",
-                 split_fractions: Sequence[float] = (0.7, 0.2, 0.1)) -> list[Path]:
+                 split_fractions: Sequence[float] = (0.7, 0.2, 0.1), conditions: Conditions = STANDARD) -> list[Path]:
     """Write a labelled corpus under `root` and return the written paths.
 
     origin: root/{TRAINING,VALIDATION,TESTING}/<LABEL>/*.wav, `files_per_label` in total per
     label, split by `split_fractions`, each split at least one file and its own sensors.
     pool: root/<LABEL>/*.wav. Same seed, same bytes. Files of the same name are overwritten;
-    other files already under `root` are left alone.
+    other files already under `root` are left alone. `conditions` shift the corpus away from the
+    standard network (resonances, gain, background noise) with the same seeds otherwise.
     """
     _check_args(layout, labels, files_per_label, sensors_per_label, split_fractions, channels, subtype)
     _num_samples(sample_rate, duration_sec)
-    spec = _WriteSpec(seed, sample_rate, duration_sec, channels, subtype, sensors_per_label)
+    spec = _WriteSpec(seed, sample_rate, duration_sec, channels, subtype, sensors_per_label, conditions)
     root = Path(root)
     written: list[Path] = []
     for label_index, label in enumerate(labels):

@@ -67,6 +67,9 @@ class LeakCLI(LightningCLI):
         for attr in ("num_classes", "class_names", "feature_config"):
             parser.link_arguments("data", f"model.{attr}", compute_fn=partial(self._data_says, attr),
                                   apply_on="instantiate")
+        for attr, key in (("train_class_counts", "class_counts"), ("train_files", "train_files")):
+            parser.link_arguments("data", f"model.{key}", compute_fn=partial(self._training_split_says, attr, key),
+                                  apply_on="instantiate")
         from .callbacks.checkpointing import LeakCheckpoint, LeakEarlyStopping
         from .callbacks.console import ConsoleLogger
         from .callbacks.interrupt import GracefulInterrupt
@@ -150,6 +153,12 @@ class LeakCLI(LightningCLI):
         (checked against it, classes remapped by name): the model gets the checkpoint's order and frontend."""
         if self.contract is not None and data.contract is None:
             data.bind(self.contract)
+        return getattr(data, attr)
+
+    def _training_split_says(self, attr: str, key: str, data):
+        """The training split's class counts (for pos_weight auto): a checkpoint keeps those it was trained on."""
+        if self.contract is not None:
+            return self.config[self.config["subcommand"]]["model"].get(key)
         return getattr(data, attr)
 
     def before_instantiate_classes(self) -> None:

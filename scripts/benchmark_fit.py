@@ -37,6 +37,7 @@ from leak_lightning.builder.writer import SplitWriter  # noqa: E402
 from leak_lightning.features import FeatureConfig  # noqa: E402
 from leak_lightning.logs import setup_logging  # noqa: E402
 from leak_lightning.models import LeakCNN  # noqa: E402
+from leak_lightning.models.augment import Augmentation, SpectrumAugment  # noqa: E402
 
 log = logging.getLogger("leak_lightning.benchmark")
 CLASSES = ["BACKGROUND", "CRACK", "LEAK", "NORMAL", "UNCLASSIFIED"]
@@ -112,8 +113,8 @@ class Result:
 
 
 def raw_loop(h5: Path, batch: int, warmup: int, steps: int, device: torch.device, compile_: str | None,
-             channels: list[int], fused: bool, profile_steps: int) -> Result:
-    """The reference: data on the device, index gather, autocast, AdamW + cosine, nothing else."""
+             channels: list[int], fused: bool, profile_steps: int, augment: bool = False) -> Result:
+    """The reference: data on the device, index gather, (the same augmentation), autocast, AdamW + cosine."""
     from leak_lightning.data.h5 import load_segments, load_targets, read_info
 
     info = read_info(h5)
@@ -126,6 +127,9 @@ def raw_loop(h5: Path, batch: int, warmup: int, steps: int, device: torch.device
     total = warmup + steps + profile_steps
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=1e-5)
     loss_fn = torch.nn.BCEWithLogitsLoss()
+    cfg = info.features
+    aug = SpectrumAugment(Augmentation() if augment else Augmentation.off(), cfg.n_mels, cfg.f_min,
+                          cfg.sample_rate / 2, CLASSES.index("LEAK")).to(device).train()
     perm = torch.randperm(len(seg), device=device)
     per_epoch = len(seg) // batch
     result, t0, meter = Result(0.0), 0.0, BusyMeter(device)
@@ -138,8 +142,9 @@ def raw_loop(h5: Path, batch: int, warmup: int, steps: int, device: torch.device
             result.rate = steps * batch / (time.perf_counter() - t0)
             meter.start()
         idx = perm[(step % per_epoch) * batch: (step % per_epoch + 1) * batch]
+        x, y = aug(seg[idx], tgt[idx // spf])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = loss_fn(model(seg[idx]).float(), tgt[idx // spf])
+            loss = loss_fn(model(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -179,8 +184,13 @@ class StepTimer(L.Callback):
             trainer.should_stop = True
 
 
+AUGMENTATION_OFF = ["--model.augment.warp", "0", "--model.augment.gain_db", "0", "--model.augment.tilt_db", "0",
+                    "--model.augment.eq_db", "0", "--model.augment.background_p", "0", "--model.augment.mixup_p", "0"]
+
+
 def lightning_fit(h5: dict[str, Path], batch: int, warmup: int, steps: int, root: Path,
-                  compile_: str | None, channels: list[int], fused: bool, profile_steps: int) -> Result:
+                  compile_: str | None, channels: list[int], fused: bool, profile_steps: int,
+                  augment: bool = False) -> Result:
     """The real path: LeakCLI's parser, data module, module, callbacks and Trainer.fit."""
     from leak_lightning.training_cli import LeakCLI
 
@@ -192,7 +202,7 @@ def lightning_fit(h5: dict[str, Path], batch: int, warmup: int, steps: int, root
         "--trainer.default_root_dir", str(root), "--checkpoint.monitor", "null",
         "--early_stopping.strict", "false", "--model.channels", str(channels),
         "--model.fused_adamw", str(fused).lower(), "--model.compile", str(bool(compile_)).lower(),
-        "--model.compile_mode", compile_ or "default"])
+        "--model.compile_mode", compile_ or "default", *([] if augment else AUGMENTATION_OFF)])
     cli.trainer.callbacks.append(timer)
     cli.trainer.fit(cli.model, cli.datamodule)
     return timer.result
@@ -214,6 +224,10 @@ def main() -> None:
                    help="steps per side run under torch.profiler after the timed ones (0: none)")
     p.add_argument("--compile-mode", default="default" if cuda else "off",
                    help="torch.compile mode on both sides (default, reduce-overhead, max-autotune), or off")
+    p.add_argument("--augment", choices=["on", "off"], default="on",
+                   help="the default training augmentation on both sides (configs have it on)")
+    p.add_argument("--augment-cost", action="store_true",
+                   help="instead: the plain loop with and without augmentation, alternating: its share of a step")
     args = p.parse_args()
     sys.argv = sys.argv[:1]  # LeakCLI below gets its arguments explicitly, not this script's
     fused = {"on": True, "off": False, "auto": cuda}[args.fused]
@@ -226,22 +240,26 @@ def main() -> None:
     files = args.files or (args.warmup + args.steps + args.profile_steps + 2) * args.batch // 80 + 1
     with tempfile.TemporaryDirectory() as tmp:
         h5 = make_h5(Path(tmp), files)
+        if args.augment_cost:
+            augment_cost(h5["train"], args, device, compile_, fused)
+            return
         raw, lit = [], []
         common = (args.batch, args.warmup, args.steps)
+        augment = args.augment == "on"
         for r in range(args.repeats):
             for side in ("raw", "fit") if r % 2 == 0 else ("fit", "raw"):  # neither always goes first
                 if side == "raw":
                     raw.append(raw_loop(h5["train"], *common, device, compile_, args.channels, fused,
-                                        args.profile_steps))
+                                        args.profile_steps, augment))
                 else:
                     lit.append(lightning_fit(h5, *common, Path(tmp) / f"run{r}", compile_, args.channels,
-                                             fused, args.profile_steps))
+                                             fused, args.profile_steps, augment))
             log.info("repeat %d: raw %.0f seg/s, fit %.0f seg/s, ratio %.3f", r, raw[-1].rate, lit[-1].rate,
                      lit[-1].rate / raw[-1].rate)
     name = torch.cuda.get_device_name() if cuda else "CPU"
-    log.info("device %s, batch %d, %s, compile %s, fused AdamW %s, %d timed steps after %d warm-up, "
-             "%d repeats", name, args.batch, "bf16-mixed" if cuda else "32-true", compile_ or "off", fused, args.steps,
-             args.warmup, args.repeats)
+    log.info("device %s, batch %d, %s, compile %s, fused AdamW %s, augmentation %s, %d timed steps after %d "
+             "warm-up, %d repeats", name, args.batch, "bf16-mixed" if cuda else "32-true", compile_ or "off", fused,
+             args.augment, args.steps, args.warmup, args.repeats)
     for label, runs in (("plain PyTorch loop", raw), ("leak_lightning fit", lit)):
         rate = statistics.median(r.rate for r in runs)
         line = f"{label} : {rate:12.0f} segments/s, {args.batch / rate * 1000:7.3f} ms/step"
@@ -252,6 +270,21 @@ def main() -> None:
     log.info("ratio fit / plain  : %12.3f (median of medians; per repeat %s)",
              statistics.median(r.rate for r in lit) / statistics.median(r.rate for r in raw),
              ", ".join(f"{x:.3f}" for x in ratios))
+
+
+def augment_cost(h5: Path, args, device: torch.device, compile_: str | None, fused: bool) -> None:
+    """The plain loop with and without the default augmentation, alternating: what it adds to a step."""
+    runs: dict[bool, list[float]] = {True: [], False: []}
+    for r in range(args.repeats):
+        for augment in (True, False) if r % 2 == 0 else (False, True):
+            runs[augment].append(raw_loop(h5, args.batch, args.warmup, args.steps, device, compile_, args.channels,
+                                          fused, 0, augment).rate)
+        log.info("repeat %d: with augmentation %.0f seg/s, without %.0f seg/s", r, runs[True][-1], runs[False][-1])
+    with_, without = statistics.median(runs[True]), statistics.median(runs[False])
+    where = "CUDA" if device.type == "cuda" else "CPU"
+    log.info("augmentation costs %.1f%% of a training step (batch %d, %s; median of %d alternating repeats: "
+             "%.3f vs %.3f ms/step)", (without / with_ - 1) * 100, args.batch, where, args.repeats,
+             args.batch / with_ * 1000, args.batch / without * 1000)
 
 
 if __name__ == "__main__":

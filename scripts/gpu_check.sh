@@ -19,6 +19,7 @@ bench() {  # name timeout args...
 bench fit_defaults 150 --repeats 3
 bench fit_foreach 100 --repeats 2 --fused off
 bench fit_cudagraphs 130 --repeats 2 --compile-mode reduce-overhead
+bench augment_cost 90 --repeats 3 --augment-cost
 if [ "${BUILD:-0}" = 1 ]; then
   timeout 100 $PY scripts/benchmark_build.py --files 20000 --resampled-files 600 --unique 150 \
     --naive-files 200 --repeats 2 --workdir /tmp/bench > "$OUT/bench_build.log" 2>&1

@@ -115,3 +115,17 @@ def cli_exit(capsys, *args: str) -> tuple[int, str]:
     with pytest.raises(SystemExit) as exit_:
         main([str(a) for a in args])
     return exit_.value.code, capsys.readouterr().err
+
+
+@pytest.fixture
+def ll_records():
+    """Records logged under `leak_lightning` (its logger does not propagate to pytest's caplog)."""
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append
+    logger = logging.getLogger("leak_lightning")
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)

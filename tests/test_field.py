@@ -66,8 +66,12 @@ def test_the_python_api_gives_predicts_answers(tested, tmp_path):
     result = det.predict(path)
     assert result.status == "flagged" and result.quality == ("partly_silent",) and result.windows == 3
     assert math.isnan(result.window_scores[1]) and not math.isnan(result.window_scores[0])
-    assert result.leak_probability == pytest.approx(np.mean([result.window_scores[0], result.window_scores[2]]),
-                                                    abs=1e-6)  # silent windows take no part
+    assert result.leak_score == pytest.approx(np.mean([result.window_scores[0], result.window_scores[2]]),
+                                              abs=1e-6)  # silent windows take no part
+    a, b = det.model.calibration.tolist()
+    clamped = min(max(result.leak_score, 1e-4), 1 - 1e-4)
+    z = math.log(clamped) - math.log1p(-clamped)
+    assert result.leak_probability == pytest.approx(1 / (1 + math.exp(-(a * z + b))), abs=1e-6)  # calibrated
     assert set(result.class_scores) == set(det.class_names) and isinstance(result.leak, bool)
     samples, sr = sf.read(path, dtype="float32")
     same = det.predict_array(samples, sr)
@@ -77,7 +81,8 @@ def test_the_python_api_gives_predicts_answers(tested, tmp_path):
     main(["predict", "--ckpt_path", str(tested / "checkpoints/best.ckpt"), "--data.predict_path", str(path),
           "--output", str(tmp_path / "cli.csv"), "--console.log_file", "null"])
     row = rows_of(tmp_path / "cli.csv")["rec.wav"]  # the CLI and the API agree
-    assert float(row["leak_score"]) == pytest.approx(result.leak_probability, abs=1e-6)
+    assert float(row["leak_score"]) == pytest.approx(result.leak_score, abs=1e-6)
+    assert float(row["leak_probability"]) == pytest.approx(result.leak_probability, abs=1e-6)
     assert row["quality"] == "partly_silent" and row["window_leak_scores"].split(";")[1] == ""
     assert det.predict(tmp_path / "missing.wav").status.startswith("skipped: cannot read file")
     assert det.predict_array(np.zeros(40960), 4096).status == "silent"

@@ -50,6 +50,9 @@ class ReportWriter(L.Callback):
                   "threshold": float(module.threshold), "aggregation": module.hparams.aggregation,
                   "leak_class": module.hparams.leak_class_name, "class_names": module.hparams.class_names,
                   "ckpt_path": trainer.ckpt_path,
+                  # the threshold's precision and recall on validation, and the calibration of leak_probability
+                  "threshold_validation": dict(zip(("precision", "recall"), module.threshold_stats.tolist())),
+                  "calibration": dict(zip(("a", "b"), module.calibration.tolist()), method="platt"),
                   # file-level metrics count a file only when every one of its segments was scored
                   "files": {"in_split": info.num_files, "scored": scored, "partly_scored_left_out":
                             int(metrics["files_partial"]), "not_scored": info.num_files - scored -
@@ -86,19 +89,21 @@ class ReportWriter(L.Callback):
     @staticmethod
     def _write_csv(f, paths: list[str], results: dict, names: list[str]) -> None:
         writer = csv.writer(f)
-        writer.writerow(["path", "true_label", "leak_score", "leak_decision", *[f"score_{n}" for n in names]])
+        writer.writerow(["path", "true_label", "leak_score", "leak_probability", "leak_decision",
+                         *[f"score_{n}" for n in names]])
         truth = results["targets"].argmax(-1).tolist()
         for k, row in enumerate(results["files"].tolist()):  # the files scored whole, by row number
             writer.writerow([paths[row], names[truth[k]], f"{float(results['file_scores'][k]):.6f}",
-                             int(results["decisions"][k]), *[f"{float(v):.6f}" for v in results["file_probs"][k]]])
+                             f"{float(results['file_probability'][k]):.6f}", int(results["decisions"][k]),
+                             *[f"{float(v):.6f}" for v in results["file_probs"][k]]])
 
     @staticmethod
     def _log_table(stage: str, m: dict, names: list[str], num_files: int) -> None:
         log.info("%s results (threshold %.2f, %d of %d files scored)", stage.upper(), m["threshold"],
                  m["files_scored"], num_files, extra={"colour": "header"})
-        log.info("  file level: leak F1 %.4f  precision %.4f  recall %.4f  AUROC %.4f  accuracy %.4f",
+        log.info("  file level: leak F1 %.4f  precision %.4f  recall %.4f  AUROC %.4f  accuracy %.4f  ECE %.4f",
                  m["file_leak_f1"], m["file_leak_precision"], m["file_leak_recall"], m["file_leak_auroc"],
-                 m["file_accuracy"])
+                 m["file_accuracy"], m["file_leak_ece"])
         log.info("  segment level: macro AP %.4f  AUROC %.4f  F1 %.4f  loss %.4f",
                  m["seg_ap_macro"], m["seg_auroc_macro"], m["seg_f1_macro"], m["loss"])
         log.info("  %-14s %8s %8s %8s", "class", "AP", "AUROC", "F1")

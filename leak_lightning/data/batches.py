@@ -83,14 +83,22 @@ class ResumableOrder:
 
 
 class TrainBatches(ResumableOrder):
-    """Seeded per-epoch shuffles; each DDP rank takes a disjoint, equal share of the permutation."""
+    """Seeded per-epoch shuffles; each DDP rank takes a disjoint, equal share of the permutation.
+
+    With `balance`, an epoch instead draws as many segments, with replacement, each class equally
+    likely (a segment's weight is 1 / the number of segments of its file's class): as seeded and as
+    resumable as the plain shuffle.
+    """
 
     def __init__(self, split: CachedSplit, batch_size: int, seed: int, rank: int, world: int,
-                 device: torch.device, epoch_fn: Callable[[], int], done_fn: Callable[[], int]) -> None:
-        super().__init__(seed, epoch_fn, done_fn, kind=f"gather, batch {batch_size}, {world} rank(s)")
+                 device: torch.device, epoch_fn: Callable[[], int], done_fn: Callable[[], int],
+                 balance: bool = False) -> None:
+        kind = f"gather, batch {batch_size}, {world} rank(s)" + (", class-balanced" if balance else "")
+        super().__init__(seed, epoch_fn, done_fn, kind=kind)
         self.split, self.batch_size = split, batch_size
         self.rank, self.world, self.device = rank, world, device
         self.per_rank = split.num_segments // world  # equal shares: no rank waits at a collective
+        self.weights = _balanced_weights(split) if balance else None
 
     def __len__(self) -> int:
         return math.ceil(self.per_rank / self.batch_size)
@@ -98,7 +106,10 @@ class TrainBatches(ResumableOrder):
     def permutation(self, epoch: int) -> torch.Tensor:
         """This rank's segment order for `epoch` (the same on every machine for a seed)."""
         g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
-        perm = torch.randperm(self.split.num_segments, generator=g)
+        if self.weights is not None:
+            perm = torch.multinomial(self.weights, self.split.num_segments, replacement=True, generator=g)
+        else:
+            perm = torch.randperm(self.split.num_segments, generator=g)
         return perm[self.rank: self.per_rank * self.world: self.world]
 
     def __iter__(self) -> Iterator[Batch]:
@@ -109,6 +120,13 @@ class TrainBatches(ResumableOrder):
             idx = order[b * self.batch_size: (b + 1) * self.batch_size]
             x, y = self.split.gather(idx, self.device)
             yield x, y, -1
+
+
+def _balanced_weights(split: CachedSplit) -> torch.Tensor:
+    """Per segment: 1 / segments of its class (a file's class is its first target), float64 on the CPU."""
+    label = split.targets.cpu().argmax(-1)  # (F,)
+    counts = torch.bincount(label, minlength=split.targets.shape[1]).double()
+    return (1.0 / counts[label]).repeat_interleave(split.segments_per_file)
 
 
 class EvalBatches:

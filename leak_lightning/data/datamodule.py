@@ -65,13 +65,16 @@ class LeakDataModule(L.LightningDataModule):
         predict_suffixes: file name endings `predict` reads in a folder (libsndfile decodes them).
         num_workers: DataLoader workers when streaming; decoder threads for `predict`.
         max_cache_fraction: share of free device memory / available RAM a cached split may take.
+        balance: class-balanced sampling of the training split (with replacement, seeded and
+            resumable like the plain shuffle); needs a cached split (device or ram).
     """
 
     def __init__(self, train_h5: str | None = None, val_h5: str | None = None, test_h5: str | None = None,
                  batch_size: int = 8192, eval_batch_size: int | None = None, cache: CacheMode = "auto",
                  seed: int = 0, num_workers: int = 2, max_cache_fraction: float = 0.5,
                  predict_path: str | None = None,
-                 predict_suffixes: tuple[str, ...] = (*WAV_SUFFIXES, ".flac", ".ogg", ".aif", ".aiff")) -> None:
+                 predict_suffixes: tuple[str, ...] = (*WAV_SUFFIXES, ".flac", ".ogg", ".aif", ".aiff"),
+                 balance: bool = False) -> None:
         super().__init__()
         self.paths = {"train": train_h5, "val": val_h5, "test": test_h5}
         if not any(self.paths.values()) and not predict_path:
@@ -80,7 +83,7 @@ class LeakDataModule(L.LightningDataModule):
         _check_settings(batch_size, eval_batch_size, seed, num_workers, max_cache_fraction)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.cache, self.seed, self.num_workers = cache, seed, num_workers
-        self.max_cache_fraction = max_cache_fraction
+        self.max_cache_fraction, self.balance = max_cache_fraction, balance
         self.predict_path, self.predict_suffixes = predict_path, tuple(predict_suffixes)
         self.predict_input: WindowStream | None = None
         self.predict_unusable: list = []
@@ -139,6 +142,22 @@ class LeakDataModule(L.LightningDataModule):
     def feature_config(self) -> dict:
         return asdict(self.features)
 
+    @property
+    def train_class_counts(self) -> list[int] | None:
+        """Training files per class, in the model's class order (for --model.pos_weight auto)."""
+        if "train" not in self.infos:
+            return None
+        if not hasattr(self, "_train_counts"):
+            targets = load_targets(self.infos["train"])
+            if "train" in self._columns:
+                targets = targets[:, self._columns["train"]]
+            self._train_counts = targets.sum(axis=0).astype(int).tolist()
+        return self._train_counts
+
+    @property
+    def train_files(self) -> int | None:
+        return self.infos["train"].num_files if "train" in self.infos else None
+
     def file_paths(self, stage: str) -> list[str]:
         return read_file_paths(self.infos[stage])
 
@@ -179,6 +198,9 @@ class LeakDataModule(L.LightningDataModule):
             if name in self._columns:  # the checkpoint's class order
                 targets = targets[:, self._columns[name]]
             if mode == "stream":
+                if self.balance and name == "train":
+                    raise ValueError(f"{info.path}: data.balance needs the training split cached (data.cache device "
+                                     "or ram); it is streamed (too large, or data.cache stream)")
                 scan_segments(info)
                 batch = self.batch_size if name == "train" else self.eval_batch_size
                 self.splits[name] = StreamSplit(info, targets, batch, name == "train", self.seed,
@@ -188,8 +210,8 @@ class LeakDataModule(L.LightningDataModule):
                 self.splits[name] = to_cached(load_segments(info), targets, info.segments_per_file,
                                               target_device, pin=mode == "ram" and device.type == "cuda")
             self.modes[name] = mode
-            log.info("%s split: %d files, %d segments, cache=%s (%s)", name, info.num_files,
-                     info.num_segments, mode, info.path)
+            log.info("%s split: %d files, %d segments, cache=%s%s (%s)", name, info.num_files, info.num_segments,
+                     mode, ", class-balanced sampling" if self.balance and name == "train" else "", info.path)
 
     def _loader(self, name: str):
         split = self.splits[name]
@@ -210,7 +232,8 @@ class LeakDataModule(L.LightningDataModule):
         if isinstance(split, StreamSplit):
             batches = StreamBatches(split, self.num_workers, cuda, epoch, done)
         else:
-            batches = TrainBatches(split, self.batch_size, self.seed, rank, world, self._device(), epoch, done)
+            batches = TrainBatches(split, self.batch_size, self.seed, rank, world, self._device(), epoch, done,
+                                   balance=self.balance)
         if self._resume is not None:
             batches.resume_from(self._resume)
             self._resume = None

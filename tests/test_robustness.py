@@ -1,0 +1,194 @@
+"""Augmentation, calibration and class balance: each against a hand-computed or independent reference."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, data_args
+
+from leak_lightning.data.batches import CachedSplit, TrainBatches
+from leak_lightning.evaluation import calibrate, expected_calibration_error, fit_platt
+from leak_lightning.features import FeatureConfig, LogMelFrontend
+from leak_lightning.models.augment import Augmentation, SpectrumAugment
+
+CFG = FeatureConfig()
+ONLY = {name: Augmentation(**{**asdict(Augmentation.off()), **kw}) for name, kw in {
+    "warp": {"warp": 0.2}, "gain": {"gain_db": 12.0}, "tilt": {"tilt_db": 12.0}, "eq": {"eq_db": 3.0},
+    "background": {"background_p": 1.0, "background_snr_db": (0.0, 15.0)}, "mixup": {"mixup_p": 1.0},
+}.items()}
+
+
+def augmenter(aug: Augmentation, leak_index: int = 1) -> SpectrumAugment:
+    return SpectrumAugment(aug, CFG.n_mels, CFG.f_min, CFG.sample_rate / 2, leak_index).train()
+
+
+def batch(n: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(n, 64, 1, generator=g) * 10 - 40).half()  # float16, as batches come from the cache
+    y = torch.eye(3)[torch.arange(n) % 3]
+    return x, y
+
+
+@pytest.mark.parametrize("name", ONLY)
+def test_each_augmentation_keeps_shapes_is_seeded_and_off_in_eval(name):
+    aug = augmenter(ONLY[name])
+    x, y = batch()
+    torch.manual_seed(1)
+    out, out_y = aug(x, y)
+    assert out.shape == x.shape and out.dtype == torch.float32 and out_y.shape == y.shape
+    assert torch.isfinite(out).all() and not torch.equal(out, x.float())
+    torch.manual_seed(1)
+    again, again_y = aug(x, y)
+    assert torch.equal(out, again) and torch.equal(out_y, again_y)  # seeded: the same draws, the same batch
+    aug.eval()
+    same, same_y = aug(x, y)
+    assert same is x and same_y is y
+
+
+def test_gain_is_a_pure_db_offset_per_segment():
+    x, y = batch()
+    torch.manual_seed(3)
+    out, _ = augmenter(ONLY["gain"])(x, y)
+    offset = out - x.float()
+    assert torch.allclose(offset, offset[:, :1, :].expand_as(offset), atol=1e-4)  # constant over the mel axis
+    assert offset.abs().max() <= 12.0 and offset[:, 0, 0].std() > 3  # spread over ±12 dB
+
+
+def test_warp_moves_a_resonance_by_the_factor():
+    t = torch.arange(CFG.num_samples) / CFG.sample_rate
+    wave = torch.stack([torch.sin(2 * math.pi * 600 * t), torch.sin(2 * math.pi * 720 * t)])
+    seg = LogMelFrontend(CFG)(wave)[:, 0, 0]  # (2, 64, 1): a 600 Hz and a 720 Hz tone
+    moved = augmenter(ONLY["warp"]).warp(seg[:1], torch.tensor([1.2]))
+    assert int(moved[0, :, 0].argmax()) == int(seg[1, :, 0].argmax())  # 600 Hz × 1.2 lands at 720 Hz
+    assert torch.allclose(augmenter(ONLY["warp"]).warp(seg, torch.ones(2)), seg, atol=1e-3)  # factor 1: no change
+
+
+def test_background_mixes_only_non_leak_segments_and_keeps_labels():
+    aug = augmenter(ONLY["background"], leak_index=1)
+    x = torch.full((8, 64, 1), -100.0)
+    x[0] = -20.0  # a loud leak segment: it must not be mixed into anything
+    x[4] = -60.0  # the only non-leak segment with energy
+    y = torch.zeros(8, 3)
+    y[:4, 1] = 1.0  # segments 0-3 leak, 4-7 do not
+    torch.manual_seed(0)
+    out, out_y = aug(x, y)
+    assert torch.equal(out_y, y)
+    assert (out[1:4] < -50).all() and (out[5:] < -50).all()  # nothing from the loud leak segment
+    assert (out >= x - 1e-4).all()  # power only adds
+
+
+def test_mixup_blends_inputs_and_labels_alike():
+    x, y = batch(32)
+    torch.manual_seed(0)
+    out, out_y = augmenter(ONLY["mixup"])(x, y)
+    assert torch.allclose(out_y.sum(1), torch.ones(32))  # convex blends of one-hot labels
+    assert ((out_y > 0).sum(1) <= 2).all() and (out_y.max(1).values >= 0.5).all()
+
+
+def test_platt_calibration_against_a_hand_computed_case():
+    # scores whose logits are ±1 with leaks at 3 of 4 above and 1 of 4 below: the maximum-likelihood
+    # fit without prior is sigmoid(a·z) with sigmoid(a) = 3/4, a = ln 3, b = 0
+    scores = torch.sigmoid(torch.tensor([1.0] * 4 + [-1.0] * 4))
+    truth = torch.tensor([1, 1, 1, 0, 1, 0, 0, 0])
+    a, b = fit_platt(scores, truth, prior=0.0)
+    assert a == pytest.approx(math.log(3), abs=1e-6) and b == pytest.approx(0.0, abs=1e-6)
+    torch.testing.assert_close(calibrate(scores, a, b), torch.tensor([0.75] * 4 + [0.25] * 4))
+    a, b = fit_platt(scores, truth, prior=1.0)  # the prior pulls towards the identity (a = 1)
+    assert 1.0 < a < math.log(3)
+
+
+def test_expected_calibration_error_by_hand():
+    probs = torch.tensor([0.9, 0.9, 0.9, 0.9, 0.2, 0.2])
+    truth = torch.tensor([1, 1, 1, 0, 0, 0])
+    # bin 0.9: 4 files, mean 0.9, 3/4 leaks → 4/6·0.15; bin 0.2: 2 files, mean 0.2, 0 leaks → 2/6·0.2
+    assert expected_calibration_error(probs, truth) == pytest.approx(4 / 6 * 0.15 + 2 / 6 * 0.2)
+
+
+def test_class_balanced_sampling_is_seeded_resumable_and_balanced():
+    # 12 files of 2 segments: 9 of class 0, 3 of class 1
+    targets = torch.eye(2)[torch.tensor([0] * 9 + [1] * 3)]
+    split = CachedSplit(torch.arange(24, dtype=torch.float16)[:, None, None].expand(-1, 64, 1).contiguous(),
+                        targets, 2)
+    cpu = torch.device("cpu")
+    a = TrainBatches(split, 6, 7, 0, 1, cpu, lambda: 0, lambda: 0, balance=True)
+    order = torch.cat([x[:, 0, 0] for x, _, _ in a]).long()
+    assert torch.equal(order, torch.cat([x[:, 0, 0] for x, _, _ in a]).long())  # seeded
+    resumed = TrainBatches(split, 6, 7, 0, 1, cpu, lambda: 0, lambda: 0, balance=True)
+    resumed.resume_from(a.snapshot() | {"position": 2})
+    assert torch.equal(torch.cat([x[:, 0, 0] for x, _, _ in resumed]).long(), order[12:])
+    draws = torch.cat([a.permutation(e) for e in range(200)])
+    minority = (draws >= 18).double().mean()  # segments 18-23 are class 1
+    assert 0.45 < minority < 0.55  # a quarter of the segments, half of the draws
+
+
+def test_pos_weight_auto_and_balance_from_the_cli(small_h5, tmp_path, ll_records):
+    from leak_lightning.training_cli import LeakCLI
+
+    cli = LeakCLI(args=["fit", "--config", str(REPO / "configs/demo.yaml"), *data_args(small_h5),
+                        "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path),
+                        "--model.pos_weight", "auto", "--data.balance", "true", "--data.batch_size", "256"])
+    # 70 training files, 14 per class: each class has 56 negatives for 14 positives
+    assert cli.model.pos_weights == [4.0] * 5
+    torch.testing.assert_close(cli.model.loss_fn.pos_weight, torch.full((5,), 4.0))
+    messages = " ".join(r.getMessage() for r in ll_records)
+    assert "pos_weight auto from the training split (70 files): [4.0, 4.0, 4.0, 4.0, 4.0]" in messages
+    assert "class-balanced sampling" in messages
+
+
+def test_the_threshold_comes_with_its_validation_precision_recall_and_calibration(trained_run):
+    ckpt = torch.load(trained_run / "checkpoints/best.ckpt", map_location="cpu", weights_only=False)
+    section = ckpt["leak_lightning"]
+    assert set(section["threshold_validation"]) == {"precision", "recall"}
+    assert all(0 <= v <= 1 for v in section["threshold_validation"].values())
+    assert section["calibration"]["method"] == "platt" and section["calibration"]["a"] > 0
+
+
+def test_a_tiny_validation_set_warns_about_the_threshold(ll_records):
+    from leak_lightning.evaluation import FileScores
+    from leak_lightning.module import LeakClassifier
+
+    model = LeakClassifier(3, ["A", "LEAK", "C"], asdict(CFG))
+    truth = torch.tensor([True] * 4 + [False] * 16)
+    windows = torch.where(truth[:, None], 0.9, 0.1).expand(-1, 40)  # perfectly separable: a wide plateau
+    scores = FileScores(torch.arange(20), windows, torch.zeros(20, 3), torch.eye(3)[truth.long()], 0)
+    model._sweep(scores, truth, leaks=4)
+    model._sweep(scores, truth, leaks=4)
+    warnings = [r.getMessage() for r in ll_records if "was swept on only" in r.getMessage()]
+    assert warnings == [f"the threshold ({float(model.threshold):.2f}) was swept on only 4 LEAK file(s) among 20: "
+                        "it is uncertain; use a validation split with 20 or more leak files"]  # once per run
+    assert 0.1 < float(model.threshold) <= 0.9
+
+
+@pytest.mark.slow
+def test_augmentation_helps_on_shifted_resonances(tmp_path):
+    """A small version of scripts/benchmark_robustness.py: resonances ×1.2, augmentation on and off."""
+    from leak_lightning.builder.build import build_dataset
+    from leak_lightning.cli import main
+    from leak_lightning.predict import LeakDetector
+    from leak_lightning.synthetic import Conditions, make_dataset
+
+    make_dataset(tmp_path / "wav", layout="origin", files_per_label=60, sensors_per_label=12, seed=0)
+    build_dataset(tmp_path / "wav", tmp_path / "h5", progress=False)
+    h5 = {k: tmp_path / "h5" / f"{v}_DATASET.H5" for k, v in (("train", "TRAINING"), ("val", "VALIDATION"),
+                                                               ("test", "TESTING"))}
+    off = ["--model.augment.warp", "0", "--model.augment.gain_db", "0", "--model.augment.tilt_db", "0",
+           "--model.augment.eq_db", "0", "--model.augment.background_p", "0", "--model.augment.mixup_p", "0"]
+    f1 = {}
+    make_dataset(tmp_path / "shifted", layout="pool", files_per_label=40, sensors_per_label=10, seed=1000,
+                 conditions=Conditions(resonance_scale=1.2))
+    files = sorted((tmp_path / "shifted").rglob("*.wav"))
+    truth = np.array([p.parent.name == "LEAK" for p in files])
+    for kind, extra in (("with", []), ("without", off)):
+        run = tmp_path / kind
+        main(["fit", "--config", str(REPO / "configs/demo.yaml"), *data_args(h5), "--trainer.default_root_dir",
+              str(run), "--trainer.max_epochs", "12", "--console.log_file", "null", *extra])
+        det = LeakDetector.from_checkpoint(run / "checkpoints/best.ckpt", device="cpu")
+        decided = np.array([bool(det.predict(p).leak) for p in files])
+        tp, fp, fn = (decided & truth).sum(), (decided & ~truth).sum(), (~decided & truth).sum()
+        f1[kind] = 2 * tp / (2 * tp + fp + fn)
+    print(f"file leak F1 on resonances x1.2: with augmentation {f1['with']:.3f}, without {f1['without']:.3f}")
+    assert f1["with"] > f1["without"] + 0.05
