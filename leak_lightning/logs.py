@@ -121,3 +121,15 @@ def quiet_lightning() -> None:
     for message in (r".*isinstance\(treespec, LeafSpec\)", r"Couldn't infer the batch indices fetched",
                     r"No seed found", r"The number of training batches \(\d+\) is smaller than the logging interval"):
         warnings.filterwarnings("ignore", message=message)
+
+
+def seconds_since_process_start() -> float:
+    """Wall seconds since this process started (Linux /proc), else since this module was imported."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat: start time in ticks
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - START

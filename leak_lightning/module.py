@@ -2,35 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
+import os
 from typing import Literal
 
 import lightning as L
 import torch
 from torch import nn
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MultilabelAUROC, MultilabelAveragePrecision, MultilabelF1Score
 
 from .contract import SECTION, ModelContract
-from .evaluation import (
-    DEFAULT_GRID,
-    Aggregation,
-    FileScores,
-    calibrate,
-    expected_calibration_error,
-    file_decisions,
-    file_metrics,
-    fit_platt,
-    score_files,
-    sweep_threshold,
-)
+from .evaluation import Aggregation, calibrate, file_decisions
 from .features import FeatureConfig, LogMelFrontend
 from .models import LeakCNN
 from .models.augment import Augmentation, SpectrumAugment
+from .module_eval import EvaluationSteps, segment_metrics
 
 log = logging.getLogger(__name__)
+_NO_SCALER = ("32-true", "32", "bf16-mixed", "bf16-true", "64-true", "64")
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 
 
@@ -47,34 +35,7 @@ def _pos_weight(value, num_classes: int, counts: list[int] | None, files: int | 
     return list(value) if value else None
 
 
-def _segment_metrics(num_classes: int) -> MetricCollection:
-    # Binned (201 thresholds): constant memory over millions of segments, exact enough for AP/AUROC.
-    return MetricCollection({
-        "ap": MultilabelAveragePrecision(num_classes, average="none", thresholds=201),
-        "auroc": MultilabelAUROC(num_classes, average="none", thresholds=201),
-        "f1": MultilabelF1Score(num_classes, average="none"),
-    })
-
-
-@contextlib.contextmanager
-def _counting_is_exact():
-    """Lift torch's deterministic mode around metric updates.
-
-    Under it torchmetrics swaps bincount for an N × bins comparison mesh, which for binned
-    multilabel curves needs gigabytes per batch. Counts are integers, so bincount is exact anyway.
-    """
-    was = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    if was:
-        torch.use_deterministic_algorithms(False)
-    try:
-        yield
-    finally:
-        if was:
-            torch.use_deterministic_algorithms(True, warn_only=warn_only)
-
-
-class LeakClassifier(L.LightningModule):
+class LeakClassifier(EvaluationSteps, L.LightningModule):
     """Wraps a plain LeakCNN; class names, feature config and class count come from the data.
 
     Args:
@@ -85,11 +46,18 @@ class LeakClassifier(L.LightningModule):
             `freq_mask` / `time_mask`.
         aggregation: file score from long windows, "vote" (fraction at/above threshold) or "mean".
         vote_fraction: in vote mode, the fraction of leak windows that makes a leak file.
-        compile: torch.compile the network; None = on CUDA only. Failure falls back to eager.
+        compile: torch.compile the network; None = when training on CUDA (evaluation runs eager).
+            Failure falls back to eager.
+        layout: "1d" runs the (3, 1) convolutions of one-frame segments (T = 1) as Conv1d over the mel
+            axis: the same function, other kernels (scripts/benchmark_fit.py --layout compares them).
+        compile_cache: folder for inductor's compiled kernels (TORCHINDUCTOR_CACHE_DIR; default:
+            torch's own, /tmp/torchinductor_<user>): a later run on the machine reuses them.
         compile_mode: torch.compile's mode; "reduce-overhead" replays CUDA graphs (fewer kernel
             launches per step), "max-autotune" also searches kernel configurations.
         fused_adamw: AdamW's fused kernel (one launch per step instead of one per op and tensor
             group); None = on when the parameters live on CUDA. Same update rule either way.
+        grad_clip: clip the gradients' global norm to this (None: no clipping). Training steps the
+            optimizer itself, so Lightning's --trainer.gradient_clip_val does not apply.
     """
 
     def __init__(self, num_classes: int, class_names: list[str], feature_config: dict,
@@ -99,7 +67,9 @@ class LeakClassifier(L.LightningModule):
                  pos_weight: list[float] | Literal["auto"] | None = None, augment: Augmentation = Augmentation(),
                  aggregation: Aggregation = "vote", vote_fraction: float = 0.5, compile: bool | None = None,
                  compile_mode: CompileMode = "default", fused_adamw: bool | None = None,
-                 class_counts: list[int] | None = None, train_files: int | None = None) -> None:
+                 class_counts: list[int] | None = None, train_files: int | None = None,
+                 grad_clip: float | None = None, compile_cache: str | None = None,
+                 layout: Literal["2d", "1d"] = "2d") -> None:
         super().__init__()
         self.save_hyperparameters()
         if len(class_names) != num_classes:
@@ -111,7 +81,7 @@ class LeakClassifier(L.LightningModule):
         self.leak_index = class_names.index(leak_class_name)
         self.features = FeatureConfig.from_dict(feature_config)
         self.net = LeakCNN(num_classes, self.features.n_mels, self.features.t_frames, tuple(channels),
-                           hidden, dropout, freq_mask, time_mask)
+                           hidden, dropout, freq_mask, time_mask, layout)
         aug = augment if isinstance(augment, Augmentation) else Augmentation(**augment)
         f = self.features
         self.augment = SpectrumAugment(aug, f.n_mels, f.f_min, f.f_max or f.sample_rate / 2, self.leak_index)
@@ -123,20 +93,31 @@ class LeakClassifier(L.LightningModule):
         self.register_buffer("threshold", torch.tensor(0.5))
         self.register_buffer("threshold_stats", torch.tensor([float("nan"), float("nan")]))
         self.register_buffer("calibration", torch.tensor([1.0, 0.0]))
-        self.val_metrics = _segment_metrics(num_classes)
-        self.test_metrics = _segment_metrics(num_classes)
+        self.automatic_optimization = False  # training_step steps the optimizer itself (blocks of steps)
+        self.val_metrics = segment_metrics(num_classes)
+        self.test_metrics = segment_metrics(num_classes)
         self._compiled: nn.Module | None = None
         self._sums: dict[str, tuple[torch.Tensor, int]] = {}
         self._scored: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # evaluation: (first segment, probs, y)
         self.last_results: dict | None = None  # test/validate results for reports
 
     # ---- forward, with torch.compile when asked and a fallback to eager -------------------
-    def setup(self, stage: str) -> None:
-        use = self.hparams.compile
-        if use is None:
-            use = self.device.type == "cuda" or (self.trainer is not None
+    def compiles(self, stage: str) -> bool:
+        """Whether `stage` runs the network through torch.compile: asked for, or by default training on CUDA.
+
+        validate/test/predict default to eager: compiling costs tens of seconds, more than scoring a
+        split of ordinary size takes (pass --model.compile true for a very large one).
+        """
+        if self.hparams.compile is not None:
+            return bool(self.hparams.compile)
+        on_cuda = self.device.type == "cuda" or (self.trainer is not None
                                                  and self.trainer.strategy.root_device.type == "cuda")
-        if use and self._compiled is None:
+        return on_cuda and stage == "fit"
+
+    def setup(self, stage: str) -> None:
+        if self.compiles(stage) and self._compiled is None:
+            if self.hparams.compile_cache:  # inductor's on-disk cache: a second run reuses the compiled kernels
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(self.hparams.compile_cache)
             # not a registered submodule: parameters stay under `net.` in checkpoints
             object.__setattr__(self, "_compiled", torch.compile(self.net, mode=self.hparams.compile_mode))
 
@@ -170,27 +151,61 @@ class LeakClassifier(L.LightningModule):
         return self._mean("train/loss", pop=False)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        x, y, _ = batch
-        x, y = self.augment(x, y)
-        loss = self.loss_fn(self(x).float(), y)
-        self._accumulate("train/loss", loss, len(x))
+        """One optimizer step per batch: a batch, or a block of them (`data.steps_per_call`).
+
+        Manual optimization, so that a block costs Lightning's per-step machinery (hooks, loops,
+        logging, progress bar) once for all its steps; the update is the same as Lightning's own.
+        """
+        xs, ys, _ = batch
+        if torch.is_tensor(xs):
+            xs, ys = [xs], [ys]
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        trainer, clip = self.trainer, self.hparams.grad_clip
+        # Inside a block, all steps but the last skip Lightning's backward and optimizer-step hooks
+        # (callbacks see one step per block), where the precision needs no loss scaler.
+        quick = len(xs) > 1 and str(trainer.precision) in _NO_SCALER
+        for i, (x, y) in enumerate(zip(xs, ys)):
+            if 0 < trainer.max_steps <= trainer.global_step:
+                break  # a block may reach --trainer.max_steps part-way
+            loss = self.step_loss(x, y)
+            opt.zero_grad(set_to_none=True)
+            if quick and i < len(xs) - 1:
+                loss.backward()
+                if clip:
+                    nn.utils.clip_grad_norm_(self.parameters(), clip)
+                opt._on_before_step()  # the progress counts behind trainer.global_step
+                opt.optimizer.step()
+                opt._on_after_step()
+            else:
+                self.manual_backward(loss)
+                if clip:
+                    self.clip_gradients(opt, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+                opt.step()
+            sched.step()
+            self._accumulate("train/loss", loss, len(x))
+            self._log_step(loss)
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        trainer = self.trainer
-        # --trainer.max_steps inside an epoch would end the run before any validation: no metric for
-        # early stopping, no best.ckpt. Asking to stop lets Lightning validate first (as early stopping does).
-        if 0 < trainer.max_steps <= trainer.global_step and not trainer.should_stop:
-            trainer.should_stop = True
+    def step_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training loss of one batch: augmentation (in training mode), network, BCE with pos_weight."""
+        x, y = self.augment(x, y)
+        return self.loss_fn(self(x).float(), y)
+
+    def _log_step(self, loss: torch.Tensor) -> None:
         # The step loss and learning rate every log_every_n_steps, straight to the loggers: one host
         # sync per n steps, not self.log's per-step bookkeeping.
-        every = trainer.log_every_n_steps
-        if self.loggers and every and trainer.global_step % every == 0:
-            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-            metrics = {"train/loss_step": float(loss.detach()),
-                       "lr": trainer.optimizers[0].param_groups[0]["lr"]}
+        every, step = self.trainer.log_every_n_steps, self.trainer.global_step
+        if self.loggers and every and step % every == 0:
+            metrics = {"train/loss_step": float(loss.detach()), "lr": self.trainer.optimizers[0].param_groups[0]["lr"]}
             for logger in self.loggers:
-                logger.log_metrics(metrics, step=trainer.global_step)
+                logger.log_metrics(metrics, step=step)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # --trainer.max_steps inside an epoch would end the run before any validation: no metric for
+        # early stopping, no best.ckpt. Asking to stop lets Lightning validate first (as early stopping does).
+        trainer = self.trainer
+        if 0 < trainer.max_steps <= trainer.global_step and not trainer.should_stop:
+            trainer.should_stop = True
 
     def on_train_epoch_end(self) -> None:
         mean = self._mean("train/loss")
@@ -199,7 +214,13 @@ class LeakClassifier(L.LightningModule):
 
     def _total_steps(self) -> int:
         """Optimizer steps this run makes: the length of the cosine schedule."""
-        return max(1, int(self.trainer.estimated_stepping_batches))
+        t = self.trainer
+        calls = int(t.estimated_stepping_batches)  # Lightning steps (blocks); also builds the train loader
+        per_epoch = getattr(t.train_dataloader, "optimizer_steps", None)
+        if per_epoch is None or t.max_epochs is None or t.max_epochs < 0:
+            return max(1, calls)
+        total = per_epoch * t.max_epochs
+        return max(1, min(total, t.max_steps) if t.max_steps > 0 else total)
 
     def on_train_start(self) -> None:
         # A resumed run keeps its saved scheduler. Run longer (more epochs, a smaller batch) and its
@@ -225,116 +246,6 @@ class LeakClassifier(L.LightningModule):
             opt, T_max=self._total_steps(), eta_min=self.hparams.lr * self.hparams.min_lr_ratio)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-    # ---- evaluation -----------------------------------------------------------------------
-    # Probabilities are collected from the batches as they come (the batch says where its
-    # segments sit in the split), so file-level scores use only what was actually scored and
-    # the module needs no data module.
-    def _eval_start(self) -> None:
-        self._scored = []
-
-    def _eval_step(self, batch, metrics: MetricCollection, prefix: str) -> None:
-        x, y, start = batch
-        logits = self(x).float()
-        self._accumulate(f"{prefix}/loss", self.loss_fn(logits, y), len(x))
-        probs = torch.sigmoid(logits)
-        with _counting_is_exact():
-            metrics.update(probs, y.int())
-        self._scored.append((int(start), probs, y))
-
-    def _gather_scored(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Every rank's scored segments placed by index, on every rank (a collective): (N, C)
-        probabilities, (N, C) targets, (N,) scored; N rounded up to whole files."""
-        spf = self.features.num_long * self.features.num_short
-        c = self.hparams.num_classes
-        end = max((start + len(p) for start, p, _ in self._scored), default=0)
-        n = int(self.trainer.strategy.reduce(torch.tensor(end, device=self.device), reduce_op="max"))
-        table = torch.zeros(math.ceil(n / spf) * spf, 2 * c + 1, device=self.device)
-        for start, p, y in self._scored:
-            table[start: start + len(p)] = torch.cat([p, y.to(p.dtype), torch.ones_like(p[:, :1])], dim=1)
-        self._scored = []
-        # every segment was scored by at most one rank: a sum gathers the split everywhere
-        table = self.trainer.strategy.reduce(table, reduce_op="sum")
-        return table[:, :c], table[:, c: 2 * c], table[:, -1] > 0
-
-    def on_validation_epoch_start(self) -> None:
-        self._eval_start()
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.val_metrics, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_end("val", self.val_metrics, sweep=not self.trainer.sanity_checking)
-
-    def on_test_epoch_start(self) -> None:
-        self._eval_start()
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metrics, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_end("test", self.test_metrics, sweep=False)
-
-    def _eval_end(self, stage: str, metrics: MetricCollection, sweep: bool) -> None:
-        probs, targets, seen = self._gather_scored()
-        scores = score_files(probs, targets, seen, self.features.num_long, self.features.num_short, self.leak_index)
-        if not self.trainer.sanity_checking:
-            self._warn_if_partial(stage, scores)
-        leaks = int(scores.targets[:, self.leak_index].sum())
-        if not self.trainer.sanity_checking and len(scores.index) and not 0 < leaks < len(scores.index):
-            log.warning("%s: %d of the %d files scored are %s: the leak F1/AUROC are undefined (NaN)%s", stage, leaks,
-                        len(scores.index), self.hparams.leak_class_name, " and the threshold is not swept" * sweep)
-        truth = scores.targets[:, self.leak_index].bool()
-        if sweep and 0 < leaks < len(scores.index):
-            self._sweep(scores, truth, leaks)
-        decided = self._decide(scores.windows)
-        values = file_metrics(scores, decided, self.leak_index)
-        if sweep and 0 < leaks < len(scores.index):
-            self.threshold_stats.copy_(torch.stack([values["file_leak_precision"], values["file_leak_recall"]]))
-        probability = calibrate(scores.windows.mean(-1), *self.calibration.tolist())
-        values["file_leak_ece"] = torch.tensor(expected_calibration_error(probability, truth))
-        values["file_leak_ece_uncalibrated"] = torch.tensor(expected_calibration_error(scores.windows.mean(-1), truth))
-        with _counting_is_exact():
-            seg = metrics.compute()
-        metrics.reset()
-        names = self.hparams.class_names
-        for key, per_class in seg.items():
-            values[f"seg_{key}_macro"] = per_class.nanmean()
-            values[f"seg_leak_{key}"] = per_class[self.leak_index]
-            for name, v in zip(names, per_class):
-                values[f"seg_{key}/{name}"] = v
-        values["loss"] = self._mean(f"{stage}/loss")
-        values["threshold"] = self.threshold.clone()
-        for key, v in values.items():
-            # identical on every rank already; sync_dist only keeps Lightning's DDP bookkeeping quiet
-            self.log(f"{stage}/{key}", v.float() if torch.is_tensor(v) else float(v), sync_dist=True)
-        self.last_results = {"stage": stage, "metrics": {k: float(v) for k, v in values.items()},
-                             "files": scores.index.cpu(), "file_probs": scores.class_scores.cpu(),
-                             "file_scores": scores.windows.mean(-1).cpu(), "decisions": decided.cpu(),
-                             "windows": scores.windows.cpu(), "file_probability": probability.cpu(),
-                             "targets": scores.targets.cpu()}
-
-    def _sweep(self, scores: FileScores, truth: torch.Tensor, leaks: int) -> None:
-        """The threshold (best file F1 on validation) and the Platt calibration of the file leak score."""
-        t, _ = sweep_threshold(scores.windows, truth, self.hparams.aggregation, self.hparams.vote_fraction)
-        self.threshold.fill_(t)
-        self.calibration.copy_(torch.tensor(fit_platt(scores.windows.mean(-1).cpu(), truth.cpu())))
-        edge = t <= float(DEFAULT_GRID[0]) + 1e-6 or t >= float(DEFAULT_GRID[-1]) - 1e-6
-        if (edge or leaks < 20) and not getattr(self, "_warned_small_val", False):
-            self._warned_small_val = True  # once per run: it is the validation set's size that is the issue
-            log.warning("the threshold (%.2f%s) was swept on only %d %s file(s) among %d: it is uncertain; "
-                        "use a validation split with 20 or more leak files", t, ", at the edge of the sweep" * edge,
-                        leaks, self.hparams.leak_class_name, len(truth))
-
-    def _warn_if_partial(self, stage: str, scores: FileScores) -> None:
-        limit = self.trainer.limit_val_batches if stage == "val" else self.trainer.limit_test_batches
-        if not len(scores.index):
-            log.warning("%s: no file was scored whole, so the file-level metrics are undefined (NaN) and the "
-                        "threshold stays at %.2f", stage, float(self.threshold))
-        elif scores.partial or limit != 1.0 or self.trainer.fast_dev_run:
-            log.warning("%s: file-level metrics cover only the %d file(s) scored whole (limit_%s_batches=%s, "
-                        "fast_dev_run=%s); %d partly scored file(s) left out", stage, len(scores.index), stage,
-                        limit, self.trainer.fast_dev_run, scores.partial)
-
     # ---- the checkpoint owns its classes, leak class, frontend and threshold -------------------
     def contract(self) -> ModelContract:
         return ModelContract(tuple(self.hparams.class_names), self.hparams.leak_class_name, self.features, "")
@@ -353,6 +264,13 @@ class LeakClassifier(L.LightningModule):
         state = checkpoint.get("state_dict", {})
         state.setdefault("calibration", torch.tensor([1.0, 0.0]))
         state.setdefault("threshold_stats", torch.tensor([float("nan"), float("nan")]))
+        # checkpoints from automatic optimization count their steps there: carry the count over, or a
+        # resumed run would start again at global step 0
+        loop = checkpoint.get("loops", {}).get("fit_loop", {})
+        auto = loop.get("epoch_loop.automatic_optimization.optim_progress", {}).get("optimizer", {}).get("step")
+        manual = loop.get("epoch_loop.manual_optimization.optim_step_progress")
+        if auto and manual is not None and manual["total"]["completed"] == 0 and auto["total"]["completed"] > 0:
+            loop["epoch_loop.manual_optimization.optim_step_progress"] = auto
 
     # ---- prediction: raw recordings through the same frontend as the builder ----------------
     def prepare_predict(self) -> None:

@@ -40,6 +40,7 @@ from leak_lightning.models import LeakCNN  # noqa: E402
 from leak_lightning.models.augment import Augmentation, SpectrumAugment  # noqa: E402
 
 log = logging.getLogger("leak_lightning.benchmark")
+REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["BACKGROUND", "CRACK", "LEAK", "NORMAL", "UNCLASSIFIED"]
 
 
@@ -113,7 +114,7 @@ class Result:
 
 
 def raw_loop(h5: Path, batch: int, warmup: int, steps: int, device: torch.device, compile_: str | None,
-             channels: list[int], fused: bool, profile_steps: int, augment: bool = False) -> Result:
+             channels: list[int], fused: bool, profile_steps: int, augment: bool = False, layout: str = "2d") -> Result:
     """The reference: data on the device, index gather, (the same augmentation), autocast, AdamW + cosine."""
     from leak_lightning.data.h5 import load_segments, load_targets, read_info
 
@@ -121,7 +122,7 @@ def raw_loop(h5: Path, batch: int, warmup: int, steps: int, device: torch.device
     seg = torch.from_numpy(load_segments(info)).to(device)
     tgt = torch.from_numpy(load_targets(info).astype(np.float32)).to(device)
     spf = info.segments_per_file
-    net = LeakCNN(len(CLASSES), channels=tuple(channels)).to(device).train()
+    net = LeakCNN(len(CLASSES), channels=tuple(channels), layout=layout).to(device).train()
     model = torch.compile(net, mode=compile_) if compile_ else net
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-2, fused=fused or None)
     total = warmup + steps + profile_steps
@@ -158,28 +159,33 @@ def raw_loop(h5: Path, batch: int, warmup: int, steps: int, device: torch.device
 
 
 class StepTimer(L.Callback):
-    """Times training steps warmup..warmup+steps, profiles `profile_steps` more, then stops the run."""
+    """Times optimizer steps from `warmup` on for at least `steps`, profiles `profile_steps` more, then stops.
+
+    Lightning calls these hooks once per batch, or once per block of batches (--steps-per-call):
+    the counts are optimizer steps (global_step), measured from the first call past each mark.
+    """
 
     def __init__(self, warmup: int, steps: int, profile_steps: int) -> None:
         self.warmup, self.steps, self.profile_steps = warmup, steps, profile_steps
-        self.t0, self.result, self.meter = 0.0, Result(0.0), None
+        self.t0, self.start, self.result, self.meter = 0.0, None, Result(0.0), None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.warmup:
+        if self.start is None and trainer.global_step >= self.warmup:
             _sync(pl_module.device)
-            self.t0 = time.perf_counter()
+            self.t0, self.start = time.perf_counter(), trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self.warmup + self.steps:
+        done = trainer.global_step - (self.start if self.start is not None else trainer.global_step)
+        if self.result.rate == 0.0 and self.start is not None and done >= self.steps:
             _sync(pl_module.device)
-            self.result.rate = self.steps * trainer.datamodule.batch_size / (time.perf_counter() - self.t0)
+            self.result.rate = done * trainer.datamodule.batch_size / (time.perf_counter() - self.t0)
             if self.profile_steps:
-                self.meter = BusyMeter(pl_module.device)
+                self.meter, self.profile_start = BusyMeter(pl_module.device), trainer.global_step
                 self.meter.start()
             else:
                 trainer.should_stop = True
-        elif self.meter is not None and trainer.global_step == self.warmup + self.steps + self.profile_steps:
-            self.result.gpu_ms = self.meter.stop(self.profile_steps)
+        elif self.meter is not None and trainer.global_step - self.profile_start >= self.profile_steps:
+            self.result.gpu_ms = self.meter.stop(trainer.global_step - self.profile_start)
             self.meter = None
             trainer.should_stop = True
 
@@ -190,7 +196,7 @@ AUGMENTATION_OFF = ["--model.augment.warp", "0", "--model.augment.gain_db", "0",
 
 def lightning_fit(h5: dict[str, Path], batch: int, warmup: int, steps: int, root: Path,
                   compile_: str | None, channels: list[int], fused: bool, profile_steps: int,
-                  augment: bool = False) -> Result:
+                  augment: bool = False, steps_per_call: int = 1, layout: str = "2d") -> Result:
     """The real path: LeakCLI's parser, data module, module, callbacks and Trainer.fit."""
     from leak_lightning.training_cli import LeakCLI
 
@@ -202,7 +208,9 @@ def lightning_fit(h5: dict[str, Path], batch: int, warmup: int, steps: int, root
         "--trainer.default_root_dir", str(root), "--checkpoint.monitor", "null",
         "--early_stopping.strict", "false", "--model.channels", str(channels),
         "--model.fused_adamw", str(fused).lower(), "--model.compile", str(bool(compile_)).lower(),
-        "--model.compile_mode", compile_ or "default", *([] if augment else AUGMENTATION_OFF)])
+        "--model.compile_mode", compile_ or "default", "--data.steps_per_call", str(steps_per_call),
+        "--model.layout", layout,
+        *([] if augment else AUGMENTATION_OFF)])
     cli.trainer.callbacks.append(timer)
     cli.trainer.fit(cli.model, cli.datamodule)
     return timer.result
@@ -226,6 +234,15 @@ def main() -> None:
                    help="torch.compile mode on both sides (default, reduce-overhead, max-autotune), or off")
     p.add_argument("--augment", choices=["on", "off"], default="on",
                    help="the default training augmentation on both sides (configs have it on)")
+    p.add_argument("--steps-per-call", type=int, default=1,
+                   help="optimizer steps per Lightning step on the fit side (data.steps_per_call)")
+    p.add_argument("--layout", choices=["2d", "1d"], default="2d", help="LeakCNN layout on both sides")
+    p.add_argument("--user-fit", action="store_true",
+                   help="instead: a user's fit (configs/default.yaml, bar, logger, validation, callbacks) against "
+                        "the plain loop, with start-up and compile times")
+    p.add_argument("--user-epochs", type=int, default=3, help="--user-fit: epochs (the first is not timed)")
+    p.add_argument("--layout-cost", action="store_true",
+                   help="instead: the plain loop with the 2d and the 1d layout, alternating (wall and GPU busy time)")
     p.add_argument("--augment-cost", action="store_true",
                    help="instead: the plain loop with and without augmentation, alternating: its share of a step")
     args = p.parse_args()
@@ -243,6 +260,24 @@ def main() -> None:
         if args.augment_cost:
             augment_cost(h5["train"], args, device, compile_, fused)
             return
+        if args.layout_cost:
+            layout_cost(h5["train"], args, device, compile_, fused)
+            return
+        if args.user_fit:
+            t0 = time.perf_counter()
+            plain = raw_loop(h5["train"], args.batch, args.warmup, args.steps, device, compile_, args.channels,
+                             fused, 0, args.augment == "on", args.layout)
+            plain_s = time.perf_counter() - t0
+            user = user_fit(h5, args, Path(tmp) / "user")
+            log.info("plain loop (compile %s): %.0f segments/s (%.1f s with its compile)", compile_ or "off",
+                     plain.rate, plain_s)
+            log.info("user fit (configs/default.yaml, %d step(s) per call, layout %s): %.0f segments/s over epochs "
+                     "2..%d; ratio user fit / plain %.3f", args.steps_per_call, args.layout, user["rate"],
+                     args.user_epochs, user["rate"] / plain.rate)
+            log.info("user fit: first training step %.1f s after LeakCLI started (parse, data load, set-up; "
+                     "imports excluded); first epoch %.1f s, later epochs %.1f s (training only)", user["setup_s"],
+                     user["first_epoch_s"], user["later_epoch_s"])
+            return
         raw, lit = [], []
         common = (args.batch, args.warmup, args.steps)
         augment = args.augment == "on"
@@ -250,16 +285,16 @@ def main() -> None:
             for side in ("raw", "fit") if r % 2 == 0 else ("fit", "raw"):  # neither always goes first
                 if side == "raw":
                     raw.append(raw_loop(h5["train"], *common, device, compile_, args.channels, fused,
-                                        args.profile_steps, augment))
+                                        args.profile_steps, augment, args.layout))
                 else:
                     lit.append(lightning_fit(h5, *common, Path(tmp) / f"run{r}", compile_, args.channels,
-                                             fused, args.profile_steps, augment))
+                                             fused, args.profile_steps, augment, args.steps_per_call, args.layout))
             log.info("repeat %d: raw %.0f seg/s, fit %.0f seg/s, ratio %.3f", r, raw[-1].rate, lit[-1].rate,
                      lit[-1].rate / raw[-1].rate)
     name = torch.cuda.get_device_name() if cuda else "CPU"
-    log.info("device %s, batch %d, %s, compile %s, fused AdamW %s, augmentation %s, %d timed steps after %d "
-             "warm-up, %d repeats", name, args.batch, "bf16-mixed" if cuda else "32-true", compile_ or "off", fused,
-             args.augment, args.steps, args.warmup, args.repeats)
+    log.info("device %s, batch %d, %s, compile %s, fused AdamW %s, augmentation %s, %d step(s) per call, %d timed "
+             "steps after %d warm-up, %d repeats", name, args.batch, "bf16-mixed" if cuda else "32-true",
+             compile_ or "off", fused, args.augment, args.steps_per_call, args.steps, args.warmup, args.repeats)
     for label, runs in (("plain PyTorch loop", raw), ("leak_lightning fit", lit)):
         rate = statistics.median(r.rate for r in runs)
         line = f"{label} : {rate:12.0f} segments/s, {args.batch / rate * 1000:7.3f} ms/step"
@@ -285,6 +320,74 @@ def augment_cost(h5: Path, args, device: torch.device, compile_: str | None, fus
     log.info("augmentation costs %.1f%% of a training step (batch %d, %s; median of %d alternating repeats: "
              "%.3f vs %.3f ms/step)", (without / with_ - 1) * 100, args.batch, where, args.repeats,
              args.batch / with_ * 1000, args.batch / without * 1000)
+
+
+class EpochTimer(L.Callback):
+    """Training time and segments per epoch without validation, and when the first step started."""
+
+    def __init__(self) -> None:
+        self.epochs: list[tuple[float, int]] = []  # (training seconds, segments)
+        self.first_step: float | None = None
+        self._t = self._val = 0.0
+        self._seg = 0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._t, self._val, self._seg = time.perf_counter(), 0.0, 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.first_step is None:
+            self.first_step = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        x = batch[0]
+        self._seg += len(x) if torch.is_tensor(x) else sum(len(b) for b in x)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._v0 = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self._val += time.perf_counter() - self._v0
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        _sync(pl_module.device)
+        self.epochs.append((time.perf_counter() - self._t - self._val, self._seg))
+
+
+def user_fit(h5: dict[str, Path], args, root: Path) -> dict:
+    """A user's real fit: configs/default.yaml (progress bar, TensorBoard, validation every epoch, every
+    callback), one epoch to warm up (compile), the next ones timed."""
+    from leak_lightning.training_cli import LeakCLI
+
+    timer = EpochTimer()
+    t0 = time.perf_counter()
+    cli = LeakCLI(run=False, args=[
+        "--config", str(REPO / "configs/default.yaml"), "--data.train_h5", str(h5["train"]), "--data.val_h5",
+        str(h5["val"]), "--data.test_h5", "null", "--trainer.default_root_dir", str(root),
+        "--trainer.max_epochs", str(args.user_epochs), "--early_stopping.enabled", "false",
+        "--data.steps_per_call", str(args.steps_per_call), "--model.layout", args.layout,
+        "--data.batch_size", str(args.batch), "--model.channels", str(args.channels),
+        "--model.compile_mode", args.compile_mode if args.compile_mode != "off" else "default",
+        "--model.compile", "false" if args.compile_mode == "off" else "null"])
+    cli.trainer.callbacks.append(timer)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    steady = timer.epochs[1:] or timer.epochs
+    return {"rate": sum(n for _, n in steady) / sum(t for t, _ in steady), "setup_s": timer.first_step - t0,
+            "first_epoch_s": timer.epochs[0][0], "later_epoch_s": statistics.median(t for t, _ in steady)}
+
+
+def layout_cost(h5: Path, args, device: torch.device, compile_: str | None, fused: bool) -> None:
+    """The plain loop with LeakCNN's 2d and 1d layouts (T = 1), alternating: which one the device runs faster."""
+    runs: dict[str, list[Result]] = {"2d": [], "1d": []}
+    for r in range(args.repeats):
+        for layout in ("2d", "1d") if r % 2 == 0 else ("1d", "2d"):
+            runs[layout].append(raw_loop(h5, args.batch, args.warmup, args.steps, device, compile_, args.channels,
+                                         fused, args.profile_steps, args.augment == "on", layout))
+        log.info("repeat %d: 2d %.0f seg/s, 1d %.0f seg/s", r, runs["2d"][-1].rate, runs["1d"][-1].rate)
+    for layout, results in runs.items():
+        rate = statistics.median(x.rate for x in results)
+        busy = statistics.median(x.gpu_ms for x in results) if args.profile_steps else float("nan")
+        log.info("layout %s: %.0f segments/s, %.3f ms/step, GPU busy %.3f ms/step", layout, rate,
+                 args.batch / rate * 1000, busy)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,20 @@ def test_loss_is_bce_with_the_given_pos_weight():
     z = model(x).double()
     w = torch.tensor(weights, dtype=torch.float64)
     manual = -(w * y * torch.log(torch.sigmoid(z)) + (1 - y) * torch.log(1 - torch.sigmoid(z))).mean()
-    loss = model.training_step((x, y, -1), 0)
+    loss = model.step_loss(x, y)  # what training_step minimises
     assert loss.item() == pytest.approx(manual.item(), rel=1e-5)
     unweighted = -(y * torch.log(torch.sigmoid(z)) + (1 - y) * torch.log(1 - torch.sigmoid(z))).mean()
     assert abs(loss.item() - unweighted.item()) > 1e-3  # the weights matter on this batch
+
+
+def test_the_1d_layout_is_the_same_function_as_2d():
+    torch.manual_seed(0)
+    two = LeakCNN(3, 64, 1, (8, 16), hidden=16).eval()
+    one = LeakCNN(3, 64, 1, (8, 16), hidden=16, layout="1d").eval()
+    one.load_state_dict({k: v.squeeze(-1) if v.ndim == 4 and k.startswith("features") else v
+                         for k, v in two.state_dict().items()})
+    x = torch.randn(32, 64, 1) * 20 - 60
+    torch.testing.assert_close(one(x), two(x), rtol=1e-5, atol=1e-5)
+    one.train()(x).sum().backward()  # trains
+    with pytest.raises(ValueError, match="'1d' for segments of one frame"):
+        LeakCNN(3, 64, 5, (8, 16), layout="1d")

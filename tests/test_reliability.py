@@ -191,7 +191,9 @@ def test_ddp_interrupt_does_not_hang(small_h5, tmp_path, to_group):
     from leak_lightning.callbacks.checkpointing import checkpoint_problem
 
     ready = tmp_path / "ready"
-    proc = start(fit_cmd(small_h5, tmp_path, *ddp_args(), *pause(ready, where="train", step=3)))
+    # ranks vote every 2 batches (and at an epoch's last): a signal at step 3 stops them at step 4
+    proc = start(fit_cmd(small_h5, tmp_path, *ddp_args(), "--interrupt.vote_every", "2",
+                         *pause(ready, where="train", step=3)))
     wait_ready(proc, ready, timeout=180)
     (os.killpg if to_group else os.kill)(proc.pid, signal.SIGINT)
     rc, out = finish(proc, timeout=120)
@@ -199,7 +201,7 @@ def test_ddp_interrupt_does_not_hang(small_h5, tmp_path, to_group):
     assert group_gone(proc.pid), "a rank is still running"
     assert checkpoint_problem(tmp_path / "checkpoints" / "last.ckpt") is None
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert ckpt["global_step"] == 3
+    assert ckpt["global_step"] == 4
 
 
 def test_ddp_interrupt_in_validation_with_uneven_shares_resumes(small_h5, tmp_path):
@@ -218,3 +220,12 @@ def test_ddp_interrupt_in_validation_with_uneven_shares_resumes(small_h5, tmp_pa
     rc, out = finish(start(fit_cmd(small_h5, run, *args, "--ckpt_path", "last")), timeout=300)
     assert rc == 0, out[-4000:]
     assert torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 12
+
+
+def test_blocks_of_steps_resume_exactly_and_train_the_same_model(small_h5, tmp_path, reference):
+    # 11 batches per epoch in blocks of 4 (4, 4, 3): step 8 is a block boundary inside epoch 0
+    blocks = ("--data.steps_per_call", "4")
+    out = interrupt_and_resume(small_h5, tmp_path, signal.SIGINT, 130, blocks, where="train", step=8)
+    assert "restarts on a new order" not in out
+    # the same batches, optimizer steps and random draws as one step per call: the same weights
+    assert_bitwise_equal(weights(tmp_path / "checkpoints/last.ckpt"), weights(reference))

@@ -253,3 +253,18 @@ def test_fused_adamw_is_the_same_update_and_off_by_default_on_cpu(small_h5, tmp_
     assert not default_fused and fused
     for key, value in default.items():
         torch.testing.assert_close(with_fused[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_blocks_of_steps_are_the_same_training_as_single_steps(small_h5, tmp_path):
+    finals = {}
+    for k in ("1", "3"):
+        run = tmp_path / k
+        main(["fit", "--config", str(REPO / "configs/demo.yaml"), *data_args(small_h5), "--trainer.default_root_dir",
+              str(run), "--trainer.max_epochs", "1", "--data.batch_size", "512", "--data.steps_per_call", k,
+              "--console.log_file", "null", "--trainer.deterministic", "true"])
+        ckpt = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+        finals[k] = ckpt
+    assert finals["1"]["global_step"] == finals["3"]["global_step"] == 11  # optimizer steps, not blocks
+    for key, value in finals["1"]["state_dict"].items():
+        assert torch.equal(value, finals["3"]["state_dict"][key]), key
+    assert finals["3"]["lr_schedulers"][0]["T_max"] == 11

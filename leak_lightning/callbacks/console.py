@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from .. import __version__
-from ..logs import START, ElapsedTimeFormatter, bytes_human
+from ..logs import START, ElapsedTimeFormatter, bytes_human, seconds_since_process_start
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,8 @@ class ConsoleLogger(L.Callback):
         self._handler: logging.Handler | None = None
         self._t_epoch = self._t_val = self._val_time = 0.0
         self._segments = 0
+        self._first_call: float | None = None
+        self._first_logged = False
 
     # ---- set-up ----------------------------------------------------------------------------
     @rank_zero_only
@@ -92,21 +94,31 @@ class ConsoleLogger(L.Callback):
                      trainer.world_size, extra={"colour": "success"})
         else:
             log.info("device: CPU, %d process(es), %d threads", trainer.world_size, torch.get_num_threads())
-        log.info("cudnn.benchmark=%s, TF32=%s, precision=%s, compile=%s", torch.backends.cudnn.benchmark,
-                 torch.backends.cuda.matmul.allow_tf32, trainer.precision, module._compiled is not None)
+        fn = getattr(stage, "value", stage)
+        compiled = module.compiles(fn)
+        mode = module.hparams.compile_mode
+        graphs = compiled and mode in ("reduce-overhead", "max-autotune") and dev.type == "cuda"
+        log.info("cudnn.benchmark=%s, TF32=%s, precision=%s, compile=%s%s", torch.backends.cudnn.benchmark,
+                 torch.backends.cuda.matmul.allow_tf32, trainer.precision, f"yes, mode {mode}" if compiled else "no",
+                 ", CUDA graphs" if graphs else "")
         for name, info in dm.infos.items():
             log.info("%-5s %s: %d files, %d segments, cache=%s", name, info.path, info.num_files,
                      info.num_segments, dm.modes.get(name, "-"))
         log.info("classes: %s; leak class %r at index %d", ", ".join(module.hparams.class_names),
                  module.hparams.leak_class_name, module.leak_index, extra={"colour": "success"})
         if stage != "predict":
-            log.info("batch size %d (eval %d), workers %d (streaming only)", dm.batch_size, dm.eval_batch_size,
-                     dm.num_workers)
+            log.info("batch size %d (eval %d), %d optimizer step(s) per Lightning step, workers %d (streaming only)",
+                     dm.batch_size, dm.eval_batch_size, dm.steps_per_call, dm.num_workers)
         total = sum(p.numel() for p in module.parameters())
         trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
         log.info("parameters: %s total, %s trainable", f"{total:,}", f"{trainable:,}")
 
     # ---- per epoch -------------------------------------------------------------------------
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._first_call is None:  # start-up, and what the first step costs (torch.compile runs there)
+            self._first_call = time.perf_counter()
+            log.info("first training step %.1f s after the command started", seconds_since_process_start())
+
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._t_epoch, self._val_time, self._segments = time.perf_counter(), 0.0, 0
 
@@ -114,7 +126,13 @@ class ConsoleLogger(L.Callback):
         self.on_train_epoch_start(trainer, pl_module)  # a run resumed mid-epoch skips that hook
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._segments += len(batch[0])
+        if self._first_call and not self._first_logged:
+            self._first_logged = True
+            if pl_module.compiles("fit"):
+                log.info("first training call took %.1f s: torch.compile compiles there (later runs on this "
+                         "machine reuse inductor's cache)", time.perf_counter() - self._first_call)
+        x = batch[0]  # a batch, or a block of batches (data.steps_per_call)
+        self._segments += len(x) if torch.is_tensor(x) else sum(len(b) for b in x)
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self._t_val = time.perf_counter()

@@ -83,9 +83,17 @@ class GracefulInterrupt(L.Callback):
 
     The random-number state of every library is saved with it, so a resumed run on the same
     hardware continues bit for bit.
+
+    Args:
+        vote_every: under DDP the ranks agree every this many batches (a blocking all-reduce each
+            time), so a stop comes at most this many batches after the signal. One process decides
+            at every batch, without a collective.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, vote_every: int = 8) -> None:
+        if vote_every < 1:
+            raise ValueError(f"interrupt.vote_every={vote_every}: must be 1 or more")
+        self.vote_every = vote_every
         self.received: int | None = None
         self._previous: dict = {}
         self._rng_to_restore: dict | None = None
@@ -114,8 +122,13 @@ class GracefulInterrupt(L.Callback):
         self._previous.clear()
 
     # ---- batch boundaries ------------------------------------------------------------------
+    def _votes(self, batch_idx: int, last: int, world: int) -> bool:
+        """Every batch alone; under DDP every `vote_every` batches and at the last one (same on every rank)."""
+        return world == 1 or (batch_idx + 1) % self.vote_every == 0 or batch_idx + 1 == last
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._maybe_stop(trainer)
+        if self._votes(batch_idx, trainer.num_training_batches, trainer.world_size):
+            self._maybe_stop(trainer)
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         # Whole files per batch: ranks may hold different numbers of validation batches, and a
@@ -127,7 +140,8 @@ class GracefulInterrupt(L.Callback):
         self._val_votes = mine
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if trainer.state.fn == "fit" and not trainer.sanity_checking and batch_idx < self._val_votes:
+        if (trainer.state.fn == "fit" and not trainer.sanity_checking and batch_idx < self._val_votes
+                and self._votes(batch_idx, self._val_votes, trainer.world_size)):
             self._maybe_stop(trainer, in_validation=True)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
@@ -136,7 +150,7 @@ class GracefulInterrupt(L.Callback):
 
     def _maybe_stop(self, trainer: L.Trainer, in_validation: bool = False) -> None:
         stop = self.received is not None
-        if trainer.world_size > 1:  # one tiny collective per batch: every rank must agree
+        if trainer.world_size > 1:  # one tiny collective per vote: every rank must agree
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         if not stop:
             return

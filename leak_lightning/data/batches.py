@@ -88,20 +88,30 @@ class TrainBatches(ResumableOrder):
     With `balance`, an epoch instead draws as many segments, with replacement, each class equally
     likely (a segment's weight is 1 / the number of segments of its file's class): as seeded and as
     resumable as the plain shuffle.
+
+    With `steps_per_call` k > 1 it serves blocks: lists of k batches (the last block may hold fewer),
+    for k optimizer steps per Lightning step (LeakClassifier.training_step): Lightning's per-step cost
+    is paid once a block. Positions (resume, interrupts) then count blocks.
     """
 
     def __init__(self, split: CachedSplit, batch_size: int, seed: int, rank: int, world: int,
                  device: torch.device, epoch_fn: Callable[[], int], done_fn: Callable[[], int],
-                 balance: bool = False) -> None:
-        kind = f"gather, batch {batch_size}, {world} rank(s)" + (", class-balanced" if balance else "")
+                 balance: bool = False, steps_per_call: int = 1) -> None:
+        kind = (f"gather, batch {batch_size}, {world} rank(s)" + (", class-balanced" if balance else "")
+                + (f", {steps_per_call} steps per call" if steps_per_call > 1 else ""))
         super().__init__(seed, epoch_fn, done_fn, kind=kind)
-        self.split, self.batch_size = split, batch_size
+        self.split, self.batch_size, self.steps_per_call = split, batch_size, steps_per_call
         self.rank, self.world, self.device = rank, world, device
         self.per_rank = split.num_segments // world  # equal shares: no rank waits at a collective
         self.weights = _balanced_weights(split) if balance else None
 
-    def __len__(self) -> int:
+    @property
+    def optimizer_steps(self) -> int:
+        """Batches (optimizer steps) per epoch."""
         return math.ceil(self.per_rank / self.batch_size)
+
+    def __len__(self) -> int:
+        return math.ceil(self.optimizer_steps / self.steps_per_call)
 
     def permutation(self, epoch: int) -> torch.Tensor:
         """This rank's segment order for `epoch` (the same on every machine for a seed)."""
@@ -116,10 +126,14 @@ class TrainBatches(ResumableOrder):
         epoch = self.epoch_fn()
         start = self.start_position(epoch)
         order = self.permutation(epoch).to(self.split.segments.device)
-        for b in range(start, len(self)):
-            idx = order[b * self.batch_size: (b + 1) * self.batch_size]
-            x, y = self.split.gather(idx, self.device)
-            yield x, y, -1
+        k = self.steps_per_call
+        for block in range(start, len(self)):
+            batches = [self.split.gather(order[b * self.batch_size: (b + 1) * self.batch_size], self.device)
+                       for b in range(block * k, min((block + 1) * k, self.optimizer_steps))]
+            if k == 1:
+                yield *batches[0], -1
+            else:
+                yield [x for x, _ in batches], [y for _, y in batches], -1
 
 
 def _balanced_weights(split: CachedSplit) -> torch.Tensor:

@@ -32,7 +32,7 @@ CacheMode = Literal["auto", "device", "ram", "stream"]
 
 
 def _check_settings(batch_size: int, eval_batch_size: int | None, seed: int, num_workers: int,
-                    max_cache_fraction: float) -> None:
+                    max_cache_fraction: float, steps_per_call: int) -> None:
     checks = [
         (batch_size >= 1, f"data.batch_size={batch_size}: must be 1 or more segments"),
         (eval_batch_size is None or eval_batch_size >= 1,
@@ -40,6 +40,7 @@ def _check_settings(batch_size: int, eval_batch_size: int | None, seed: int, num
         (seed >= 0, f"data.seed={seed}: the shuffle seed must be 0 or more"),
         (num_workers >= 0, f"data.num_workers={num_workers}: must be 0 or more"),
         (0 < max_cache_fraction <= 1, f"data.max_cache_fraction={max_cache_fraction}: must be in (0, 1]"),
+        (steps_per_call >= 1, f"data.steps_per_call={steps_per_call}: must be 1 or more"),
     ]
     for ok, message in checks:
         if not ok:
@@ -67,6 +68,9 @@ class LeakDataModule(L.LightningDataModule):
         max_cache_fraction: share of free device memory / available RAM a cached split may take.
         balance: class-balanced sampling of the training split (with replacement, seeded and
             resumable like the plain shuffle); needs a cached split (device or ram).
+        steps_per_call: optimizer steps per Lightning step: the loader serves blocks of this many
+            batches, so Lightning's per-step cost (hooks, logging, progress bar) is paid once a block.
+            Cached splits on one device; streaming and DDP run one step per call.
     """
 
     def __init__(self, train_h5: str | None = None, val_h5: str | None = None, test_h5: str | None = None,
@@ -74,16 +78,16 @@ class LeakDataModule(L.LightningDataModule):
                  seed: int = 0, num_workers: int = 2, max_cache_fraction: float = 0.5,
                  predict_path: str | None = None,
                  predict_suffixes: tuple[str, ...] = (*WAV_SUFFIXES, ".flac", ".ogg", ".aif", ".aiff"),
-                 balance: bool = False) -> None:
+                 balance: bool = False, steps_per_call: int = 1) -> None:
         super().__init__()
         self.paths = {"train": train_h5, "val": val_h5, "test": test_h5}
         if not any(self.paths.values()) and not predict_path:
             raise ValueError("no dataset given: set data.train_h5 / data.val_h5 / data.test_h5 "
                              "(or data.predict_path for predict)")
-        _check_settings(batch_size, eval_batch_size, seed, num_workers, max_cache_fraction)
+        _check_settings(batch_size, eval_batch_size, seed, num_workers, max_cache_fraction, steps_per_call)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.cache, self.seed, self.num_workers = cache, seed, num_workers
-        self.max_cache_fraction, self.balance = max_cache_fraction, balance
+        self.max_cache_fraction, self.balance, self.steps_per_call = max_cache_fraction, balance, steps_per_call
         self.predict_path, self.predict_suffixes = predict_path, tuple(predict_suffixes)
         self.predict_input: WindowStream | None = None
         self.predict_unusable: list = []
@@ -229,11 +233,16 @@ class LeakDataModule(L.LightningDataModule):
         def done() -> int:  # batches whose optimizer step is done (saves happen after it)
             return loop.batch_progress.current.processed if loop is not None else 0
 
+        k = self.steps_per_call
+        if k > 1 and (isinstance(split, StreamSplit) or world > 1):
+            log.warning("data.steps_per_call=%d needs a cached split on one device; this run (%s) takes one "
+                        "optimizer step per call", k, "streamed" if isinstance(split, StreamSplit) else "DDP")
+            k = 1
         if isinstance(split, StreamSplit):
             batches = StreamBatches(split, self.num_workers, cuda, epoch, done)
         else:
             batches = TrainBatches(split, self.batch_size, self.seed, rank, world, self._device(), epoch, done,
-                                   balance=self.balance)
+                                   balance=self.balance, steps_per_call=k)
         if self._resume is not None:
             batches.resume_from(self._resume)
             self._resume = None

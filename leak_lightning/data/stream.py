@@ -164,6 +164,10 @@ class StreamBatches(ResumableOrder):
     def __len__(self) -> int:
         return len(self.split)
 
+    @property
+    def optimizer_steps(self) -> int:
+        return len(self.split)
+
     def __iter__(self) -> Iterator[Batch]:
         # the split's epoch and start travel to the workers, which are started per epoch
         self.split.epoch = self.epoch_fn()

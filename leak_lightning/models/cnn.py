@@ -7,6 +7,15 @@ import torchaudio
 from torch import nn
 
 
+def _block_1d(c_in: int, c_out: int) -> nn.Sequential:
+    """The same block for T = 1 as 1-D layers over the mel axis: (B, C, n_mels)."""
+    return nn.Sequential(
+        nn.Conv1d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm1d(c_out), nn.ReLU(inplace=True),
+        nn.Conv1d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm1d(c_out), nn.ReLU(inplace=True),
+        nn.MaxPool1d(2),
+    )
+
+
 def _block(c_in: int, c_out: int, k_time: int) -> nn.Sequential:
     pad = (1, k_time // 2)
     return nn.Sequential(
@@ -29,8 +38,12 @@ class LeakCNN(nn.Module):
 
     def __init__(self, num_classes: int, n_mels: int = 64, t_frames: int = 1,
                  channels: tuple[int, ...] = (48, 96, 192, 256), hidden: int = 256, dropout: float = 0.3,
-                 freq_mask: int = 8, time_mask: int = 0) -> None:
+                 freq_mask: int = 8, time_mask: int = 0, layout: str = "2d") -> None:
         super().__init__()
+        if layout not in ("2d", "1d") or (layout == "1d" and t_frames != 1):
+            raise ValueError(f"layout {layout!r}: use '2d', or '1d' for segments of one frame (T = 1, got T = "
+                             f"{t_frames})")
+        self.layout = layout
         if n_mels < 2 ** len(channels):
             raise ValueError(f"n_mels={n_mels} is too small for {len(channels)} blocks that halve "
                              "the mel axis; use fewer --model.channels")
@@ -41,7 +54,8 @@ class LeakCNN(nn.Module):
             masks.append(torchaudio.transforms.TimeMasking(min(time_mask, t_frames), iid_masks=True))
         self.augment = nn.Sequential(*masks)
         widths = (1, *channels)
-        self.features = nn.Sequential(*(_block(a, b, k_time) for a, b in zip(widths[:-1], widths[1:])))
+        self.features = nn.Sequential(*(_block_1d(a, b) if layout == "1d" else _block(a, b, k_time)
+                                        for a, b in zip(widths[:-1], widths[1:])))
         self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels[-1], hidden),
                                   nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, num_classes))
 
@@ -49,5 +63,8 @@ class LeakCNN(nn.Module):
         x = self.norm(x.unsqueeze(1).float())  # (B, 1, n_mels, T)
         if self.training and len(self.augment):
             x = self.augment(x)
+        if self.layout == "1d":
+            x = self.features(x[..., 0])  # (B, C, n_mels / 2^blocks)
+            return self.head(x.mean(dim=2, keepdim=True))
         x = self.features(x)  # (B, C, n_mels / 2^blocks, T)
         return self.head(x.mean(dim=(2, 3), keepdim=True))
