@@ -97,31 +97,17 @@ class LeakCLI(LightningCLI):
                               compute_fn=lambda root: str(checkpoint_dir(root)))
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
-        given = args if args is not None else sys.argv[1:]
+        given = [str(a) for a in (args if args is not None else sys.argv[1:])]
         with_dir = _logger_save_dir(given)
-        super().parse_arguments(parser, with_dir if with_dir != list(map(str, given)) else args)
+        super().parse_arguments(parser, with_dir if with_dir != given else args)
         sub = self.config.get("subcommand")
         if not sub:
             return
         cfg = self.config[sub]
         setup_logging(cfg.get("log_level"))
-        if sub == "predict" and cfg["trainer"]["default_root_dir"] == DEFAULT_RUN_DIR and cfg.get("ckpt_path"):
-            # predict from a checkpoint alone: its own run directory, not ./runs of wherever one stands
-            ckpt = Path(cfg["ckpt_path"])
-            if ckpt.parent.name == "checkpoints" and ckpt.is_file():
-                cfg["trainer"]["default_root_dir"] = str(ckpt.parent.parent)
-        root = cfg["trainer"]["default_root_dir"]
-        _fill_run_dir(cfg["trainer"].get("logger"), root)
-        check_writable(root)
-        if sub == "fit" and process_rank() == 0:  # DDP's other ranks are rank 0's children
-            # one run at a time in a run directory: two would overwrite each other's checkpoints
-            FolderLock(root, "--trainer.default_root_dir").acquire()  # released when the command ends
-            if stale := remove_stale_temporaries(checkpoint_dir(root)):
-                log.warning("removed %d temporary file(s) left by killed checkpoint saves: %s", len(stale),
-                            ", ".join(p.name for p in stale))
-        if sub == "fit" and not cfg.get("ckpt_path") and not cfg.get("overwrite") \
-                and not cfg["trainer"].get("fast_dev_run"):
-            refuse_to_replace_a_run(root)
+        root = self._run_dir(sub, cfg)
+        if sub == "fit":
+            self._claim(cfg, root)
         if sub == "predict" and cfg.get("output"):
             cfg["predictions"]["output"] = cfg["output"]
         if sub != "fit" and not cfg.get("ckpt_path"):
@@ -129,8 +115,32 @@ class LeakCLI(LightningCLI):
         if cfg.get("ckpt_path"):
             cfg["ckpt_path"], self.contract = resolve_ckpt_path(cfg["ckpt_path"], root, sub)
             # the checkpoint's hyper-parameters replace the model's options: note what was asked for
-            given = {a.split("=")[0][len("--model."):] for a in (args or sys.argv[1:]) if str(a).startswith("--model.")}
-            self._asked = {k: cfg["model"].get(k) for k in given if k in cfg["model"]}
+            asked = {a.split("=")[0][len("--model."):] for a in given if a.startswith("--model.")}
+            self._asked = {k: cfg["model"].get(k) for k in asked if k in cfg["model"]}
+
+    @staticmethod
+    def _run_dir(sub: str, cfg) -> str:
+        """The run directory, writable; predict from a checkpoint alone uses the checkpoint's own."""
+        if sub == "predict" and cfg["trainer"]["default_root_dir"] == DEFAULT_RUN_DIR and cfg.get("ckpt_path"):
+            ckpt = Path(cfg["ckpt_path"])  # not ./runs of wherever one stands
+            if ckpt.parent.name == "checkpoints" and ckpt.is_file():
+                cfg["trainer"]["default_root_dir"] = str(ckpt.parent.parent)
+        root = cfg["trainer"]["default_root_dir"]
+        _fill_run_dir(cfg["trainer"].get("logger"), root)
+        check_writable(root)
+        return root
+
+    @staticmethod
+    def _claim(cfg, root: str) -> None:
+        """fit: one run at a time in a run directory (two would overwrite each other's checkpoints),
+        stale temporaries of killed saves removed, an earlier run's checkpoints never replaced unasked."""
+        if process_rank() == 0:  # DDP's other ranks are rank 0's children
+            FolderLock(root, "--trainer.default_root_dir").acquire()  # released when the command ends
+            if stale := remove_stale_temporaries(checkpoint_dir(root)):
+                log.warning("removed %d temporary file(s) left by killed checkpoint saves: %s", len(stale),
+                            ", ".join(p.name for p in stale))
+        if not cfg.get("ckpt_path") and not cfg.get("overwrite") and not cfg["trainer"].get("fast_dev_run"):
+            refuse_to_replace_a_run(root)
 
     def _run_subcommand(self, subcommand: str) -> None:
         # Lightning re-raises what stopped a run; the ones a user can act on become one line here

@@ -99,20 +99,11 @@ class FullDiskCheckpointIO(AtomicCheckpointIO):
         return _FullFile(f) if self._saves >= self.nth else f
 
 
-class _FullFile:
+class _FullFile(_SlowFile):
     def __init__(self, f) -> None:
-        self.f = f
+        super().__init__(f, None)
 
     def write(self, data) -> int:
         import errno
 
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    def __getattr__(self, name):
-        return getattr(self.f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.f.close()

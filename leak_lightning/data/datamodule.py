@@ -101,6 +101,7 @@ class LeakDataModule(L.LightningDataModule):
                             "damage on disk would go unnoticed; rebuild it to add them", info.path)
         self.contract: ModelContract | None = None
         self._columns: dict[str, list[int]] = {}  # per split: the data column of each model class
+        self._train_counts: list[int] | None = None
         self.splits: dict[str, CachedSplit | StreamSplit] = {}
         self.modes: dict[str, str] = {}
         self._train_batches: TrainBatches | StreamBatches | None = None
@@ -151,7 +152,7 @@ class LeakDataModule(L.LightningDataModule):
         """Training files per class, in the model's class order (for --model.pos_weight auto)."""
         if "train" not in self.infos:
             return None
-        if not hasattr(self, "_train_counts"):
+        if self._train_counts is None:
             targets = load_targets(self.infos["train"])
             if "train" in self._columns:
                 targets = targets[:, self._columns["train"]]
