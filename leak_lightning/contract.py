@@ -14,6 +14,7 @@ from .features import FeatureConfig
 
 CHECKPOINT_FORMAT = 1  # the `leak_lightning` section of a checkpoint; bump when its meaning changes
 SECTION = "leak_lightning"
+DATA_STATE = "LeakDataModule"  # Lightning files a data module's state_dict under its class name
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,8 @@ class ModelContract:
     leak_class_name: str
     features: FeatureConfig
     source: str  # the checkpoint, for messages
+    # the training split it was fitted on (LeakDataModule.training_data): its file, build and recordings
+    training: dict | None = None
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict, source: str | Path) -> ModelContract:
@@ -38,7 +41,8 @@ class ModelContract:
         if not names or not features or not leak:
             raise ValueError(f"{source}: not a leak_lightning checkpoint (no class names, leak class or feature "
                              "config in it); pass a checkpoint written by `python -m leak_lightning fit`")
-        return cls(tuple(names), str(leak), FeatureConfig.from_dict(features), str(source))
+        training = (ckpt.get(DATA_STATE) or {}).get("training_data")
+        return cls(tuple(names), str(leak), FeatureConfig.from_dict(features), str(source), training)
 
     def section(self, threshold: float) -> dict:
         """What `LeakClassifier.on_save_checkpoint` stores under `leak_lightning`."""

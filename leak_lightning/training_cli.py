@@ -39,6 +39,9 @@ class LeakCLI(LightningCLI):
         warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch")
         # evaluating a checkpoint from another run directory: its best/last bookkeeping is not needed
         warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
+        # validate/test/predict build no checkpoint or early-stopping callbacks on purpose (they only score),
+        # and a resumed fit without early stopping was asked for: their saved states are not needed
+        warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used")
         warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended to run from within")
         quiet_lightning()
         super().__init__(LeakClassifier, LeakDataModule, *args, **kwargs)
@@ -147,13 +150,15 @@ class LeakCLI(LightningCLI):
         try:
             super()._run_subcommand(subcommand)
         except (RuntimeError, OSError) as err:
+            # only a fit has a run to resume; validate/test/predict are simply run again
+            note = f"; {_last_checkpoint_note(self.trainer.default_root_dir)}" if subcommand == "fit" else ""
             if self.trainer.world_size > 1 and isinstance(err, RuntimeError):
-                raise ValueError(f"a DDP rank stopped, so the run cannot go on ({_first(err)}); "
-                                 f"{_last_checkpoint_note(self.trainer.default_root_dir)}") from err
+                raise ValueError(f"a DDP rank stopped, so the run cannot go on ({_first(err)}){note}") from err
+            if isinstance(err, FileNotFoundError) and err.errno is None:
+                raise  # our own check's one line (a missing input), printed as it is
             if isinstance(err, OSError):
                 where = f"{err.filename}: " if getattr(err, "filename", None) else ""
-                raise ValueError(f"{where}{err.strerror or _first(err)}; "
-                                 f"{_last_checkpoint_note(self.trainer.default_root_dir)}") from err
+                raise ValueError(f"{where}{err.strerror or _first(err)}{note}") from err
             raise
         finally:
             FolderLock.release_all()

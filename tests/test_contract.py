@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import REPO, cli_exit
+from conftest import REPO, cli_exit, first_files
 
 from leak_lightning.builder.build import build_dataset
 from leak_lightning.cli import main
@@ -120,3 +120,48 @@ def test_a_checkpoint_from_a_newer_format_is_refused(small_h5, trained_run, tmp_
     code, err = cli_exit(capsys, "test", "--config", REPO / "configs/demo.yaml", *splits(small_h5["train"].parent),
                          "--trainer.default_root_dir", tmp_path, "--ckpt_path", tmp_path / "future.ckpt")
     assert code == 2 and "written by a newer leak_lightning (checkpoint format 99" in err
+
+
+def test_scoring_the_training_recordings_is_said_and_counted(small_h5, trained_run, other_builds, tmp_path,
+                                                             ll_records):
+    from leak_lightning.data.h5 import read_info
+
+    ckpt = torch.load(trained_run / "checkpoints/best.ckpt", map_location="cpu", weights_only=False)
+    trained = ckpt["LeakDataModule"]["training_data"]
+    train_files = read_info(small_h5["train"]).num_files
+    assert trained["file"] == "TRAINING_DATASET.H5" and trained["files"] == train_files
+    assert len(trained["recordings"]) == train_files
+
+    def test_on(folder, split: str, out: str) -> tuple[int | None, list[str]]:
+        del ll_records[:]
+        data = splits(folder)
+        data[-1] = str(folder / f"{split}_DATASET.H5")
+        report = evaluate("test", data, trained_run, tmp_path / out)["report"]
+        return report["seen_in_training"], [r.getMessage() for r in ll_records if r.levelname == "WARNING"]
+
+    # the very file: known from its build id alone
+    seen, warnings = test_on(small_h5["train"].parent, "TRAINING", "same")
+    assert seen == train_files and any("is the training split of the checkpoint" in w for w in warnings)
+    # the same recordings in another build (here with the classes reordered): found by name and label
+    seen, warnings = test_on(other_builds / "reordered", "TRAINING", "rebuilt")
+    assert seen == train_files
+    assert any(f"{train_files} of {train_files} recordings in" in w and "optimistic" in w for w in warnings)
+    # unseen recordings, from either build: nothing said
+    for folder in (small_h5["train"].parent, other_builds / "reordered"):
+        seen, warnings = test_on(folder, "TESTING", "unseen")
+        assert seen == 0 and not any("training split" in w for w in warnings)
+
+
+def test_fit_refuses_validating_on_its_training_split(small_h5, tmp_path, capsys):
+    copy = tmp_path / "copy" / "TRAINING_DATASET.H5"  # a copy elsewhere is the same split (same build)
+    copy.parent.mkdir()
+    shutil.copy(small_h5["train"], copy)
+    own = first_files(small_h5["train"], tmp_path / "own.H5", 6)  # no build id: known as the same file only
+    for train, val in ((small_h5["train"], small_h5["train"]), (small_h5["train"], copy), (own, own)):
+        code, err = cli_exit(capsys, "fit", "--config", REPO / "configs/demo.yaml", "--data.train_h5",
+                             train, "--data.val_h5", val, "--data.test_h5", small_h5["test"],
+                             "--trainer.default_root_dir", tmp_path / "run", "--console.log_file", "null")
+        errors = [line for line in err.splitlines() if "[ERROR]" in line]
+        assert code == 2 and len(errors) == 1, err[-2000:]
+        assert f"--data.val_h5 {val} is the training split" in errors[0]
+        assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())

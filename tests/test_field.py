@@ -54,7 +54,8 @@ def test_predict_from_the_checkpoint_alone_matches_test(small_h5, tested, tmp_pa
         scores = {k[len("score_"):]: float(v) for k, v in got.items() if k.startswith("score_")}
         assert got["top_class"] == max(scores, key=scores.get)
         assert float(got["window_leak_scores"]) == pytest.approx(float(got["leak_score"]), abs=1e-4)
-    for noise in ("Seed set", "💡 Tip", "Loading `train_dataloader`", "isinstance(treespec", "GPU available"):
+    for noise in ("Seed set", "💡 Tip", "Loading `train_dataloader`", "isinstance(treespec", "GPU available",
+                  "callbacks used to create the checkpoint"):
         assert noise not in r.stderr, noise
 
 
@@ -114,6 +115,12 @@ def test_predict_on_an_empty_folder_or_one_without_audio(tested, tmp_path, capsy
         code, err = cli_exit(capsys, "predict", "--ckpt_path", tested / "checkpoints/best.ckpt",
                              "--data.predict_path", tmp_path / folder)
         assert code == 2 and f"--data.predict_path {tmp_path / folder}: no audio files" in err, err
+    code, err = cli_exit(capsys, "predict", "--ckpt_path", tested / "checkpoints/best.ckpt",
+                         "--data.predict_path", tmp_path / "gone")
+    errors = [line for line in err.splitlines() if "[ERROR]" in line]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    # a missing input, not a stopped run: no checkpoint to resume from is offered
+    assert errors[0].endswith(f"--data.predict_path {tmp_path / 'gone'}: no such file or folder"), errors[0]
 
 
 def real_segments(small_h5, n: int = 160) -> torch.Tensor:

@@ -57,6 +57,8 @@ class ReportWriter(L.Callback):
                   "files": {"in_split": info.num_files, "scored": scored, "partly_scored_left_out":
                             int(metrics["files_partial"]), "not_scored": info.num_files - scored -
                             int(metrics["files_partial"])},
+                  # recordings of this split that were in the model's training split (null: unknown)
+                  "seen_in_training": trainer.datamodule.seen_in_training.get(stage),
                   "metrics": metrics}
         path = run_dir / f"{name}_report.json"
         write_atomic(path, lambda f: json.dump(report, f, indent=2))

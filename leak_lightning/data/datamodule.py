@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import lightning as L
+import numpy as np
 import torch
 
 from ..audio.decode import ClipSpec
@@ -22,6 +23,7 @@ from .h5 import (
     load_targets,
     read_file_paths,
     read_info,
+    recording_digests,
     scan_segments,
 )
 from .predict import WindowStream, find_recordings
@@ -45,6 +47,22 @@ def _check_settings(batch_size: int, eval_batch_size: int | None, seed: int, num
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+
+
+def shared_with_training(info: SplitInfo, trained: dict | None, digests) -> int | None:
+    """How many of `info`'s recordings were in the training split described by `trained` (None: unknown).
+
+    `trained` is `LeakDataModule.training_data()`; `digests()` gives `info`'s `recording_digests`
+    (called only when the two files come from different builds: one build's splits are disjoint).
+    """
+    if not trained:
+        return None
+    if info.build_id is not None and info.build_id == trained.get("build_id"):
+        return info.num_files if info.path.name == trained.get("file") else 0
+    theirs, mine = trained.get("recordings"), digests()
+    if theirs is None or mine is None:
+        return None
+    return int(np.isin(mine, theirs.numpy().view(np.uint64)).sum())
 
 
 def _available_ram() -> int:
@@ -100,6 +118,9 @@ class LeakDataModule(L.LightningDataModule):
                 log.warning("%s has no checksums (built by the origin builder or before leak_lightning 0.2): "
                             "damage on disk would go unnoticed; rebuild it to add them", info.path)
         self.contract: ModelContract | None = None
+        # per evaluated split: its recordings that were in the model's training data (None: unknown)
+        self.seen_in_training: dict[str, int | None] = {}
+        self._digests: dict[str, np.ndarray | None] = {}
         self._columns: dict[str, list[int]] = {}  # per split: the data column of each model class
         self._train_counts: list[int] | None = None
         self.splits: dict[str, CachedSplit | StreamSplit] = {}
@@ -124,6 +145,47 @@ class LeakDataModule(L.LightningDataModule):
             log.info("classes %s of %s remapped by name to the checkpoint's order %s",
                      self.infos[next(iter(self._columns))].class_names, ", ".join(moved), list(contract.class_names))
         self.contract = contract
+        for name in self.infos:
+            if name != "train":
+                self._compare_with_training(name, contract.training, f"the checkpoint {contract.source}")
+
+    def _check_validation_is_unseen(self) -> None:
+        train, val = self.infos["train"], self.infos["val"]
+        if train.path.samefile(val.path) or (val.build_id is not None and val.build_id == train.build_id
+                                             and val.path.name == train.path.name):
+            raise ValueError(f"--data.val_h5 {val.path} is the training split (--data.train_h5 {train.path}): "
+                             "validation would choose the checkpoint, threshold and calibration on recordings "
+                             "the model trains on; pass the VALIDATION split of that build")
+        self._compare_with_training("val", self.training_data(), f"--data.train_h5 {train.path}")
+
+    def _recordings(self, name: str) -> np.ndarray | None:
+        if name not in self._digests:
+            self._digests[name] = recording_digests(self.infos[name])
+        return self._digests[name]
+
+    def training_data(self) -> dict | None:
+        """What a checkpoint keeps of its training split: file name, build id and recording digests."""
+        if "train" not in self.infos:
+            return None
+        info, digests = self.infos["train"], self._recordings("train")
+        return {"file": info.path.name, "build_id": info.build_id, "files": info.num_files,
+                "recordings": None if digests is None else torch.from_numpy(digests.view(np.int64))}
+
+    def _compare_with_training(self, name: str, trained: dict | None, whose: str) -> None:
+        """Evaluating recordings the model was trained on gives optimistic scores: say so, and count them."""
+        if self.seen_in_training.get(name) is not None:
+            return  # a resumed fit: already compared with the checkpoint's training split
+        info = self.infos[name]
+        seen = self.seen_in_training[name] = shared_with_training(info, trained, lambda: self._recordings(name))
+        if seen is None and trained is not None and trained.get("recordings") is None:
+            return  # origin files carry no paths: nothing to compare
+        if seen and seen == info.num_files and info.build_id == trained.get("build_id"):
+            log.warning("%s is the training split of %s: its scores say nothing about recordings the model has "
+                        "not heard; evaluate the VALIDATION or TESTING split of that build", info.path, whose)
+        elif seen:
+            log.warning("%d of %d recordings in %s have the file name and label of recordings in the training split of "
+                        "%s: if they are the same recordings, these scores are optimistic; evaluate recordings "
+                        "the model was not trained on", seen, info.num_files, info.path, whose)
 
     def _require_classes(self) -> None:
         if self.contract is None and not self.infos:
@@ -191,6 +253,8 @@ class LeakDataModule(L.LightningDataModule):
             self._setup_predict()
             return
         wanted = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"]}.get(stage, [])
+        if stage == "fit" and {"train", "val"} <= self.infos.keys() and "train" not in self.splits:
+            self._check_validation_is_unseen()
         device = self._device()
         for name in wanted:
             if name in self.splits:
@@ -269,7 +333,10 @@ class LeakDataModule(L.LightningDataModule):
     # the train loader; its own stateful-loader restore can be skipped when `configure_optimizers`
     # reads `estimated_stepping_batches` (the loader is then built before the states are loaded).
     def state_dict(self) -> dict:
-        return {"train_sampler": self._train_batches.snapshot()} if self._train_batches is not None else {}
+        state = {"train_sampler": self._train_batches.snapshot()} if self._train_batches is not None else {}
+        if (trained := self.training_data()) is not None:  # read back by ModelContract.from_checkpoint
+            state["training_data"] = trained
+        return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._resume = state_dict.get("train_sampler")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import h5py
 import numpy as np
@@ -214,6 +215,29 @@ def scan_segments(info: SplitInfo, rows: int = 4096) -> None:
     """The same checks in bounded memory, for splits that are streamed rather than loaded."""
     for lo in range(0, info.num_files, rows):
         _check_values(info, read_rows(info, schema.SEGMENTS, lo, min(lo + rows, info.num_files)), lo)
+
+
+def recording_digests(info: SplitInfo) -> np.ndarray | None:
+    """Sorted 64-bit digests of (WAV file name, label) per row: which recordings a split holds.
+
+    Compact enough to keep in a checkpoint (8 bytes a file), so evaluation can tell recordings the
+    model was trained on. The name without its folders: the same recording keeps it when the input
+    is re-rooted or re-split (ROOT/LABEL/x.wav or ROOT/SPLIT/LABEL/x.wav); within one label folder it
+    is unique. Origin files store no paths: None (unknown).
+    """
+    with h5py.File(info.path, "r") as f:
+        if schema.FILE_PATHS not in f:
+            return None
+        paths = f[schema.FILE_PATHS][()]
+    labels = read_rows(info, schema.LABELS)
+    names = (PurePosixPath(p.decode() if isinstance(p, bytes) else str(p)).name for p in paths)
+    keys = (f"{name}\0{_label_name(info, int(k))}" for name, k in zip(names, labels))
+    digests = [int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little") for k in keys]
+    return np.sort(np.array(digests, dtype=np.uint64))
+
+
+def _label_name(info: SplitInfo, k: int) -> str:
+    return info.class_names[k] if 0 <= k < len(info.class_names) else str(k)
 
 
 def read_file_paths(info: SplitInfo) -> list[str]:
