@@ -110,6 +110,11 @@ class LeakCLI(LightningCLI):
         setup_logging(cfg.get("log_level"))
         root = self._run_dir(sub, cfg)
         if sub == "fit":
+            for key in ("train_h5", "val_h5"):  # before the run directory is claimed
+                if cfg["data"].get(key) and not Path(cfg["data"][key]).exists():
+                    from .data.h5 import read_info
+
+                    read_info(cfg["data"][key])  # raises: not found, with the fix
             self._claim(cfg, root)
         if sub == "predict" and cfg.get("output"):
             cfg["predictions"]["output"] = cfg["output"]

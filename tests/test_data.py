@@ -41,6 +41,15 @@ def edit(path, fn) -> None:
 def test_missing_file(h5):
     h5["val"].unlink()
     setup_fails(h5, f"{h5['val']}: dataset file not found", exc=FileNotFoundError)
+    setup_fails(h5, f"{h5['val']}: dataset file not found", stage="validate", exc=FileNotFoundError)
+    # a stage that does not read the missing split runs (e.g. `test` with a config naming other paths)
+    dm = LeakDataModule(train_h5=str(h5["train"]), val_h5=str(h5["val"]), test_h5=str(h5["test"]))
+    dm.setup("test")
+    assert len(dm.splits["test"].targets) == dm.infos["test"].num_files and "val" not in dm.infos
+    h5["test"].unlink()
+    h5["train"].unlink()
+    with pytest.raises(FileNotFoundError, match=f"{h5['train']}: dataset file not found"):  # none at all
+        LeakDataModule(train_h5=str(h5["train"]), val_h5=str(h5["val"]), test_h5=str(h5["test"]))
 
 
 def test_missing_dataset(h5):
