@@ -45,7 +45,8 @@ def leak_curves(scores: torch.Tensor, truth: torch.Tensor, decisions: torch.Tens
     roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title="leak: ROC (files)",
                xlim=(0, 1), ylim=(0, 1.02))
     for ax in (pr_ax, roc_ax):
-        ax.legend(loc="lower left")
+        if ax.get_legend_handles_labels()[0]:  # no leak decided: no operating point on the PR curve
+            ax.legend(loc="lower left")
         ax.grid(alpha=0.3)
     return fig
 
