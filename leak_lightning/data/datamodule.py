@@ -49,6 +49,12 @@ def _check_settings(batch_size: int, eval_batch_size: int | None, seed: int, num
             raise ValueError(message)
 
 
+def is_training_split(info: SplitInfo, trained: dict | None) -> bool:
+    """`info` is the very split `trained` (`LeakDataModule.training_data()`) describes: its build, its file."""
+    return bool(trained) and info.build_id is not None and info.build_id == trained.get("build_id") \
+        and info.path.name == trained.get("file")
+
+
 def shared_with_training(info: SplitInfo, trained: dict | None, digests) -> int | None:
     """How many of `info`'s recordings were in the training split described by `trained` (None: unknown).
 
@@ -58,7 +64,7 @@ def shared_with_training(info: SplitInfo, trained: dict | None, digests) -> int 
     if not trained:
         return None
     if info.build_id is not None and info.build_id == trained.get("build_id"):
-        return info.num_files if info.path.name == trained.get("file") else 0
+        return info.num_files if is_training_split(info, trained) else 0
     theirs, mine = trained.get("recordings"), digests()
     if theirs is None or mine is None:
         return None
@@ -156,13 +162,12 @@ class LeakDataModule(L.LightningDataModule):
                 self._compare_with_training(name, contract.training, f"the checkpoint {contract.source}")
 
     def _check_validation_is_unseen(self) -> None:
-        train, val = self.infos["train"], self.infos["val"]
-        if train.path.samefile(val.path) or (val.build_id is not None and val.build_id == train.build_id
-                                             and val.path.name == train.path.name):
+        train, val, trained = self.infos["train"], self.infos["val"], self.training_data()
+        if train.path.samefile(val.path) or is_training_split(val, trained):
             raise ValueError(f"--data.val_h5 {val.path} is the training split (--data.train_h5 {train.path}): "
                              "validation would choose the checkpoint, threshold and calibration on recordings "
                              "the model trains on; pass the VALIDATION split of that build")
-        self._compare_with_training("val", self.training_data(), f"--data.train_h5 {train.path}")
+        self._compare_with_training("val", trained, f"--data.train_h5 {train.path}")
 
     def _recordings(self, name: str) -> np.ndarray | None:
         if name not in self._digests:
@@ -183,9 +188,7 @@ class LeakDataModule(L.LightningDataModule):
             return  # a resumed fit: already compared with the checkpoint's training split
         info = self.infos[name]
         seen = self.seen_in_training[name] = shared_with_training(info, trained, lambda: self._recordings(name))
-        if seen is None and trained is not None and trained.get("recordings") is None:
-            return  # origin files carry no paths: nothing to compare
-        if seen and seen == info.num_files and info.build_id == trained.get("build_id"):
+        if is_training_split(info, trained):
             log.warning("%s is the training split of %s: its scores say nothing about recordings the model has "
                         "not heard; evaluate the VALIDATION or TESTING split of that build", info.path, whose)
         elif seen:
