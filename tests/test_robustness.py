@@ -123,6 +123,16 @@ def test_class_balanced_sampling_is_seeded_resumable_and_balanced():
     draws = torch.cat([a.permutation(e) for e in range(200)])
     minority = (draws >= 18).double().mean()  # segments 18-23 are class 1
     assert 0.45 < minority < 0.55  # a quarter of the segments, half of the draws
+    assert set(draws.tolist()) == set(range(24))  # every segment of a drawn file can come
+
+
+def test_balanced_sampling_beyond_multinomials_category_limit():
+    files, per_file = 2**13, 2**11 + 1  # 16.8M segments: more than torch.multinomial's 2^24 categories
+    segments = torch.zeros(1, 64, 1, dtype=torch.float16).expand(files * per_file, -1, -1)  # no memory
+    split = CachedSplit(segments, torch.eye(2)[torch.arange(files) % 2], per_file)
+    batches = TrainBatches(split, 8192, 7, 0, 1, torch.device("cpu"), lambda: 0, lambda: 0, balance=True)
+    order = batches.permutation(0)
+    assert len(order) == files * per_file and 0 <= int(order.min()) and int(order.max()) < files * per_file
 
 
 def test_pos_weight_auto_and_balance_from_the_cli(small_h5, tmp_path, ll_records):

@@ -117,7 +117,11 @@ class TrainBatches(ResumableOrder):
         """This rank's segment order for `epoch` (the same on every machine for a seed)."""
         g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         if self.weights is not None:
-            perm = torch.multinomial(self.weights, self.split.num_segments, replacement=True, generator=g)
+            # a file by its class weight, then one of its segments: the same draw as per-segment weights,
+            # within multinomial's 2^24 categories (per segment, ~210k files would exceed them)
+            n, spf = self.split.num_segments, self.split.segments_per_file
+            files = torch.multinomial(self.weights, n, replacement=True, generator=g)
+            perm = files * spf + torch.randint(spf, (n,), generator=g)
         else:
             perm = torch.randperm(self.split.num_segments, generator=g)
         return perm[self.rank: self.per_rank * self.world: self.world]
@@ -137,10 +141,10 @@ class TrainBatches(ResumableOrder):
 
 
 def _balanced_weights(split: CachedSplit) -> torch.Tensor:
-    """Per segment: 1 / segments of its class (a file's class is its first target), float64 on the CPU."""
+    """Per file: 1 / files of its class (a file's class is its first target), float64 on the CPU."""
     label = split.targets.cpu().argmax(-1)  # (F,)
     counts = torch.bincount(label, minlength=split.targets.shape[1]).double()
-    return (1.0 / counts[label]).repeat_interleave(split.segments_per_file)
+    return 1.0 / counts[label]
 
 
 class EvalBatches:
