@@ -135,7 +135,8 @@ class SpectrumAugment(nn.Module):
     def _mixup(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         a, n = self.aug, len(x)
         alpha = torch.full((n,), a.mixup_alpha, device=x.device)
-        lam = torch.distributions.Beta(alpha, alpha).sample()
+        # validate_args=False: its argument checks read device tensors back, a host sync every step
+        lam = torch.distributions.Beta(alpha, alpha, validate_args=False).sample()
         lam = torch.where(torch.rand(n, device=x.device) < a.mixup_p, torch.maximum(lam, 1 - lam), torch.ones_like(lam))
         other = torch.randperm(n, device=x.device)
         return (lam[:, None, None] * x + (1 - lam[:, None, None]) * x[other],
