@@ -183,4 +183,4 @@ class LeakDetector:
 
     def predict_array(self, samples: np.ndarray, sample_rate: int, name: str = "<array>") -> Prediction:
         """Samples (N,) or (N, channels), floats in [-1, 1], at `sample_rate` (resampled as files are)."""
-        return self._run(name, WindowReader(WindowSource.of_array(samples, sample_rate), self.spec))
+        return self._run(name, WindowReader(WindowSource(samples, sample_rate), self.spec))

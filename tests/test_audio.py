@@ -173,6 +173,13 @@ def test_windows_of_a_long_recording(tmp_path):
     assert WindowReader(write_wav(tmp_path / "b.wav", x[: 40960 + 500]), SPEC).__iter__().__next__()[0].shape[0] == 1
 
 
+def test_the_first_window_is_the_builders_clip_at_any_rate(tmp_path):
+    spec = SPEC._replace(duration_sec=2.5, num_samples=10240)  # 2.5 s at 11025 Hz: 27562.5 frames
+    path = write_wav(tmp_path / "a.wav", tone(300, 6, 11025), sr=11025)
+    first = next(iter(WindowReader(path, spec)))[0][0]
+    np.testing.assert_array_equal(first, decode.read_clip(path, spec).samples)
+
+
 def test_silent_windows_are_marked_and_flag_the_recording(tmp_path):
     x = tone(300, 30, 4096)
     x[40960:81920] = 0  # the sensor dropped out for the middle window

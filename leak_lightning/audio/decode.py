@@ -264,10 +264,6 @@ class WindowSource:
         self.data, self.samplerate, self.frames, self.channels = data, int(sample_rate), len(data), data.shape[1]
         self._pos = 0
 
-    @classmethod
-    def of_array(cls, samples: np.ndarray, sample_rate: int) -> WindowSource:
-        return cls(samples, sample_rate)
-
     def tell(self) -> int:
         return self._pos
 
@@ -305,12 +301,10 @@ class WindowReader:
             f, declared = self.path, self.path.frames
         else:
             f, declared = open_checked(self.path)
-        with f:
-            if shortfall(f, declared):  # scored as far as it goes, and flagged
-                self.flags.add(TRUNCATED)
+        with f:  # a cut file is scored as far as it goes, and flagged truncated at the end
             rate, per, i, read = f.samplerate, spec.duration_sec * f.samplerate, 0, 0
             while True:
-                want = round((i + 1) * per) - round(i * per)
+                want = math.ceil((i + 1) * per) - math.ceil(i * per)  # window 0: read_clip's frames
                 raw, is_float, error = _read(f, want, self.path)
                 read += len(raw)
                 last = len(raw) < want or error is not None

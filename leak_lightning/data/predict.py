@@ -44,7 +44,6 @@ def find_recordings(target: Path, suffixes: tuple[str, ...]) -> tuple[list[Path]
 class RecordingStatus:
     reason: str | None = None  # why it could not be scored at all
     flags: set[str] = field(default_factory=set)
-    windows: int = 0
 
 
 class WindowStream:
@@ -72,7 +71,7 @@ class WindowStream:
                 if not _put(out, (i, first, windows, silent), stop):
                     return
                 first += len(windows)
-            status.flags, status.windows = reader.flags, reader.windows
+            status.flags = reader.flags
         except Exception as err:  # one recording never ends the run
             status.reason = reason_of(err)
             log.warning("skipped %s: %s", printable(self.paths[i]), status.reason)
