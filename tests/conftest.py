@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -115,6 +116,25 @@ def cli_exit(capsys, *args: str) -> tuple[int, str]:
     with pytest.raises(SystemExit) as exit_:
         main([str(a) for a in args])
     return exit_.value.code, capsys.readouterr().err
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging():
+    """An in-process CLI run puts its handler on that test's captured stderr: drop it afterwards, so a
+    later test's log lines never go to a closed stream (a "Logging error" traceback in its output)."""
+    yield
+    logger = logging.getLogger("leak_lightning")
+    for handler in list(logger.handlers):
+        if getattr(handler, "_leak_lightning", False):
+            logger.removeHandler(handler)
+    logger.propagate = True
+
+
+def one_error(code: int, err: str) -> str:
+    """The one `[ERROR]` line of a command that stopped with exit 2 and no traceback."""
+    errors = [line for line in err.splitlines() if "[ERROR]" in line]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err[-3000:]
+    return errors[0]
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from leak_lightning.builder.discover import WavItem, split_pool
 from leak_lightning.data import schema
 from leak_lightning.features import FeatureConfig, LogMelFrontend
 
-NAMES = ("TRAINING_DATASET.H5", "VALIDATION_DATASET.H5", "TESTING_DATASET.H5")
+NAMES = tuple(schema.SPLIT_FILES.values())
 
 
 def read_split(path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import REPO, cli_exit, data_args
+from conftest import REPO, cli_exit, data_args, one_error
 
 from leak_lightning.cli import main
 
@@ -12,12 +12,6 @@ from leak_lightning.cli import main
 def fit_args(h5, run, *extra) -> list[str]:
     return ["fit", "--config", str(REPO / "configs/demo.yaml"), *data_args(h5), "--trainer.default_root_dir", str(run),
             "--console.log_file", "null", *map(str, extra)]
-
-
-def one_error(code: int, err: str) -> str:
-    errors = [line for line in err.splitlines() if "[ERROR]" in line]
-    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err[-2000:]
-    return errors[0]
 
 
 @pytest.mark.parametrize("flag, value, fragment", [
