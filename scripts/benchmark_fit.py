@@ -313,7 +313,7 @@ def augment_cost(h5: Path, args, device: torch.device, compile_: str | None, fus
     for r in range(args.repeats):
         for augment in (True, False) if r % 2 == 0 else (False, True):
             runs[augment].append(raw_loop(h5, args.batch, args.warmup, args.steps, device, compile_, args.channels,
-                                          fused, 0, augment).rate)
+                                          fused, 0, augment, args.layout).rate)
         log.info("repeat %d: with augmentation %.0f seg/s, without %.0f seg/s", r, runs[True][-1], runs[False][-1])
     with_, without = statistics.median(runs[True]), statistics.median(runs[False])
     where = "CUDA" if device.type == "cuda" else "CPU"
@@ -342,10 +342,14 @@ class EpochTimer(L.Callback):
         x = batch[0]
         self._seg += len(x) if torch.is_tensor(x) else sum(len(b) for b in x)
 
-    def on_validation_start(self, trainer, pl_module) -> None:
+    # only the validation loop's own batches are left out: training work still queued on the device is
+    # finished first, and checkpoint saves (at validation end and epoch end) count as training time
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        _sync(pl_module.device)
         self._v0 = time.perf_counter()
 
-    def on_validation_end(self, trainer, pl_module) -> None:
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        _sync(pl_module.device)
         self._val += time.perf_counter() - self._v0
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:

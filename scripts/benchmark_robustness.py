@@ -1,8 +1,11 @@
 """Detection on networks the model was not trained on: file-level leak F1 under shifted conditions,
 for a model trained with and without augmentation, side by side in one run.
 
-    python scripts/benchmark_robustness.py --workdir /tmp/robust            # ~15 min on 2 CPUs
-    python scripts/benchmark_robustness.py --workdir /tmp/robust --seeds 0 1 --test-files 100
+    python scripts/benchmark_robustness.py --workdir /tmp/robust
+    python scripts/benchmark_robustness.py --workdir /tmp/robust --train-files 200 --test-files 200 --seeds 0 1
+
+Corpora and trained runs are kept in the workdir under names that carry their settings (corpus size,
+epochs, patience, extra options), so a re-run reuses only what matches.
 
 One standard synthetic corpus (leak_lightning.synthetic) is built and trained on twice (configs/demo.yaml,
 augmentation on / off). Each condition is a fresh corpus of `--test-files` recordings per class (5
@@ -16,6 +19,7 @@ threshold), AUROC and the calibrated probability's ECE.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import statistics
 import sys
@@ -51,11 +55,17 @@ AUGMENTATION_OFF = ["--model.augment.warp", "0", "--model.augment.gain_db", "0",
                     "--model.augment.eq_db", "0", "--model.augment.background_p", "0", "--model.augment.mixup_p", "0"]
 
 
+def train_h5(work: Path, args) -> Path:
+    return work / f"train_h5_{args.train_files}"
+
+
 def train(work: Path, args, augmented: bool) -> Path:
-    run = work / ("run_augmented" if augmented else "run_plain")
+    extra = f"_{hashlib.sha1(' '.join(args.extra).encode()).hexdigest()[:8]}" if args.extra else ""
+    settings = f"{args.train_files}_e{args.epochs}_p{args.patience}{extra}"
+    run = work / f"run_{'augmented' if augmented else 'plain'}_{settings}"
     if (run / "checkpoints" / "best.ckpt").is_file() and not args.retrain:
         return run / "checkpoints" / "best.ckpt"
-    h5 = work / "train_h5"
+    h5 = train_h5(work, args)
     data = [f"--data.{k}_h5={h5 / f'{v}_DATASET.H5'}" for k, v in
             (("train", "TRAINING"), ("val", "VALIDATION"), ("test", "TESTING"))]
     t0 = time.perf_counter()
@@ -103,10 +113,11 @@ def main() -> None:
     setup_logging("WARNING")
     torch.manual_seed(0)
     work = args.workdir
-    if not (work / "train_h5" / "dataset.json").is_file():
-        make_dataset(work / "train_wav", layout="origin", files_per_label=args.train_files,
+    if not (train_h5(work, args) / "dataset.json").is_file():
+        wav = work / f"train_wav_{args.train_files}"
+        make_dataset(wav, layout="origin", files_per_label=args.train_files,
                      sensors_per_label=max(12, args.train_files // 5), seed=0)
-        build_dataset(work / "train_wav", work / "train_h5", overwrite=True, progress=False)
+        build_dataset(wav, train_h5(work, args), overwrite=True, progress=False)
     detectors = {kind: LeakDetector.from_checkpoint(train(work, args, kind == "with"), device="cpu")
                  for kind in ("without", "with")}
     table: dict[str, dict[str, list[dict]]] = {}
