@@ -92,17 +92,11 @@ def _run_torchscript(path: Path, x: torch.Tensor) -> torch.Tensor:
 def export(ckpt_path: str | Path, fmt: str = "onnx", with_frontend: bool = False,
            output: str | Path | None = None) -> dict:
     """Write the export(s) and the sidecar; return the sidecar (it names the files and their parity)."""
-    from .callbacks.checkpointing import load_checkpoint
-    from .contract import ModelContract
+    from .callbacks.checkpointing import read_checkpoint
     from .module import LeakClassifier
 
     ckpt_path = Path(ckpt_path)
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
-    ckpt = load_checkpoint(ckpt_path)
-    if isinstance(ckpt, str):
-        raise ValueError(f"--ckpt_path {ckpt_path}: not a usable checkpoint ({ckpt}); pass one written by fit")
-    contract = ModelContract.from_checkpoint(ckpt, ckpt_path)
+    ckpt, contract = read_checkpoint(ckpt_path)
     if fmt == "onnx":
         try:
             import onnxruntime  # noqa: F401
@@ -110,7 +104,7 @@ def export(ckpt_path: str | Path, fmt: str = "onnx", with_frontend: bool = False
         except ImportError:
             raise ValueError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'leak_lightning[export]'"
                              ", or use --format torchscript") from None
-    model = LeakClassifier.load_from_checkpoint(ckpt_path, map_location="cpu", compile=False).eval()
+    model = LeakClassifier.for_inference(ckpt, torch.device("cpu"))
     features = model.features
     folder = Path(output) if output else ckpt_path.parent.parent / "export"
     folder.mkdir(parents=True, exist_ok=True)

@@ -247,6 +247,16 @@ class LeakClassifier(EvaluationSteps, L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ---- the checkpoint owns its classes, leak class, frontend and threshold -------------------
+    @classmethod
+    def for_inference(cls, ckpt: dict, device: torch.device) -> LeakClassifier:
+        """An eval-mode, uncompiled model from a checkpoint already read (`read_checkpoint`): what
+        `load_from_checkpoint` builds, without reading the file a second time."""
+        hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}  # _instantiator
+        model = cls(**{**hparams, "compile": False})
+        model.on_load_checkpoint(ckpt)
+        model.load_state_dict(ckpt["state_dict"])
+        return model.to(device).eval()
+
     def contract(self) -> ModelContract:
         return ModelContract(tuple(self.hparams.class_names), self.hparams.leak_class_name, self.features, "")
 

@@ -145,18 +145,13 @@ class LeakDetector:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto") -> LeakDetector:
-        from .callbacks.checkpointing import load_checkpoint
-        from .contract import ModelContract
+        from .callbacks.checkpointing import read_checkpoint
         from .module import LeakClassifier
 
-        ckpt = load_checkpoint(Path(path))
-        if isinstance(ckpt, str):
-            raise ValueError(f"{path}: not a usable checkpoint ({ckpt}); pass a checkpoint written by "
-                             "`python -m leak_lightning fit`")
-        ModelContract.from_checkpoint(ckpt, path)  # refuses foreign files and newer formats in one line
+        ckpt, _ = read_checkpoint(path, "checkpoint")  # refuses foreign files and newer formats in one line
         dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                            "cpu" if device == "auto" else device)
-        model = LeakClassifier.load_from_checkpoint(path, map_location=dev, compile=False).eval()
+        model = LeakClassifier.for_inference(ckpt, dev)
         model.prepare_predict()
         return cls(model, dev)
 

@@ -307,7 +307,7 @@ def default_checkpoint(root: str | None, subcommand: str) -> str:
 def resolve_ckpt_path(value: str, root: str | None, subcommand: str) -> tuple[str | None, ModelContract | None]:
     """`best` / `last` → <run dir>/checkpoints/<name>.ckpt (a damaged `last` falls back to the newest valid
     one when resuming), checked, with what the checkpoint was trained on."""
-    from .callbacks.checkpointing import load_checkpoint, newest_valid_checkpoint
+    from .callbacks.checkpointing import newest_valid_checkpoint, read_checkpoint
 
     folder = checkpoint_dir(root)
     if value in ("best", "last"):
@@ -328,9 +328,4 @@ def resolve_ckpt_path(value: str, root: str | None, subcommand: str) -> tuple[st
             raise FileNotFoundError(f"--ckpt_path {value}: {path} does not exist; train first or pass "
                                     f"--trainer.default_root_dir of the run (or a checkpoint file)")
         value = str(path)
-    if not Path(value).is_file():
-        raise FileNotFoundError(f"--ckpt_path {value}: no such checkpoint file")
-    ckpt = load_checkpoint(Path(value))
-    if isinstance(ckpt, str):
-        raise ValueError(f"--ckpt_path {value}: not a usable checkpoint ({ckpt}); pick another checkpoint")
-    return value, ModelContract.from_checkpoint(ckpt, value)
+    return value, read_checkpoint(value)[1]

@@ -115,6 +115,20 @@ def load_checkpoint(path: Path) -> dict | str:
     return ckpt
 
 
+def read_checkpoint(path: str | Path, flag: str = "--ckpt_path"):
+    """(checkpoint dict, its ModelContract) of a file written by `fit`, read once; else one line naming it."""
+    from ..contract import ModelContract
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{flag} {path}: no such checkpoint file")
+    ckpt = load_checkpoint(path)
+    if isinstance(ckpt, str):
+        raise ValueError(f"{flag} {path}: not a usable checkpoint ({ckpt}); pick one written by "
+                         "`python -m leak_lightning fit`")
+    return ckpt, ModelContract.from_checkpoint(ckpt, path)
+
+
 def checkpoint_problem(path: Path) -> str | None:
     """Why `path` cannot be resumed from, or None when it loads and looks like a Lightning checkpoint."""
     ckpt = load_checkpoint(path)
