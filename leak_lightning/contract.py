@@ -45,7 +45,8 @@ class ModelContract:
         return cls(tuple(names), str(leak), FeatureConfig.from_dict(features), str(source), training)
 
     def section(self, threshold: float) -> dict:
-        """What `LeakClassifier.on_save_checkpoint` stores under `leak_lightning`."""
+        """The contract part of the checkpoint's `leak_lightning` section (`LeakClassifier.on_save_checkpoint`
+        adds the threshold's validation statistics and the calibration)."""
         return {"format_version": CHECKPOINT_FORMAT, "class_names": list(self.class_names),
                 "leak_class_name": self.leak_class_name, "feature_config": asdict(self.features),
                 "threshold": threshold}

@@ -1,4 +1,4 @@
-"""File-level aggregation and the threshold sweep (pure torch; tested against hand-computed cases).
+"""File-level aggregation and the threshold sweep (pure functions of tensors; tested against hand-computed cases).
 
 A long window's leak probability is the mean over its short segments. A file's score is the
 fraction of its long windows at or above the threshold ("vote") or the mean window

@@ -46,8 +46,9 @@ class LeakClassifier(EvaluationSteps, L.LightningModule):
             `freq_mask` / `time_mask`.
         aggregation: file score from long windows, "vote" (fraction at/above threshold) or "mean".
         vote_fraction: in vote mode, the fraction of leak windows that makes a leak file.
-        compile: torch.compile the network; None = when training on CUDA (evaluation runs eager).
-            Failure falls back to eager.
+        compile: torch.compile the network; None = when training on CUDA (validation inside `fit`
+            uses the compiled network too; standalone validate/test/predict run eager). Failure falls
+            back to eager.
         layout: "1d" runs the (3, 1) convolutions of one-frame segments (T = 1) as Conv1d over the mel
             axis: the same function, other kernels (scripts/benchmark_fit.py --layout compares them).
         compile_cache: folder for inductor's compiled kernels (TORCHINDUCTOR_CACHE_DIR; default:

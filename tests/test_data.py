@@ -94,7 +94,10 @@ def test_feature_configs_must_match(h5):
         cfg["hop_length"] = 64
         f.attrs[schema.ATTR_CONFIG] = json.dumps(cfg)
     edit(h5["val"], change)
-    setup_fails(h5, f"{h5['val']}: feature config .* differs from")
+    setup_fails(h5, rf"{h5['val']}: feature config differs from .*\(hop_length=64 against 128\)")
+    edit(h5["val"], lambda f: f.attrs.__setitem__(schema.ATTR_CONFIG, json.dumps(
+        {**json.loads(f.attrs[schema.ATTR_CONFIG]), "hop_length": 128, "f_max": 2048.0})))  # = sample_rate / 2
+    LeakDataModule(train_h5=str(h5["train"]), val_h5=str(h5["val"]), test_h5=str(h5["test"]))  # one frontend
 
 
 def test_origin_format_file_loads(small_h5, tmp_path):

@@ -140,9 +140,12 @@ def check_compatible(infos: list[SplitInfo]) -> None:
         if other.class_names != first.class_names:
             raise ValueError(f"{other.path}: labels {other.class_names} differ from {first.class_names} in "
                              f"{first.path}; build all splits in one run so they share one label mapping")
-        if other.features != first.features or other.segment_shape != first.segment_shape:
-            raise ValueError(f"{other.path}: feature config {other.features} differs from {first.features} "
-                             f"in {first.path}; rebuild the splits with the same features")
+        # the same rule as against a checkpoint: f_max None and f_max = sample_rate / 2 are one frontend
+        if (diff := other.features.differences(first.features)) or other.segment_shape != first.segment_shape:
+            what = ", ".join(f"{k}={a} against {b}" for k, (a, b) in diff.items()) or \
+                f"segments {other.segment_shape} against {first.segment_shape}"
+            raise ValueError(f"{other.path}: feature config differs from {first.path} ({what}); rebuild the "
+                             "splits with the same features")
 
 
 def read_rows(info: SplitInfo, name: str, lo: int = 0, hi: int | None = None) -> np.ndarray:
