@@ -31,14 +31,15 @@ class FolderLock:
 
     `fcntl.flock` is released by the kernel when the holder exits, however it exits, so a lock
     is never stale; the file keeps the holder's PID, host and command for the message a second
-    run gets. Only one process of a DDP job takes it (rank 0: the others are its children).
+    run gets, and is removed when the lock is released. Only one process of a DDP job takes it
+    (rank 0: the others are its children).
     """
 
     held: list[FolderLock] = []  # locks this process holds (`release_all` at the end of a command)
 
-    def __init__(self, folder: str | Path, what: str) -> None:
+    def __init__(self, folder: str | Path, what: str, name: str = ".lock") -> None:
         self.folder, self.what = Path(folder), what
-        self.path = self.folder / ".lock"
+        self.path = self.folder / name
         self._fd: int | None = None
 
     @classmethod
@@ -54,19 +55,30 @@ class FolderLock:
         import time
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 4096).decode("utf-8", "replace")
-            os.close(fd)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                h = json.loads(holder)
-                who = f"PID {h['pid']} on {h['host']} since {h['started']} ({h['command']})"
-            except (ValueError, KeyError, TypeError):
-                who = "another process"
-            raise ValueError(f"{self.folder} is in use by {who}: wait for it to finish, or use another "
-                             f"{self.what}") from None
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 4096).decode("utf-8", "replace")
+                os.close(fd)
+                try:
+                    h = json.loads(holder)
+                    who = f"PID {h['pid']} on {h['host']} since {h['started']} ({h['command']})"
+                except (ValueError, KeyError, TypeError):
+                    who = "another process"
+                raise ValueError(f"{self.folder} is in use by {who}: wait for it to finish, or use another "
+                                 f"{self.what}") from None
+            # the previous holder removes the file as it releases: a lock taken on the removed file
+            # between our open and our flock guards nothing, so take the one at the path again
+            try:
+                current = os.stat(self.path)
+            except FileNotFoundError:
+                current = None
+            mine = os.fstat(fd)
+            if current is not None and (current.st_ino, current.st_dev) == (mine.st_ino, mine.st_dev):
+                break
+            os.close(fd)
         argv = ["python -m leak_lightning", *sys.argv[1:]] if sys.argv[0].endswith("__main__.py") else sys.argv
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(argv),
                   "started": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -78,7 +90,7 @@ class FolderLock:
 
     def release(self) -> None:
         if self._fd is not None:
-            os.ftruncate(self._fd, 0)
+            self.path.unlink(missing_ok=True)  # while still held: a waiting process then re-opens a new file
             os.close(self._fd)  # closing the descriptor drops the flock
             self._fd = None
             FolderLock.held.remove(self)

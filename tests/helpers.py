@@ -107,3 +107,28 @@ class _FullFile(_SlowFile):
         import errno
 
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def run_paused_build(ready: str, argv: list[str], nth: int = 2) -> None:
+    """`python -m leak_lightning build ARGV` that announces itself before its `nth` batch is finished
+    (earlier batches' rows already written to the temporary split) and holds there until a signal
+    arrives or `<ready>.go` appears; then exits as the real command does."""
+    import sys
+
+    from leak_lightning.builder import pipeline
+    from leak_lightning.cli import main
+
+    finish, calls = pipeline.BatchBuilder._finish, []
+
+    def paused(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == nth:
+            Path(ready).write_text(str(os.getpid()))
+            go, deadline = Path(f"{ready}.go"), time.monotonic() + 120
+            while not go.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)  # a SIGINT/SIGTERM interrupts the sleep: the build unwinds from here
+        return finish(self, *args, **kwargs)
+
+    pipeline.BatchBuilder._finish = paused
+    sys.argv = ["leak_lightning", "build", *argv]
+    main(["build", *argv])

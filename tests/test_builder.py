@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -212,34 +213,105 @@ def test_existing_output_needs_overwrite_and_survives_until_replaced(tmp_path, r
     assert "Built 20 files (0 skipped, 0 flagged)" in r.stderr
 
 
+def paused_build(tmp_path, *extra: str) -> tuple[subprocess.Popen, Path]:
+    """A real build process that holds before its second batch (the first one written to the temporary
+    TRAINING split) until it is signalled or told to go on: the test acts at a state the process reported."""
+    make_pool(tmp_path / "in", sensors=20, per_sensor=2)
+    ready = tmp_path / "ready"
+    argv = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--batch_size", "4",
+            "--num_workers", "1", "--progress", "false", *extra]
+    env = {**os.environ, "NO_COLOR": "1", "PYTHONPATH": os.pathsep.join([str(REPO / "tests"),
+                                                                          os.environ.get("PYTHONPATH", "")])}
+    code = f"import helpers; helpers.run_paused_build({str(ready)!r}, {argv!r})"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not ready.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"build ended (rc={proc.returncode}) before its pause: {proc.stderr.read()[-3000:]}")
+        assert time.monotonic() < deadline, "timed out waiting for the build's pause"
+        time.sleep(0.02)
+    return proc, ready
+
+
+def wait_group_gone(pid: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # no orphaned decoder process either
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    raise AssertionError("decoder processes outlived the builder")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGKILL, -9), (signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_build_killed_part_way_leaves_nothing_at_the_output_name(tmp_path, sig, code):
-    make_pool(tmp_path / "in", sensors=100, per_sensor=2)
+    proc, _ = paused_build(tmp_path)
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "leak_lightning", "build", "--input", str(tmp_path / "in"),
-                             "--output", str(out), "--batch_size", "4", "--num_workers", "1"],
-                            cwd=REPO, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while not (out.exists() and any(".tmp-" in p.name for p in out.iterdir())):
-        assert proc.poll() is None and time.monotonic() < deadline, "build ended before it could be killed"
-        time.sleep(0.02)
+    assert any(".tmp-" in p.name for p in out.iterdir())  # part-way: rows written to the temporaries
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)  # returns once no decoder process holds stderr open
+    _, err = proc.communicate(timeout=120)  # returns once no decoder process holds stderr open
     assert proc.returncode == code, err
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:  # no orphaned decoder process either
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
-        raise AssertionError("decoder processes outlived the builder")
+    wait_group_gone(proc.pid)
     assert not any(p.name in NAMES for p in out.iterdir())
-    if sig != signal.SIGKILL:  # a catchable signal also removes the temporary files
-        assert not any(".tmp-" in p.name for p in out.iterdir()), list(out.iterdir())
+    if sig != signal.SIGKILL:  # a catchable signal also removes the temporary files and the lock
+        assert sorted(p.name for p in out.iterdir()) == [], list(out.iterdir())
         assert "build interrupted" in err
+
+
+@pytest.mark.parametrize("where", ["inside the HDF5 open", "before the writer is registered"])
+def test_an_interrupt_as_a_split_temporary_is_created_leaves_none(tmp_path, monkeypatch, where):
+    """The window that left `.TRAINING_DATASET.H5.tmp-PID` after a SIGTERM under load: the file exists
+    but no writer object owns it yet."""
+    from leak_lightning.builder import build as build_module
+    from leak_lightning.builder import writer as writer_module
+
+    make_pool(tmp_path / "in", sensors=10, per_sensor=1)
+    if where == "inside the HDF5 open":
+        real = writer_module.h5py.File
+
+        def file_then_interrupt(path, mode, *a, **kw):
+            real(path, mode, *a, **kw).close()  # created on disk, then the signal lands
+            raise KeyboardInterrupt("SIGTERM")
+
+        monkeypatch.setattr(writer_module.h5py, "File", file_then_interrupt)
+    else:
+        real_writer = build_module.SplitWriter
+
+        def writer_then_interrupt(*a, **kw):
+            real_writer(*a, **kw)
+            raise KeyboardInterrupt("SIGTERM")
+
+        monkeypatch.setattr(build_module, "SplitWriter", writer_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset(tmp_path / "in", tmp_path / "out", progress=False, num_workers=1)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_killed_decoder_is_named_and_its_shared_memory_freed(tmp_path):
+    import psutil
+
+    shm = Path("/dev/shm")
+    before = {p.name for p in shm.glob("psm_*")} if shm.is_dir() else set()
+    proc, ready = paused_build(tmp_path)
+    decoders = [c for c in psutil.Process(proc.pid).children(recursive=True)
+                if "resource_tracker" not in " ".join(c.cmdline())]
+    assert decoders, "no decoder process found"
+    for child in decoders:
+        child.kill()
+    Path(f"{ready}.go").write_text("")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    errors = [line for line in err.splitlines() if "[ERROR]" in line]
+    assert len(errors) == 1 and "a decoder process died while decoding split TRAINING" in errors[0], err
+    assert "free space" not in errors[0]
+    wait_group_gone(proc.pid)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []  # no split, temporary or lock
+    if shm.is_dir():
+        assert {p.name for p in shm.glob("psm_*")} - before == set()
 
 
 @pytest.mark.parametrize("orig", [44100, 48000, 8000, 22050])

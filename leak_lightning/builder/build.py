@@ -19,7 +19,7 @@ from tqdm import tqdm
 from ..audio.scan import printable
 from ..data import schema
 from ..features import FeatureConfig
-from ..fileio import remove_stale_temporaries, write_atomic
+from ..fileio import remove_stale_temporaries, temp_sibling, write_atomic
 from ..rundir import FolderLock
 from .discover import SPLITS, discover, label_mapping
 from .pipeline import BatchBuilder, SplitResult
@@ -168,6 +168,10 @@ def _run_splits(splits, targets, cfg, class_names, dev, batch_size, workers,
     except BaseException:
         for writer in writers:
             writer.discard()
+        # an interrupt can land after a split's temporary was created and before its writer was
+        # known here (inside h5py's open, say): the temporaries' names are fixed, so remove them by name
+        for target in targets.values():
+            temp_sibling(target).unlink(missing_ok=True)
         raise
     finally:
         builder.close()

@@ -12,6 +12,7 @@ import queue
 import threading
 from collections import deque
 from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +27,10 @@ from .workers import DecoderPool
 from .writer import SplitWriter
 
 log = logging.getLogger(__name__)
+
+
+class DecoderDied(ValueError):
+    """A decoder process ended abruptly (SIGKILL, the OOM killer): the build stops with one line."""
 
 
 @dataclass
@@ -98,6 +103,11 @@ class BatchBuilder:
                     self._finish(pending.popleft(), split, result, out, bar)
             while pending:
                 self._finish(pending.popleft(), split, result, out, bar)
+        except BrokenProcessPool:  # submit or a result: the pool is unusable once one process is gone
+            raise DecoderDied(f"a decoder process died while decoding split {split}: it was killed from outside "
+                              "or ran out of memory. Nothing was replaced (an earlier dataset there is intact); "
+                              "the temporary files and the decoders' shared memory were freed. Run the build "
+                              "again (with a smaller --batch_size or --num_workers if memory is short)") from None
         finally:
             for batch in pending:  # after an error: drop what has not started
                 for fut in batch.futures:

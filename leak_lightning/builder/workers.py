@@ -98,6 +98,12 @@ class DecoderPool:
             for child in mp.active_children():
                 child.terminate()
         self.views.clear()
-        for block in self._blocks:
-            block.close()
-            block.unlink()
+        for block in self._blocks:  # unlink first: it needs no buffer released, and frees the memory
+            try:
+                block.unlink()
+            except OSError:  # already gone
+                pass
+            try:
+                block.close()
+            except BufferError:  # a view is still referenced (an error's traceback): freed with it
+                pass
