@@ -8,10 +8,15 @@ aggregation, feature config). Each export is loaded back and compared with PyTor
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
 import math
+import os
+import shutil
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,7 +26,17 @@ from torch import nn
 
 from . import __version__
 from .features import FeatureConfig, LogMelFrontend
-from .fileio import replacing, write_atomic
+from .fileio import (
+    check_free_space,
+    exchange,
+    fsync_dir,
+    name_max,
+    pid_alive,
+    remove_stale_temporaries,
+    temp_sibling,
+    write_atomic,
+)
+from .rundir import FolderLock
 
 log = logging.getLogger(__name__)
 EXPORT_FORMAT = 1  # the sidecar's layout
@@ -63,9 +78,9 @@ def example_waves(features: FeatureConfig, count: int = 3, seed: int = 0) -> tor
 
 def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path, input_name: str, output_name: str) -> None:
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" notices
-    with warnings.catch_warnings(), replacing(path) as tmp:
+    with warnings.catch_warnings():  # written into the private staging folder: no temporary name needed
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), str(tmp), dynamo=True, input_names=[input_name],
+        torch.onnx.export(module, (example,), str(path), dynamo=True, input_names=[input_name],
                           output_names=[output_name], dynamic_shapes=({0: torch.export.Dim("batch")},),
                           verbose=False, external_data=False)
 
@@ -78,9 +93,13 @@ def _run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
 
 
 def _export_torchscript(module: nn.Module, example: torch.Tensor, path: Path) -> None:
-    with warnings.catch_warnings(), replacing(path) as tmp:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.jit.save(torch.jit.trace(module, example), str(tmp))
+        # into memory first: torch's file writer aborts the whole process when the disk fills
+        # (an error thrown in a C++ destructor); Python's write raises ENOSPC like any other
+        torch.jit.save(torch.jit.trace(module, example), buffer)
+    path.write_bytes(buffer.getvalue())
 
 
 def _run_torchscript(path: Path, x: torch.Tensor) -> torch.Tensor:
@@ -89,13 +108,120 @@ def _run_torchscript(path: Path, x: torch.Tensor) -> torch.Tensor:
         return torch.jit.load(str(path))(x)
 
 
+JOBS = ("network", "with_frontend")
+SET_SUFFIXES = (".onnx", ".pt")
+
+
+def set_files(stem: str, fmt: str, with_frontend: bool) -> dict[str, str]:
+    """The file names of one export set (the sidecar names exactly these)."""
+    suffix = ".onnx" if fmt == "onnx" else ".pt"
+    return {name: f"{stem}_{name}{suffix}" for name in JOBS[: 2 if with_frontend else 1]}
+
+
+def _belongs_to(stem: str, name: str) -> bool:
+    """Whether `name` is part of `stem`'s export set, of any format or age (a stale one included)."""
+    return name == f"{stem}.json" or any(name == f"{stem}_{job}{sfx}" for job in JOBS for sfx in SET_SUFFIXES)
+
+
+def _foreign_entries(folder: Path) -> list[str]:
+    """What in an existing export folder is not an export set: exporting there would have to carry it along."""
+    owned: set[str] = set()
+    for sidecar in folder.glob("*.json"):
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads(sidecar.read_text())
+            if isinstance(data, dict) and str(data.get("producer", "")).startswith("leak_lightning"):
+                owned |= {sidecar.name, *(f.get("file") for f in data.get("files", {}).values())}
+    return sorted(e.name for e in folder.iterdir() if not e.name.startswith(".") and e.name not in owned
+                  and not any(e.name.endswith(f"_{job}{sfx}") for job in JOBS for sfx in SET_SUFFIXES))
+
+
+def preflight(folder: Path, names: list[str], need_bytes: int) -> None:
+    """Everything that can be known before the slow export: one line naming the problem and the fix."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--output {folder} is a file, not a folder; give a folder for the exported files")
+    limit = name_max(folder if folder.is_dir() else folder.parent)
+    for name in [folder.name, *names]:
+        if len(os.fsencode(name)) > limit:
+            raise ValueError(f"--output {folder}: the name {name[:40]}… is {len(os.fsencode(name))} bytes, longer "
+                             f"than this file system takes ({limit}); use a shorter --output or checkpoint name")
+    if folder.is_dir() and (foreign := _foreign_entries(folder)):
+        raise ValueError(f"--output {folder} holds files that are not exports ({', '.join(foreign[:3])}"
+                         f"{', …' if len(foreign) > 3 else ''}); export into a folder of its own")
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        probe = temp_sibling(folder)
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as err:
+        raise ValueError(f"--output {folder}: cannot write there ({err.strerror or err}); choose another "
+                         "--output") from None
+    check_free_space(folder, need_bytes, "--output")
+
+
+@contextlib.contextmanager
+def staged_set(folder: Path, stem: str) -> Iterator[Path]:
+    """Yield a private staging folder to write one export set into; on success it replaces the set in
+    `folder` in one atomic step, carrying the folder's other sets along. After a kill at any point
+    `folder` holds the complete old contents or the complete new ones; the staging folder is removed."""
+    if not folder.exists() and (old := _orphan(folder)) is not None:
+        os.rename(old, folder)  # a fallback commit killed between its two renames: put the old folder back
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(folder.parent)
+    with FolderLock(folder.parent, "--output", name=f".{folder.name}.lock"):
+        stage = temp_sibling(folder)
+        stage.mkdir()
+        try:
+            yield stage
+            _commit(stage, folder, stem)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def _orphan(folder: Path) -> Path | None:
+    for old in folder.parent.glob(f".{folder.name}.old-*"):
+        pid = old.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            return old
+    return None
+
+
+def _commit(stage: Path, folder: Path, stem: str) -> None:
+    if not folder.exists():
+        os.rename(stage, folder)
+    else:
+        for entry in folder.iterdir():  # the other checkpoints' sets stay (hard links: no copy, same bytes)
+            if entry.name.startswith(".") or _belongs_to(stem, entry.name):
+                continue
+            try:
+                os.link(entry, stage / entry.name)
+            except OSError:
+                shutil.copy2(entry, stage / entry.name)
+        fsync_dir(stage)
+        if not exchange(stage, folder):  # no atomic swap here: two renames, undone at the next export if cut
+            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            os.rename(folder, old)
+            os.rename(stage, folder)
+            shutil.rmtree(old, ignore_errors=True)
+    fsync_dir(folder.parent)
+
+
+def _write_failed(err: Exception, folder: Path) -> ValueError:
+    reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+    return ValueError(f"--output {folder}: {reason} while writing the export; nothing was replaced (an earlier "
+                      "export there is intact); free some space or choose another --output")
+
+
 def export(ckpt_path: str | Path, fmt: str = "onnx", with_frontend: bool = False,
            output: str | Path | None = None) -> dict:
-    """Write the export(s) and the sidecar; return the sidecar (it names the files and their parity)."""
+    """Write the export(s) and the sidecar as one set; return the sidecar (it names the files and their parity)."""
     from .callbacks.checkpointing import read_checkpoint
     from .module import LeakClassifier
 
     ckpt_path = Path(ckpt_path)
+    folder = Path(output) if output else ckpt_path.parent.parent / "export"
+    names = set_files(ckpt_path.stem, fmt, with_frontend)
+    if folder.exists() and not folder.is_dir():  # before reading the checkpoint: the cheapest check first
+        preflight(folder, [], 0)
     ckpt, contract = read_checkpoint(ckpt_path)
     if fmt == "onnx":
         try:
@@ -105,16 +231,35 @@ def export(ckpt_path: str | Path, fmt: str = "onnx", with_frontend: bool = False
             raise ValueError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'leak_lightning[export]'"
                              ", or use --format torchscript") from None
     model = LeakClassifier.for_inference(ckpt, torch.device("cpu"))
+    weights = sum(p.numel() * p.element_size() for p in model.net.parameters())
+    preflight(folder, [*names.values(), f"{ckpt_path.stem}.json"], int(len(names) * weights * 1.5) + 2**20)
+    with staged_set(folder, ckpt_path.stem) as stage:
+        try:
+            files = _export_files(model, fmt, stage, names)
+        except (OSError, RuntimeError) as err:
+            if isinstance(err, OSError) or shutil.disk_usage(stage).free < 2**26:
+                raise _write_failed(err, folder) from err
+            raise
+        sidecar = _sidecar(ckpt_path, fmt, contract, model, files)
+        try:
+            write_atomic(stage / f"{ckpt_path.stem}.json", lambda f: json.dump(sidecar, f, indent=2))
+        except OSError as err:
+            raise _write_failed(err, folder) from err
+    for name, entry in files.items():
+        log.info("%s: %s, max |Δ| of logits against PyTorch %.2e (tolerance %.0e)", name, folder / entry["file"],
+                 entry["max_abs_diff"], entry["tolerance"])
+    log.info("sidecar: %s", folder / f"{ckpt_path.stem}.json", extra={"colour": "success"})
+    return sidecar
+
+
+def _export_files(model, fmt: str, stage: Path, names: dict[str, str]) -> dict:
     features = model.features
-    folder = Path(output) if output else ckpt_path.parent.parent / "export"
-    folder.mkdir(parents=True, exist_ok=True)
-    suffix = ".onnx" if fmt == "onnx" else ".pt"
     waves = example_waves(features)
     with torch.no_grad():
         segments = LogMelFrontend(features)(waves).half().float().reshape(-1, features.n_mels, features.t_frames)
     jobs = {"network": (model.net, segments, "segments", "logits", "(B, n_mels, T) float32 log-mel dB values",
                         "(B, C) logits; sigmoid gives class probabilities")}
-    if with_frontend:
+    if "with_frontend" in names:
         jobs["with_frontend"] = (WithFrontend(model.net, features).eval(), waves, "waveform", "segment_logits",
                                  f"(B, {features.num_samples}) float32 mono samples in [-1, 1] at "
                                  f"{features.sample_rate} Hz: clip-long windows",
@@ -122,7 +267,7 @@ def export(ckpt_path: str | Path, fmt: str = "onnx", with_frontend: bool = False
                                  "of sigmoid over S")
     files = {}
     for name, (module, example, in_name, out_name, in_doc, out_doc) in jobs.items():
-        path = folder / f"{ckpt_path.stem}_{name}{suffix}"
+        path = stage / names[name]
         with torch.no_grad():
             reference = module(example)
             if fmt == "onnx":
@@ -133,15 +278,16 @@ def export(ckpt_path: str | Path, fmt: str = "onnx", with_frontend: bool = False
                 loaded = _run_torchscript(path, example)
         delta = float((loaded - reference).abs().max())
         if not math.isfinite(delta) or delta > TOLERANCE[name]:
-            path.unlink(missing_ok=True)
-            raise ValueError(f"{path}: the exported {name} differs from PyTorch by {delta:.2e} (tolerance "
-                             f"{TOLERANCE[name]:.0e}); it was not kept")
-        log.info("%s: %s, max |Δ| of logits against PyTorch %.2e (tolerance %.0e)", name, path, delta,
-                 TOLERANCE[name])
+            raise ValueError(f"{names[name]}: the exported {name} differs from PyTorch by {delta:.2e} (tolerance "
+                             f"{TOLERANCE[name]:.0e}); it was not kept, and an earlier export is unchanged")
         files[name] = {"file": path.name, "input": {"name": in_name, "shape": in_doc},
                        "output": {"name": out_name, "shape": out_doc}, "max_abs_diff": delta,
                        "tolerance": TOLERANCE[name]}
-    sidecar = {
+    return files
+
+
+def _sidecar(ckpt_path: Path, fmt: str, contract, model, files: dict) -> dict:
+    return {
         "format_version": EXPORT_FORMAT, "producer": f"leak_lightning {__version__}", "checkpoint": str(ckpt_path),
         "format": fmt, "class_names": list(contract.class_names), "leak_class_name": contract.leak_class_name,
         "leak_index": list(contract.class_names).index(contract.leak_class_name),
@@ -150,14 +296,10 @@ def export(ckpt_path: str | Path, fmt: str = "onnx", with_frontend: bool = False
         "calibration": {"method": "platt", "a": float(model.calibration[0]), "b": float(model.calibration[1]),
                         "probability": "sigmoid(a * logit(clamp(s, 1e-4, 1 - 1e-4)) + b), s = the mean "
                                        "long-window leak probability"},
-        "feature_config": asdict(features), "files": files,
+        "feature_config": asdict(model.features), "files": files,
         "decision": "file leak = (vote: fraction of long windows with leak probability >= threshold reaches "
                     "vote_fraction) | (mean: mean long-window leak probability >= threshold)",
     }
-    path = folder / f"{ckpt_path.stem}.json"
-    write_atomic(path, lambda f: json.dump(sidecar, f, indent=2))
-    log.info("sidecar: %s", path, extra={"colour": "success"})
-    return sidecar
 
 
 class _Parser(argparse.ArgumentParser):

@@ -75,7 +75,7 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -92,7 +92,7 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
         return removed
     for path in folder.glob(f".*{TMP_MARK}*"):
         pid = path.name.rsplit(TMP_MARK, 1)[1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
             else:
@@ -117,13 +117,15 @@ def check_writable_file(path: Path, option: str, need_bytes: int = 0) -> None:
     except OSError as err:
         raise ValueError(f"{option} {path}: cannot write there ({err.strerror or err}); choose another "
                          "file or folder") from None
-    check_free_space(path.parent, need_bytes, option)
+    check_free_space(path, need_bytes, option)
 
 
-def check_free_space(folder: Path, need_bytes: int, option: str) -> None:
-    if need_bytes and (free := shutil.disk_usage(folder).free) < need_bytes:
-        raise ValueError(f"{option} {folder}: not enough free space (about {need_bytes / 2**20:.1f} MiB needed, "
-                         f"{free / 2**20:.1f} MiB free); free some space or choose another folder")
+def check_free_space(path: Path, need_bytes: int, option: str) -> None:
+    """`need_bytes` must fit on the file system that will hold `path` (made or not yet)."""
+    where = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if need_bytes and (free := shutil.disk_usage(where).free) < need_bytes:
+        raise ValueError(f"{option} {path}: not enough free space (about {need_bytes / 2**20:.1f} MiB needed, "
+                         f"{free / 2**20:.1f} MiB free); free some space or choose another place")
 
 
 _RENAME_EXCHANGE = 2

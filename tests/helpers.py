@@ -132,3 +132,26 @@ def run_paused_build(ready: str, argv: list[str], nth: int = 2) -> None:
     pipeline.BatchBuilder._finish = paused
     sys.argv = ["leak_lightning", "build", *argv]
     main(["build", *argv])
+
+
+def _hold(ready: str) -> None:
+    Path(ready).write_text(str(os.getpid()))
+    time.sleep(120)  # the test SIGKILLs us here
+
+
+def run_paused_export(ready: str, argv: list[str], where: str) -> None:
+    """`python -m leak_lightning export ARGV` that holds just before or just after its files are committed."""
+    from leak_lightning import export
+    from leak_lightning.cli import main
+
+    commit = export._commit
+
+    def paused(*args) -> None:
+        if where == "before":
+            _hold(ready)
+        commit(*args)
+        if where == "after":
+            _hold(ready)
+
+    export._commit = paused
+    main(["export", *argv])
