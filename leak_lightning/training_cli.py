@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from .contract import ModelContract
-from .fileio import remove_stale_temporaries
+from .fileio import check_writable_file, remove_stale_temporaries
 from .logs import LEVELS, process_rank, quiet_lightning, setup_logging
 from .rundir import DEFAULT_RUN_DIR, FolderLock, check_writable, checkpoint_dir
 
@@ -116,8 +116,13 @@ class LeakCLI(LightningCLI):
 
                     read_info(cfg["data"][key])  # raises: not found, with the fix
             self._claim(cfg, root)
-        if sub == "predict" and cfg.get("output"):
-            cfg["predictions"]["output"] = cfg["output"]
+        if sub == "predict":
+            if cfg.get("output"):
+                cfg["predictions"]["output"] = cfg["output"]
+            # the CSV's place is checked before any recording is scored, so no scoring is thrown away
+            check_writable_file(Path(cfg["predictions"]["output"] or Path(root) / "predictions.csv"), "--output")
+            if cfg["trainer"].get("logger") in (None, True):  # predict logs no metric: no empty lightning_logs/
+                cfg["trainer"]["logger"] = False
         if sub != "fit" and not cfg.get("ckpt_path"):
             cfg["ckpt_path"] = default_checkpoint(root, sub)
         if cfg.get("ckpt_path"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -55,8 +56,6 @@ def make_origin(root: Path, labels=("LEAK", "NORMAL"), per_label: int = 3) -> li
 @pytest.fixture
 def run_cli():
     """Run `python -m leak_lightning ARGS` in a fresh process; returns CompletedProcess."""
-    import subprocess
-
     def run(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
         env = {**os.environ, "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
         return subprocess.run([sys.executable, "-m", "leak_lightning", *map(str, args)], cwd=REPO,
@@ -107,6 +106,25 @@ def trained_run(small_h5, tmp_path_factory) -> Path:
           str(run), "--trainer.max_epochs", "2", "--data.batch_size", "512", "--console.log_file", "null"])
     assert (run / "checkpoints" / "best.ckpt").is_file()
     return run
+
+
+@pytest.fixture
+def mount(tmp_path):
+    """Mount a tmpfs with the given options (a real read-only or full file system); root only."""
+    mounted = []
+
+    def make(options: str) -> Path:
+        point = tmp_path / f"mnt{len(mounted)}"
+        point.mkdir()
+        if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
+                                               capture_output=True).returncode:
+            pytest.skip("mounting a tmpfs needs root")
+        mounted.append(point)
+        return point
+
+    yield make
+    for point in mounted:
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)
 
 
 def cli_exit(capsys, *args: str) -> tuple[int, str]:

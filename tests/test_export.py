@@ -125,25 +125,6 @@ def test_a_name_too_long_is_one_line_before_exporting(ckpt, tmp_path, capsys):
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
 
 
-@pytest.fixture
-def mount(tmp_path):
-    """Mount a tmpfs with the given options (a real read-only or full file system); root only."""
-    mounted = []
-
-    def make(options: str) -> Path:
-        point = tmp_path / f"mnt{len(mounted)}"
-        point.mkdir()
-        if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
-                                               capture_output=True).returncode:
-            pytest.skip("mounting a tmpfs needs root")
-        mounted.append(point)
-        return point
-
-    yield make
-    for point in mounted:
-        subprocess.run(["umount", "-l", str(point)], capture_output=True)
-
-
 def test_a_read_only_file_system_is_one_line_before_exporting(ckpt, mount, capsys):
     point = mount("ro,size=1m")
     line = one_error(*cli_exit(capsys, "export", "--ckpt_path", ckpt, "--output", point / "export"))

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 import soundfile as sf
-from conftest import REPO, data_args, tone, write_wav
+from conftest import REPO, cli_exit, data_args, one_error, tone, write_wav
 
 from leak_lightning.cli import main
 
@@ -57,3 +57,34 @@ def test_a_list_of_recordings(small_h5, trained_run, tmp_path):
     rows = predict(small_h5, trained_run, listing, tmp_path / "run")
     assert rows[str(a)]["status"] == "ok" and rows[str(b)]["status"] == "ok"
     assert rows[str(tmp_path / "missing.wav")]["status"].startswith("skipped: cannot read file")
+
+
+def test_the_csv_place_is_checked_before_scoring_and_a_long_name_works(small_h5, trained_run, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "wavs"
+    write_wav(folder / "good.wav", tone(500, 10, 4096))
+    run = tmp_path / "run"
+    shutil.copytree(trained_run / "checkpoints", run / "checkpoints")
+    args = ["predict", "--ckpt_path", str(run / "checkpoints/best.ckpt"), "--data.predict_path", str(folder),
+            "--console.log_file", "null"]
+    (tmp_path / "taken").mkdir()
+    code, err = cli_exit(capsys, *args, "--output", str(tmp_path / "taken"))
+    assert f"--output {tmp_path / 'taken'} is a folder" in one_error(code, err) and "predicted" not in err
+    long = tmp_path / "out" / ("p" * 246 + ".csv")  # legal (250 bytes); its temporary name was not
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / ".predictions.csv.tmp-99999999").write_text("left by a killed predict")  # no such process
+    main([*args, "--output", str(long)])
+    rows = list(csv.DictReader(long.open(encoding="utf-8")))
+    assert [r["path"] for r in rows] == ["good.wav"] and rows[0]["status"] == "ok"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [long.name]  # the stale temporary went too
+    assert not (run / "lightning_logs").exists()  # nothing to log: no empty version folder
+
+
+def test_a_read_only_place_for_the_csv_is_one_line_before_scoring(small_h5, trained_run, tmp_path, capsys, mount):
+    point = mount("ro,size=1m")
+    write_wav(tmp_path / "wavs" / "good.wav", tone(500, 10, 4096))
+    code, err = cli_exit(capsys, "predict", "--ckpt_path", str(trained_run / "checkpoints/best.ckpt"),
+                         "--data.predict_path", str(tmp_path / "wavs"), "--output", str(point / "p.csv"),
+                         "--trainer.default_root_dir", str(tmp_path / "run"), "--console.log_file", "null")
+    assert "cannot write there (Read-only file system)" in one_error(code, err) and "predicted" not in err
