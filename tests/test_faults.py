@@ -99,6 +99,7 @@ def test_a_full_disk_is_one_line_and_the_old_dataset_survives(tmp_path, tmpfs):
     line = one_error(r.returncode, r.stderr)
     assert "No space left on device while writing the dataset" in line
     assert build_snapshot(out) == before and not [p for p in out.iterdir() if ".tmp-" in p.name]
+    assert not (out / ".lock").exists()  # the lock goes with the build, however it ends
     (tmpfs / "filler").unlink()
     out2 = tmpfs / "out2"
     (tmpfs / "filler").write_bytes(b"\0" * (shutil.disk_usage(tmpfs).free - 300_000))
