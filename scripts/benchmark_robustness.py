@@ -3,6 +3,11 @@ for a model trained with and without augmentation, side by side in one run.
 
     python scripts/benchmark_robustness.py --workdir /tmp/robust
     python scripts/benchmark_robustness.py --workdir /tmp/robust --train-files 200 --test-files 200 --seeds 0 1
+    python scripts/benchmark_robustness.py --train-files 60 --test-files 40 --epochs 12 --train-seeds 0 1 2
+
+Whether augmentation helps is a claim about training, so it is measured over training seeds
+(`--train-seeds`: each trains both models with that `seed_everything`): the last table gives, per
+condition, F1 with minus F1 without augmentation for each training seed, their median and range.
 
 Corpora and trained runs are kept in the workdir under names that carry their settings (corpus size,
 epochs, patience, extra options), so a re-run reuses only what matches.
@@ -59,9 +64,9 @@ def train_h5(work: Path, args) -> Path:
     return work / f"train_h5_{args.train_files}"
 
 
-def train(work: Path, args, augmented: bool) -> Path:
+def train(work: Path, args, augmented: bool, seed: int = 0) -> Path:
     extra = f"_{hashlib.sha1(' '.join(args.extra).encode()).hexdigest()[:8]}" if args.extra else ""
-    settings = f"{args.train_files}_e{args.epochs}_p{args.patience}{extra}"
+    settings = f"{args.train_files}_e{args.epochs}_p{args.patience}{extra}{f'_s{seed}' if seed else ''}"
     run = work / f"run_{'augmented' if augmented else 'plain'}_{settings}"
     if (run / "checkpoints" / "best.ckpt").is_file() and not args.retrain:
         return run / "checkpoints" / "best.ckpt"
@@ -71,7 +76,7 @@ def train(work: Path, args, augmented: bool) -> Path:
     t0 = time.perf_counter()
     cli(["fit", "--config", str(REPO / "configs/demo.yaml"), *data, f"--trainer.default_root_dir={run}",
          f"--trainer.max_epochs={args.epochs}", f"--early_stopping.patience={args.patience}", "--overwrite=true",
-         "--console.log_file=null", "--trainer.enable_progress_bar=false", *args.extra,
+         "--console.log_file=null", "--trainer.enable_progress_bar=false", f"--seed_everything={seed}", *args.extra,
          *([] if augmented else AUGMENTATION_OFF)])
     log.info("trained %s in %.0f s", run.name, time.perf_counter() - t0)
     return run / "checkpoints" / "best.ckpt"
@@ -104,6 +109,8 @@ def main() -> None:
     ap.add_argument("--train-files", type=int, default=100, help="training corpus: recordings per class")
     ap.add_argument("--test-files", type=int, default=100, help="per condition: recordings per class (x5 classes)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="test corpora seeds (the spread is printed)")
+    ap.add_argument("--train-seeds", type=int, nargs="+", default=[0],
+                    help="training seeds: both models are trained once per seed (the gain's range is printed)")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--patience", type=int, default=8)
     ap.add_argument("--retrain", action="store_true", help="train again even if the runs exist")
@@ -118,15 +125,17 @@ def main() -> None:
         make_dataset(wav, layout="origin", files_per_label=args.train_files,
                      sensors_per_label=max(12, args.train_files // 5), seed=0)
         build_dataset(wav, train_h5(work, args), overwrite=True, progress=False)
-    detectors = {kind: LeakDetector.from_checkpoint(train(work, args, kind == "with"), device="cpu")
-                 for kind in ("without", "with")}
     table: dict[str, dict[str, list[dict]]] = {}
-    for name in CONDITIONS:
-        for seed in args.seeds:
-            recordings = corpus(work, name, seed, args.test_files)
-            for kind, det in detectors.items():
-                table.setdefault(name, {}).setdefault(kind, []).append(score(det, recordings))
-        print(f"  scored {name}", file=sys.stderr, flush=True)
+    for train_seed in args.train_seeds:
+        detectors = {kind: LeakDetector.from_checkpoint(train(work, args, kind == "with", train_seed), device="cpu")
+                     for kind in ("without", "with")}
+        for name in CONDITIONS:
+            for seed in args.seeds:
+                recordings = corpus(work, name, seed, args.test_files)
+                for kind, det in detectors.items():
+                    row = {**score(det, recordings), "train_seed": train_seed}
+                    table.setdefault(name, {}).setdefault(kind, []).append(row)
+            print(f"  scored {name} (training seed {train_seed})", file=sys.stderr, flush=True)
     report(table, args)
 
 
@@ -135,7 +144,8 @@ def report(table: dict, args) -> None:
         return statistics.median(r[key] for r in rows)
 
     files = table["in-domain"]["with"][0]["files"]
-    print(f"\nfile-level leak detection, {files} recordings per condition, median of seeds {args.seeds}")
+    print(f"\nfile-level leak detection, {files} recordings per condition, median over test seeds {args.seeds} "
+          f"and training seeds {args.train_seeds}")
     print(f"{'condition':22s} | {'without augmentation':^34s} | {'with augmentation':^34s} | F1 spread over")
     print(f"{'':22s} | {'F1':>6s} {'P':>6s} {'R':>6s} {'AUROC':>6s} {'ECE':>6s} | "
           f"{'F1':>6s} {'P':>6s} {'R':>6s} {'AUROC':>6s} {'ECE':>6s} | seeds: w/o, with")
@@ -151,6 +161,15 @@ def report(table: dict, args) -> None:
         worst = max(worst, base["with"] - med(kinds["with"], "f1"))
     print(f"\nwith augmentation: the largest F1 drop from in-domain is {worst:.3f} (target <= 0.05); "
           f"in-domain F1 {base['with']:.3f} with, {base['without']:.3f} without (target: not lower)")
+    print(f"\nF1 with minus F1 without augmentation, per training seed {args.train_seeds} (median over the test "
+          "seeds): median [min, max]")
+    for name, kinds in table.items():
+        gains = []
+        for seed in args.train_seeds:
+            f1 = {k: statistics.median(r["f1"] for r in kinds[k] if r["train_seed"] == seed) for k in kinds}
+            gains.append(f1["with"] - f1["without"])
+        print(f"{name:22s} | {statistics.median(gains):+.3f} [{min(gains):+.3f}, {max(gains):+.3f}] | "
+              + " ".join(f"{g:+.3f}" for g in gains))
 
 
 if __name__ == "__main__":
