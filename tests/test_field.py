@@ -175,6 +175,23 @@ def test_reports_have_plots(tested):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000, name
 
 
+def test_the_report_names_its_set_and_a_new_report_drops_files_it_does_not_name(small_h5, tested, tmp_path):
+    import hashlib
+
+    run = tmp_path / "run"
+    shutil.copytree(tested, run)
+    report = json.loads((run / "test_report.json").read_text())
+    assert sorted(report["outputs"]) == ["test_confusion.png", "test_f1_threshold.png", "test_pr_roc.png",
+                                         "test_predictions.csv", "test_scores.png"]
+    for name, digest in report["outputs"].items():
+        assert hashlib.sha256((run / name).read_bytes()).hexdigest() == digest, name
+    main(["test", "--config", str(REPO / "configs/demo.yaml"), *data_args(small_h5), "--trainer.default_root_dir",
+          str(run), "--console.log_file", "null", "--reports.plots", "false"])
+    report = json.loads((run / "test_report.json").read_text())
+    assert list(report["outputs"]) == ["test_predictions.csv"]
+    assert sorted(p.name for p in run.glob("test_*")) == ["test_predictions.csv", "test_report.json"]
+
+
 def test_tensorboard_by_default_with_step_loss_lr_and_hp_metric(small_h5, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

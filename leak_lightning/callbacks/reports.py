@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
-from ..fileio import write_atomic
+from ..fileio import file_digest, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -60,20 +60,33 @@ class ReportWriter(L.Callback):
                   # recordings of this split that were in the model's training split (null: unknown)
                   "seen_in_training": trainer.datamodule.seen_in_training.get(stage),
                   "metrics": metrics}
-        path = run_dir / f"{name}_report.json"
-        write_atomic(path, lambda f: json.dump(report, f, indent=2))
-        self._log_table(stage, metrics, module.hparams.class_names, info.num_files)
-        log.info("%s report: %s", name, path, extra={"colour": "success"})
+        # The report is written last and names the digest of every file of its set (the per-file CSV,
+        # the plots): several files cannot be renamed in one step, so after a kill part-way the report
+        # still says which files are its own (`"outputs"`), and files of an earlier set it does not
+        # name are removed once it is in place.
+        outputs: dict[str, str] = {}
         if self.per_file_csv:
             csv_path = run_dir / f"{name}_predictions.csv"
             write_atomic(csv_path, lambda f: self._write_csv(f, trainer.datamodule.file_paths(stage),
                                                              results, module.hparams.class_names))
-            log.info("per-file results: %s", csv_path)
+            outputs[csv_path.name] = file_digest(csv_path)
         if self.plots and len(results["files"]):
-            self._plot(trainer, module, results, stage, name, run_dir)
+            outputs.update({p.name: file_digest(p) for p in self._plot(trainer, module, results, stage, run_dir, name)})
+        report["outputs"] = outputs
+        path = run_dir / f"{name}_report.json"
+        write_atomic(path, lambda f: json.dump(report, f, indent=2))
+        for stale in [run_dir / f"{name}_predictions.csv", *run_dir.glob(f"{name}_*.png")]:
+            if stale.name not in outputs:
+                stale.unlink(missing_ok=True)
+        self._log_table(stage, metrics, module.hparams.class_names, info.num_files)
+        log.info("%s report: %s", name, path, extra={"colour": "success"})
+        if self.per_file_csv:
+            log.info("per-file results: %s", run_dir / f"{name}_predictions.csv")
+        if len(outputs) > self.per_file_csv:
+            log.info("plots: %s", ", ".join(str(run_dir / n) for n in outputs if n.endswith(".png")))
 
     @staticmethod
-    def _plot(trainer, module, results: dict, stage: str, name: str, run_dir: Path) -> None:
+    def _plot(trainer, module, results: dict, stage: str, run_dir: Path, name: str) -> list[Path]:
         from lightning.pytorch.loggers import TensorBoardLogger
 
         from .. import plots
@@ -86,7 +99,7 @@ class ReportWriter(L.Callback):
             if isinstance(logger, TensorBoardLogger):
                 for key, fig in figures.items():
                     logger.experiment.add_figure(f"{stage}/{key}", fig, global_step=trainer.global_step, close=False)
-        log.info("plots: %s", ", ".join(str(p) for p in paths))
+        return paths
 
     @staticmethod
     def _write_csv(f, paths: list[str], results: dict, names: list[str]) -> None:
