@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict
 
-import numpy as np
 import pytest
 import torch
 from conftest import REPO, data_args
