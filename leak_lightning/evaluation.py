@@ -33,6 +33,16 @@ def file_decisions(windows: torch.Tensor, thresholds: torch.Tensor, mode: Aggreg
     return windows.mean(dim=-1)[None] >= t[:, None]
 
 
+def decision_basis(windows: torch.Tensor, threshold: float, mode: Aggregation,
+                   vote_fraction: float = 0.5) -> tuple[torch.Tensor, float]:
+    """(F, L) windows → the (F,) numbers the decisions are made from and the cutoff they are compared with:
+    vote: the fraction of windows at or above the threshold against `vote_fraction`; mean: the mean
+    window against the threshold. A file is a leak when its number reaches the cutoff."""
+    if mode == "vote":
+        return (windows >= threshold).float().mean(dim=-1), float(vote_fraction)
+    return windows.mean(dim=-1), float(threshold)
+
+
 def f1_per_threshold(decisions: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     """(K, F) decisions, (F,) bool truth → (K,) F1 (0 where it is undefined)."""
     truth = truth.bool()[None]

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .contract import SECTION, ModelContract
-from .evaluation import Aggregation, calibrate, file_decisions
+from .evaluation import Aggregation, calibrate, decision_basis, file_decisions
 from .features import FeatureConfig, LogMelFrontend
 from .models import LeakCNN
 from .models.augment import Augmentation, SpectrumAugment
@@ -305,12 +305,15 @@ class LeakClassifier(EvaluationSteps, L.LightningModule):
         windows, class_probs = self.score_windows(wave)
         return {"owner": owner, "index": index, "silent": silent, "windows": windows, "class_probs": class_probs}
 
-    def decide_recording(self, windows: torch.Tensor) -> tuple[float, float, bool]:
+    def decide_recording(self, windows: torch.Tensor) -> tuple[float, float, bool, float, float]:
         """All long-window leak probabilities of one recording → (mean score, calibrated leak probability,
-        leak decision)."""
+        leak decision, the number the decision was made from, the cutoff it was compared with)."""
         flat = windows.reshape(1, -1)
         score = flat.mean()
-        return float(score), float(calibrate(score, *self.calibration.tolist())), bool(self._decide(flat)[0])
+        basis, cutoff = decision_basis(flat, float(self.threshold), self.hparams.aggregation,
+                                       self.hparams.vote_fraction)
+        return (float(score), float(calibrate(score, *self.calibration.tolist())), bool(basis[0] >= cutoff),
+                float(basis[0]), cutoff)
 
     def _decide(self, windows: torch.Tensor) -> torch.Tensor:
         return file_decisions(windows, self.threshold[None], self.hparams.aggregation,

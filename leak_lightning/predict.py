@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from .audio.decode import SILENT, ClipSpec, WindowReader, WindowSource, reason_of
+from .audio.decode import BAND_LIMITED, SILENT, ClipSpec, WindowReader, WindowSource, reason_of
 from .audio.scan import printable
 from .fileio import write_atomic
 
@@ -29,7 +29,9 @@ class Prediction:
     """The answer for one recording.
 
     status: "ok"; "flagged" (scored, but see `quality`); "silent" (no signal in any window: no score,
-    no decision: a dead sensor is not a healthy pipe); "skipped: <reason>" (could not be decoded).
+    no decision: a dead sensor is not a healthy pipe); "unscored: <reason>" (decoded, but its score is
+    not a number: no decision); "skipped: <reason>" (could not be decoded, or recorded at a rate too
+    low for the frontend's band: quality `band_limited`).
     """
 
     path: str
@@ -41,6 +43,11 @@ class Prediction:
     window_scores: list[float] = field(default_factory=list)  # leak score per clip-long window (NaN: silent)
     quality: tuple[str, ...] = ()
     windows: int = 0
+    # what `leak` was decided from: leak = decision_score >= decision_cutoff (vote: the fraction of
+    # windows whose leak probability reaches the threshold, against the vote fraction; mean: the
+    # mean window against the threshold)
+    decision_score: float | None = None
+    decision_cutoff: float | None = None
 
     @property
     def top_class(self) -> str | None:
@@ -52,7 +59,8 @@ def summarise(path: str, scored: list[tuple[int, bool, torch.Tensor, torch.Tenso
     """(window index, silent, long-window leak probabilities (L,), class probabilities (C,)) per window
     of one recording → its Prediction. Silent windows take no part in the decision."""
     if reason is not None:
-        return Prediction(path, f"skipped: {reason}")
+        limited = (BAND_LIMITED,) if reason.startswith(BAND_LIMITED) else ()
+        return Prediction(path, f"skipped: {reason}", quality=limited)
     scored = sorted(scored, key=lambda r: r[0])
     quality = tuple(sorted(flags))
     live = [(w, c) for _, silent, w, c in scored if not silent]
@@ -60,22 +68,28 @@ def summarise(path: str, scored: list[tuple[int, bool, torch.Tensor, torch.Tenso
     if not live:
         return Prediction(path, "silent", quality=quality or (SILENT,), window_scores=window_scores,
                           windows=len(scored))
-    score, probability, leak = model.decide_recording(torch.stack([w for w, _ in live]))
+    score, probability, leak, basis, cutoff = model.decide_recording(torch.stack([w for w, _ in live]))
+    if not (math.isfinite(score) and math.isfinite(probability)):  # NaN compares as "no leak": never a decision
+        return Prediction(path, "unscored: the score is not a number (the samples overflow the frontend; a float "
+                                "file scaled far beyond ±1?)", quality=quality, window_scores=window_scores,
+                          windows=len(scored))
     classes = torch.stack([c for _, c in live]).mean(0).tolist()
     return Prediction(path, "flagged" if quality else "ok", probability, leak, score,
-                      dict(zip(model.hparams.class_names, classes)), window_scores, quality, len(scored))
+                      dict(zip(model.hparams.class_names, classes)), window_scores, quality, len(scored), basis, cutoff)
 
 
 def write_csv(path: Path, predictions: list[Prediction], class_names: list[str]) -> None:
     def write(f) -> None:
         w = csv.writer(f)
         w.writerow(["path", "status", "quality", "windows", "leak_score", "leak_probability", "leak_decision",
-                    "top_class", *[f"score_{n}" for n in class_names], "window_leak_scores"])
+                    "decision_score", "decision_cutoff", "top_class", *[f"score_{n}" for n in class_names],
+                    "window_leak_scores"])
         for p in predictions:
             scored = p.leak_probability is not None
             w.writerow([p.path, p.status, ";".join(p.quality) or ("ok" if scored else ""), p.windows,
                         f"{p.leak_score:.6f}" if scored else "", f"{p.leak_probability:.6f}" if scored else "",
-                        int(p.leak) if scored else "",
+                        int(p.leak) if scored else "", f"{p.decision_score:.6f}" if scored else "",
+                        f"{p.decision_cutoff:.6f}" if scored else "",
                         p.top_class or "", *[f"{p.class_scores[n]:.6f}" if scored else "" for n in class_names],
                         ";".join("" if math.isnan(s) else f"{s:.4f}" for s in p.window_scores)])
 
@@ -121,11 +135,11 @@ class PredictionWriter(BasePredictionWriter):
         path.parent.mkdir(parents=True, exist_ok=True)
         write_csv(path, self.predictions, pl_module.hparams.class_names)
         counts = {s: sum(p.status.split(":")[0] == s for p in self.predictions)
-                  for s in ("ok", "flagged", "silent", "skipped")}
-        log.info("predicted %d recordings: %d leak, %d ok, %d flagged, %d silent, %d skipped (threshold %.2f): %s",
-                 len(self.predictions), sum(bool(p.leak) for p in self.predictions), counts["ok"],
-                 counts["flagged"], counts["silent"], counts["skipped"], float(pl_module.threshold), path,
-                 extra={"colour": "success"})
+                  for s in ("ok", "flagged", "silent", "unscored", "skipped")}
+        log.info("predicted %d recordings: %d leak, %d ok, %d flagged, %d silent, %d unscored, %d skipped "
+                 "(threshold %.2f): %s", len(self.predictions), sum(bool(p.leak) for p in self.predictions),
+                 counts["ok"], counts["flagged"], counts["silent"], counts["unscored"], counts["skipped"],
+                 float(pl_module.threshold), path, extra={"colour": "success"})
 
 
 class LeakDetector:
@@ -176,6 +190,10 @@ class LeakDetector:
         """One recording file (any format libsndfile reads), cut into clip-long windows."""
         return self._run(printable(path), WindowReader(path, self.spec))
 
-    def predict_array(self, samples: np.ndarray, sample_rate: int, name: str = "<array>") -> Prediction:
-        """Samples (N,) or (N, channels), floats in [-1, 1], at `sample_rate` (resampled as files are)."""
-        return self._run(name, WindowReader(WindowSource(samples, sample_rate), self.spec))
+    def predict_array(self, samples: np.ndarray, sample_rate: int, name: str = "<array>",
+                      channel_axis: int | None = None) -> Prediction:
+        """Samples at `sample_rate` (resampled as files are): (N,), or 2-D with a channel axis of at most
+        16 channels, either way round ((N, 2) or (2, N); `channel_axis` where both readings fit); floats in
+        [-1, 1] or integer PCM (scaled by its type's range, as a WAV file's). A shape or dtype that cannot
+        be samples raises ValueError."""
+        return self._run(name, WindowReader(WindowSource(samples, sample_rate, channel_axis), self.spec))

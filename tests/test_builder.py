@@ -187,7 +187,7 @@ def test_label_folder_without_wavs_is_an_error(tmp_path, capsys):
     make_pool(tmp_path / "in", sensors=3, per_sensor=1)
     (tmp_path / "in" / "EMPTY").mkdir()
     code, err = cli_exit(capsys, "build", "--input", tmp_path / "in", "--output", tmp_path / "out")
-    assert code == 2 and "EMPTY: label folder holds no .wav files" in err
+    assert code == 2 and "EMPTY: label folder holds no audio files" in err
     assert no_outputs(tmp_path / "out")
 
 
@@ -357,3 +357,37 @@ def test_quality_odd_entries_and_undecodable_names_in_a_build(tmp_path):
     assert "caf\\xe9.wav" in names and "scaled.wav" in names and "dead.wav" not in names
     assert summary.files["TRAINING"] == 2 * 2 + 3  # the good ones, the flagged two and café
     assert (d["seg"] > -200).any(axis=(1, 2, 3, 4)).all()  # no all-silence row
+
+
+def test_build_reads_what_predict_reads_and_keeps_only_what_fit_accepts(tmp_path):
+    """Every audio file is a row or a listed skip; a band-limited recording is skipped; a file scaled so
+    far beyond ±1 that fit would refuse its features is skipped, not kept (the split then loads)."""
+    import soundfile as sf
+
+    from leak_lightning.data.h5 import load_segments, read_info
+
+    make_origin(tmp_path / "in", per_label=2)
+    leak = tmp_path / "in" / "TRAINING" / "LEAK"
+    x = tone(500, 10, 4096)
+    for fmt, name in (("FLAC", "a.flac"), ("OGG", "b.ogg")):
+        sf.write(leak / name, x, 4096, format=fmt)
+    sf.write(leak / "c.mp3", tone(500, 10, 8000), 8000, format="MP3")  # MPEG takes 8 kHz and up
+    for rate in (1000, 2000, 3686, 3687):  # 90 % of the features' 2048 Hz needs 3,687 Hz
+        write_wav(leak / f"r{rate}.wav", tone(300, 10, rate), sr=rate)
+    write_wav(leak / "scaled.wav", x * 32767, subtype="FLOAT")  # wrongly scaled but representable: kept
+    write_wav(leak / "huge.wav", x * 2.0**31, subtype="FLOAT")  # 159..217 dB: beyond what fit accepts
+    rifx = leak / "rifx.wav"
+    sf.write(rifx, x, 4096, subtype="PCM_16", format="WAV", endian="BIG")
+    assert rifx.read_bytes()[:4] == b"RIFX"
+    rifx.write_bytes(rifx.read_bytes()[:30000])
+    summary = build_dataset(tmp_path / "in", tmp_path / "out", progress=False)
+    skipped = {r["path"].split("/")[-1]: r["reason"] for r in summary.skipped}
+    assert set(skipped) == {"r1000.wav", "r2000.wav", "r3686.wav", "huge.wav", "rifx.wav"}, skipped
+    assert skipped["r2000.wav"].startswith("band_limited: recorded at 2000 Hz, so nothing above 1000 Hz")
+    assert "beyond the frontend's range" in skipped["huge.wav"] and "rescale" in skipped["huge.wav"]
+    assert skipped["rifx.wav"].startswith("truncated")
+    info = read_info(tmp_path / "out" / NAMES[0])
+    rows = read_split(info.path)["paths"]
+    assert {p.split("/")[-1] for p in rows} >= {"a.flac", "b.ogg", "c.mp3", "r3687.wav", "scaled.wav"}
+    assert [f["path"].split("/")[-1] for f in summary.flagged] == ["scaled.wav"]
+    load_segments(info)  # what build kept, fit accepts

@@ -232,3 +232,63 @@ def test_help_version_and_the_bf16_warning(small_h5, tmp_path, capsys):
           str(tmp_path), "--trainer.fast_dev_run", "true", "--trainer.precision", "bf16-mixed", "--trainer.accelerator",
           "cpu", "--data.batch_size", "256"])
     assert "--trainer.precision bf16-mixed on a CPU runs about 20x slower" in capsys.readouterr().err
+
+
+def test_arrays_as_people_hold_them(tested):
+    det = LeakDetector.from_checkpoint(tested / "checkpoints/best.ckpt", device="cpu")
+    x = tone(500, 10, 4096, seed=4)
+    want = det.predict_array(x, 4096)
+    pcm = np.round(x * 32767).astype(np.int16)  # what a WAV file holds, as read with dtype int16
+    as_int = det.predict_array(pcm, 4096)
+    assert as_int.status == "ok" and as_int.quality == ()  # not out_of_range: scaled by the type's range
+    assert as_int.leak_score == pytest.approx(want.leak_score, abs=1e-3) and as_int.leak == want.leak
+    pair = np.stack([x, x])  # (2, N): channels first
+    assert det.predict_array(pair, 4096).leak_score == pytest.approx(want.leak_score, abs=1e-6)
+    assert det.predict_array(pair.T, 4096).leak_score == pytest.approx(want.leak_score, abs=1e-6)
+    with pytest.raises(ValueError, match=r"read either as 40 frames of 40 channels or as 40 frames of 40 "
+                                         r"channels; pass channel_axis"):
+        det.predict_array(np.ones((40, 40), dtype=np.float32), 4096)
+    taken = det.predict_array(np.tile(x[:, None], (1, 20)), 4096, channel_axis=1)  # 20 channels, said so
+    assert taken.leak_score == pytest.approx(want.leak_score, abs=1e-5)
+    with pytest.raises(ValueError, match="dtype"):
+        det.predict_array(np.array(["a", "b"]), 4096)
+
+
+def test_no_decision_for_what_the_model_cannot_hear(tested, tmp_path):
+    det = LeakDetector.from_checkpoint(tested / "checkpoints/best.ckpt", device="cpu")
+    for rate in (1000, 2000, 3686):  # the features span 0..2048 Hz: 90 % of it needs 3,687 Hz or more
+        r = det.predict(write_wav(tmp_path / f"r{rate}.wav", tone(300, 10, rate), sr=rate))
+        assert r.status.startswith(f"skipped: band_limited: recorded at {rate} Hz") and r.leak is None, r.status
+        assert r.quality == ("band_limited",) and r.leak_score is None
+    edge = det.predict(write_wav(tmp_path / "r3687.wav", tone(300, 10, 3687), sr=3687))
+    assert edge.status == "ok" and isinstance(edge.leak, bool)
+    huge = det.predict(write_wav(tmp_path / "huge.wav", tone(500, 10, 4096) * 3e37, subtype="FLOAT"))
+    assert huge.status.startswith("unscored: the score is not a number") and huge.leak is None
+    assert huge.leak_probability is None and "out_of_range" in huge.quality
+    main(["predict", "--ckpt_path", str(tested / "checkpoints/best.ckpt"), "--data.predict_path", str(tmp_path),
+          "--output", str(tmp_path / "p.csv"), "--console.log_file", "null"])
+    rows = rows_of(tmp_path / "p.csv")
+    assert rows["huge.wav"]["leak_decision"] == "" and rows["r1000.wav"]["leak_decision"] == ""
+    assert rows["r1000.wav"]["quality"] == "band_limited"
+    scored = [r for r in rows.values() if r["leak_decision"]]
+    assert scored
+    for row in scored:  # the row shows the number the decision was made from and its cutoff
+        assert row["leak_decision"] == str(int(float(row["decision_score"]) >= float(row["decision_cutoff"])))
+        assert float(row["decision_cutoff"]) == det.model.hparams.vote_fraction
+
+
+@pytest.mark.parametrize("aggregation, threshold, want", [("vote", 0.5, (0.4, 0.5, False)),
+                                                          ("vote", 0.1, (1.0, 0.5, True)),
+                                                          ("mean", 0.4, (0.42, 0.4, True)),
+                                                          ("mean", 0.5, (0.42, 0.5, False))])
+def test_the_decision_and_its_basis_by_hand(aggregation, threshold, want):
+    from dataclasses import asdict
+
+    from leak_lightning.features import FeatureConfig
+    from leak_lightning.module import LeakClassifier
+
+    model = LeakClassifier(2, ["LEAK", "NORMAL"], asdict(FeatureConfig()), aggregation=aggregation)
+    model.threshold.fill_(threshold)
+    windows = torch.tensor([0.9, 0.9, 0.1, 0.1, 0.1])  # mean 0.42; 2 of 5 windows at or above 0.5
+    score, _, leak, basis, cutoff = model.decide_recording(windows)
+    assert score == pytest.approx(0.42) and (basis, cutoff) == pytest.approx(want[:2]) and leak is want[2]

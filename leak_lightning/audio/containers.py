@@ -29,16 +29,17 @@ def _frames(data_size: int, block_align: int) -> int | None:
     return data_size // block_align if block_align > 0 else None
 
 
-def _riff(f: BinaryIO, size: int, rf64: bool) -> Header | None:
-    """RIFF/WAVE and RF64/BW64: little-endian chunks; RF64 keeps the 64-bit data size in `ds64`."""
+def _riff(f: BinaryIO, size: int, rf64: bool, order: str = "<") -> Header | None:
+    """RIFF/WAVE and RF64/BW64: little-endian chunks; RF64 keeps the 64-bit data size in `ds64`.
+    RIFX is the same layout big-endian (order ">")."""
     pos, block_align, ds64_data = 12, 0, None
     while pos + 8 <= size:
         f.seek(pos)
-        chunk_id, chunk_size = struct.unpack("<4sI", f.read(8))
+        chunk_id, chunk_size = struct.unpack(f"{order}4sI", f.read(8))
         if chunk_id == b"ds64" and chunk_size >= 16:
-            ds64_data = struct.unpack("<QQ", f.read(16))[1]
+            ds64_data = struct.unpack(f"{order}QQ", f.read(16))[1]
         elif chunk_id == b"fmt " and chunk_size >= 14:
-            block_align = struct.unpack("<HHIIH", f.read(14))[4]
+            block_align = struct.unpack(f"{order}HHIIH", f.read(14))[4]
         elif chunk_id == b"data":
             present = size - pos - 8
             if rf64 and chunk_size == _UNKNOWN32 and ds64_data is not None:
@@ -100,6 +101,8 @@ def read_header(path: str | Path) -> Header | None:
         try:
             if head[:4] in (b"RIFF", b"RF64", b"BW64") and head[8:12] == b"WAVE":
                 return _riff(f, size, rf64=head[:4] != b"RIFF")
+            if head[:4] == b"RIFX" and head[8:12] == b"WAVE":
+                return _riff(f, size, rf64=False, order=">")
             if head[:4] == b"riff" and len(head) == 16:
                 return _w64(f, size)
             if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):

@@ -24,8 +24,13 @@ import soundfile as sf
 
 from .containers import read_header
 
-SILENT, CLIPPED, OUT_OF_RANGE, TRUNCATED, PARTLY_SILENT = (
-    "silent", "clipped", "out_of_range", "truncated", "partly_silent")
+SILENT, CLIPPED, OUT_OF_RANGE, TRUNCATED, PARTLY_SILENT, BAND_LIMITED = (
+    "silent", "clipped", "out_of_range", "truncated", "partly_silent", "band_limited")
+# A recording must carry at least this share of the frontend's top frequency below its own Nyquist
+# frequency: with the defaults (f_max 2048 Hz) a rate of 3,687 Hz or more; a 4 kHz logger passes
+# (2000 Hz), 2 kHz and 1 kHz recordings (1000 / 500 Hz) do not: the features' upper half would be
+# empty, and the model has never heard a pipe like that.
+BAND_COVERAGE = 0.9
 # At most one 16-bit step between the lowest and highest sample: no signal at all.
 SILENT_PEAK_TO_PEAK = 1 / 2**15
 FULL_SCALE = 1 - 1 / 2**15  # int16's largest positive value; 24/32-bit PCM full scale lies above it
@@ -39,11 +44,22 @@ class ClipSpec(NamedTuple):
     duration_sec: float
     num_samples: int
     long_window: int
+    f_max: float = 0.0  # the features' top frequency (0: not checked)
 
     @classmethod
     def of(cls, features) -> ClipSpec:
         """From a FeatureConfig (duck-typed: this module must not import torch)."""
-        return cls(features.sample_rate, features.duration_sec, features.num_samples, features.long_window)
+        top = features.f_max if features.f_max is not None else features.sample_rate / 2
+        return cls(features.sample_rate, features.duration_sec, features.num_samples, features.long_window, top)
+
+
+def band_limit_reason(rate: int, spec: ClipSpec) -> str | None:
+    """Why a recording at `rate` cannot carry the frontend's band, or None when it can."""
+    if spec.f_max and rate / 2 < BAND_COVERAGE * spec.f_max:
+        return (f"{BAND_LIMITED}: recorded at {rate} Hz, so nothing above {rate / 2:.0f} Hz, but the features "
+                f"span up to {spec.f_max:.0f} Hz (at least {math.ceil(2 * BAND_COVERAGE * spec.f_max)} Hz is "
+                "needed); the model cannot hear this recording's upper band")
+    return None
 
 
 class SkipFile(Exception):
@@ -209,6 +225,8 @@ def read_clip(path: str | Path, spec: ClipSpec) -> Clip:
         if cut := shortfall(f, declared):
             raise SkipFile(cut)
         rate = f.samplerate
+        if limited := band_limit_reason(rate, spec):
+            raise SkipFile(limited)
         want = min(f.frames, math.ceil(spec.duration_sec * rate))
         raw, is_float, error = _read(f, want, path)
     if declared is not None and len(raw) < min(declared, want):
@@ -249,18 +267,49 @@ def _pad(x: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+MAX_CHANNELS = 16  # more channels than any hydrophone or logger records: such an axis holds frames
+
+
+def as_frames(samples, channel_axis: int | None = None) -> np.ndarray:
+    """An array as people hold it → (frames, channels) float32 in [-1, 1].
+
+    Integer PCM is scaled by its type's range (int16 / 32768, uint8 centred on 128), as libsndfile
+    reads files. A 2-D array's channel axis is the one with at most MAX_CHANNELS entries; when both
+    or neither qualify, `channel_axis` must say which (ValueError, naming both readings).
+    """
+    data = np.asarray(samples)
+    if data.dtype.kind in "iu":
+        info = np.iinfo(data.dtype)
+        middle = (int(info.max) + 1) // 2 if data.dtype.kind == "u" else 0
+        data = (data.astype(np.float64) - middle) / (int(info.max) + 1 - middle)
+    elif data.dtype.kind != "f":
+        raise ValueError(f"samples must be numbers (integer PCM or floats), got dtype {data.dtype}")
+    data = data.astype(np.float32, copy=False)
+    if data.ndim == 1:
+        return data[:, None]
+    if data.ndim != 2 or not data.size:
+        raise ValueError(f"samples must be (N,) or 2-D (frames and channels) with N > 0, got shape {data.shape}")
+    if channel_axis is None:
+        fits = [n <= MAX_CHANNELS for n in data.shape]
+        if fits[0] == fits[1]:
+            a, b = data.shape
+            raise ValueError(f"samples of shape {data.shape} read either as {a} frames of {b} channels or as {b} "
+                             f"frames of {a} channels; pass channel_axis=1 or channel_axis=0")
+        channel_axis = 0 if fits[0] else 1
+    if channel_axis not in (0, 1, -1):
+        raise ValueError(f"channel_axis must be 0 or 1 for a 2-D array, got {channel_axis}")
+    return np.ascontiguousarray(data.T if channel_axis == 0 else data)
+
+
 class WindowSource:
     """Samples already in memory that read like a SoundFile, for scoring arrays (`LeakDetector.predict_array`)."""
 
     subtype = "FLOAT"
 
-    def __init__(self, samples: np.ndarray, sample_rate: int) -> None:
-        data = np.asarray(samples, dtype=np.float32)
-        data = data[:, None] if data.ndim == 1 else data
-        if data.ndim != 2 or not data.size:
-            raise SkipFile(f"samples must be (N,) or (N, channels) with N > 0, got shape {np.shape(samples)}")
+    def __init__(self, samples: np.ndarray, sample_rate: int, channel_axis: int | None = None) -> None:
+        data = as_frames(samples, channel_axis)
         if sample_rate <= 0:
-            raise SkipFile(f"sample_rate must be > 0, got {sample_rate}")
+            raise ValueError(f"sample_rate must be > 0, got {sample_rate}")
         self.data, self.samplerate, self.frames, self.channels = data, int(sample_rate), len(data), data.shape[1]
         self._pos = 0
 
@@ -302,6 +351,9 @@ class WindowReader:
         else:
             f, declared = open_checked(self.path)
         with f:  # a cut file is scored as far as it goes, and flagged truncated at the end
+            if limited := band_limit_reason(f.samplerate, spec):
+                self.flags.add(BAND_LIMITED)
+                raise SkipFile(limited)
             rate, per, i, read = f.samplerate, spec.duration_sec * f.samplerate, 0, 0
             while True:
                 want = math.ceil((i + 1) * per) - math.ceil(i * per)  # window 0: read_clip's frames

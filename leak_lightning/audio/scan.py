@@ -15,6 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 WAV_SUFFIXES = (".wav", ".wave")
+# Every container libsndfile decodes that sensors and archives use: the builder and predict read the
+# same list, so every such file in an input is a row or a listed skip, never passed over in silence.
+AUDIO_SUFFIXES = (*WAV_SUFFIXES, ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".caf",
+                  ".w64", ".rf64")
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,7 @@ def _stat(path: Path) -> os.stat_result | str:
         return f"cannot stat: {err.strerror or err}"
 
 
-def scan_audio(folder: Path, suffixes: tuple[str, ...] = WAV_SUFFIXES) -> tuple[list[Path], list[Unusable]]:
+def scan_audio(folder: Path, suffixes: tuple[str, ...] = AUDIO_SUFFIXES) -> tuple[list[Path], list[Unusable]]:
     """Audio files below `folder` (sorted) and the unusable entries named like audio files.
 
     Symlinked folders are followed once: a link back to a folder already scanned is reported

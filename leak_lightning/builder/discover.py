@@ -40,7 +40,7 @@ def _scan_labels(root: Path, folder: Path, unusable: list[Unusable]) -> list[Wav
         wavs, problems = scan_audio(label_dir)
         unusable += problems
         if not wavs:
-            raise ValueError(f"{label_dir}: label folder holds no .wav files; "
+            raise ValueError(f"{label_dir}: label folder holds no audio files (.wav, .flac, .ogg, .mp3, ...); "
                              "add recordings or remove the folder")
         items += [WavItem(p, printable(p.relative_to(root).as_posix()), label_dir.name,
                           printable(sensor_id_of(p))) for p in wavs]

@@ -117,8 +117,23 @@ class BatchBuilder:
 
     def _finish(self, batch: _Batch, split: str, result: SplitResult, out: _Writer, bar: tqdm) -> None:
         decoded = [r for fut in batch.futures for r in fut.result()]
-        keep = [i for i, (reason, _) in enumerate(decoded) if reason is None]
-        for item, (reason, flags) in zip(batch.items, decoded):
+        reasons = [reason for reason, _ in decoded]
+        keep = [i for i, reason in enumerate(reasons) if reason is None]
+        mel = None
+        if keep:
+            wave = torch.from_numpy(self.decoders.views[batch.buffer][: len(batch.items)])
+            if len(keep) < len(batch.items):
+                wave = wave[keep]
+            mel = self.frontend(wave.to(self.device)).half()  # (B, L, S, n_mels, T), as stored
+            # what fit refuses (data/h5.py) is not written: a file scaled far beyond ±1 gives features
+            # no real recording can, and one such row would stop training on the whole split
+            for k, reason in zip(list(keep), self._beyond_range(mel)):
+                if reason is not None:
+                    reasons[k] = reason
+            if len(stored := [k for k in keep if reasons[k] is None]) < len(keep):
+                mel = mel[[keep.index(k) for k in stored]]
+                keep = stored
+        for item, reason, (_, flags) in zip(batch.items, reasons, decoded):
             entry = {"split": split, "path": item.rel_path, "label": item.label}
             if reason is not None:
                 log.warning("skipped %s: %s", printable(item.path), reason)
@@ -127,14 +142,20 @@ class BatchBuilder:
                 log.warning("%s: %s (kept; check the recording)", printable(item.path), ", ".join(flags))
                 result.flagged.append({**entry, "flags": list(flags)})
         if keep:
-            wave = torch.from_numpy(self.decoders.views[batch.buffer][: len(batch.items)])
-            if len(keep) < len(batch.items):
-                wave = wave[keep]
-            mel = self.frontend(wave.to(self.device))  # (B, L, S, n_mels, T)
             kept = [batch.items[i] for i in keep]
-            out.put((mel.half().cpu().numpy(),
+            out.put((mel.cpu().numpy(),
                      np.array([self.label_ids[it.label] for it in kept], dtype=np.int16),
                      [it.rel_path for it in kept], [it.sensor_id for it in kept]))
             result.files += len(kept)
         self.free.append(batch.buffer)
         bar.update(len(batch.items))
+
+    def _beyond_range(self, mel: torch.Tensor) -> list[str | None]:
+        """Per row: why its features cannot be stored (non-finite, or outside the frontend's dB range), or None."""
+        lo, hi = self.cfg.db_range()
+        flat = mel.reshape(len(mel), -1).float()
+        low, high = flat.amin(1).tolist(), flat.amax(1).tolist()  # NaN propagates into both
+        return [None if lo <= a and b <= hi else
+                f"beyond the frontend's range: its features reach {b:.0f} dB (at most {hi:.0f} dB for samples within "
+                "±32768); the samples are scaled wrongly (floats far beyond ±1?): rescale the file to ±1"
+                for a, b in zip(low, high)]

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..audio.decode import ClipSpec
-from ..audio.scan import WAV_SUFFIXES, printable
+from ..audio.scan import AUDIO_SUFFIXES, printable
 from ..contract import ModelContract
 from .batches import CachedSplit, EvalBatches, TrainBatches, to_cached
 from .h5 import (
@@ -101,7 +101,7 @@ class LeakDataModule(L.LightningDataModule):
                  batch_size: int = 8192, eval_batch_size: int | None = None, cache: CacheMode = "auto",
                  seed: int = 0, num_workers: int = 2, max_cache_fraction: float = 0.5,
                  predict_path: str | None = None,
-                 predict_suffixes: tuple[str, ...] = (*WAV_SUFFIXES, ".flac", ".ogg", ".aif", ".aiff"),
+                 predict_suffixes: tuple[str, ...] = AUDIO_SUFFIXES,
                  balance: bool = False, steps_per_call: int = 1) -> None:
         super().__init__()
         self.paths = {"train": train_h5, "val": val_h5, "test": test_h5}
