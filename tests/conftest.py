@@ -49,7 +49,7 @@ def make_origin(root: Path, labels=("LEAK", "NORMAL"), per_label: int = 3) -> li
         for li, label in enumerate(labels):
             for k in range(per_label):
                 name = f"S{si}{li}{k:02d}~R00~20251119T101500~g12.wav"
-                paths.append(write_wav(root / split / label / name, tone(300 + 400 * li, 10, 4096, seed=k)))
+                paths.append(write_wav(root / split / label / name, tone(300 + 400 * li, 10, 4096, seed=si * 100 + k)))
     return paths
 
 

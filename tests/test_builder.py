@@ -62,8 +62,8 @@ def test_origin_layout_contract(tmp_path):
 def test_rows_equal_frontend_on_the_same_audio(tmp_path):
     x = tone(700, 10, 4096, seed=3)
     write_wav(tmp_path / "in" / "TRAINING" / "LEAK" / "a.wav", x, subtype="FLOAT")
-    for split in ("VALIDATION", "TESTING"):
-        write_wav(tmp_path / "in" / split / "LEAK" / "b.wav", x, subtype="FLOAT")
+    for seed, split in enumerate(("VALIDATION", "TESTING"), 4):  # other audio: a build refuses copies across splits
+        write_wav(tmp_path / "in" / split / "LEAK" / "b.wav", tone(700, 10, 4096, seed=seed), subtype="FLOAT")
     build_dataset(tmp_path / "in", tmp_path / "out", progress=False)
     row = read_split(tmp_path / "out" / NAMES[0])["seg"][0]
     want = LogMelFrontend()(torch.from_numpy(x)[None])[0].half().numpy()
@@ -73,11 +73,11 @@ def test_rows_equal_frontend_on_the_same_audio(tmp_path):
 @pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "PCM_32", "FLOAT"])
 def test_resampled_stereo_and_sample_formats(tmp_path, subtype):
     """A 600 Hz tone as 44.1 kHz stereo / 8 kHz / native lands in the same mel bin."""
-    for split in ("TRAINING", "VALIDATION", "TESTING"):
+    for seed, split in enumerate(("TRAINING", "VALIDATION", "TESTING")):  # distinct audio in each split
         base = tmp_path / "in" / split / "LEAK"
-        write_wav(base / "native.wav", tone(600, 10, 4096), 4096, subtype)
-        write_wav(base / "stereo441.wav", np.stack([tone(600, 10, 44100)] * 2, axis=1), 44100, subtype)
-        write_wav(base / "mono8k_short.wav", tone(600, 4, 8000), 8000, subtype)
+        write_wav(base / "native.wav", tone(600, 10, 4096, seed=seed), 4096, subtype)
+        write_wav(base / "stereo441.wav", np.stack([tone(600, 10, 44100, seed=seed)] * 2, axis=1), 44100, subtype)
+        write_wav(base / "mono8k_short.wav", tone(600, 4, 8000, seed=seed), 8000, subtype)
     build_dataset(tmp_path / "in", tmp_path / "out", progress=False)
     d = read_split(tmp_path / "out" / NAMES[0])
     by_name = {p.split("/")[-1]: seg for p, seg in zip(d["paths"], d["seg"])}
@@ -391,3 +391,66 @@ def test_build_reads_what_predict_reads_and_keeps_only_what_fit_accepts(tmp_path
     assert {p.split("/")[-1] for p in rows} >= {"a.flac", "b.ogg", "c.mp3", "r3687.wav", "scaled.wav"}
     assert [f["path"].split("/")[-1] for f in summary.flagged] == ["scaled.wav"]
     load_segments(info)  # what build kept, fit accepts
+
+
+def test_recordings_are_known_by_their_audio(tmp_path, capsys):
+    """A copy in another split is a leak (listed; or kept in the first split only), the same audio under two
+    labels is skipped in both places, and a renamed copy in another build is still the same recording."""
+    import shutil
+
+    from leak_lightning.data.h5 import read_info, recording_digests
+
+    make_origin(tmp_path / "in", per_label=4)
+    train_leak = sorted((tmp_path / "in" / "TRAINING" / "LEAK").glob("*.wav"))
+    test_leak = tmp_path / "in" / "TESTING" / "LEAK"
+    shutil.copy(train_leak[0], test_leak / "renamed.wav")  # the same audio under another name
+    import soundfile as sf
+
+    x, sr = sf.read(train_leak[1], dtype="int16")
+    sf.write(test_leak / "reencoded.flac", x, sr, subtype="PCM_16")  # lossless re-encode: the same audio
+    code, err = cli_exit(capsys, "build", "--input", tmp_path / "in", "--output", tmp_path / "out")
+    line = [ln for ln in err.splitlines() if "[ERROR]" in ln]
+    assert code == 2 and len(line) == 1, err
+    assert "2 recording(s) hold the same audio as a recording of an earlier split" in line[0]
+    assert f"TESTING TESTING/LEAK/renamed.wav = TRAINING TRAINING/LEAK/{train_leak[0].name}" in line[0]
+    assert "--duplicates first" in line[0] and not (tmp_path / "out" / NAMES[0]).exists()
+
+    summary = build_dataset(tmp_path / "in", tmp_path / "out", progress=False, duplicates="first")
+    reasons = {r["path"]: r["reason"] for r in summary.skipped}
+    assert reasons["TESTING/LEAK/renamed.wav"] == (f"the same audio as TRAINING/LEAK/{train_leak[0].name} in "
+                                                   "TRAINING: kept in TRAINING only")
+    assert "TESTING/LEAK/reencoded.flac" in reasons
+    assert summary.files == {"TRAINING": 8, "VALIDATION": 8, "TESTING": 8}
+
+    # the same audio under two labels in one split: both skipped, the first one after it was written
+    normal = tmp_path / "in" / "TRAINING" / "NORMAL"
+    (test_leak / "renamed.wav").unlink()
+    (test_leak / "reencoded.flac").unlink()
+    shutil.copy(train_leak[2], normal / "zz_mislabelled.wav")
+    before = read_split(tmp_path / "out" / NAMES[0])
+    summary = build_dataset(tmp_path / "in", tmp_path / "out2", progress=False)
+    reasons = {r["path"]: r["reason"] for r in summary.skipped}
+    assert reasons["TRAINING/NORMAL/zz_mislabelled.wav"].startswith(
+        f"conflicting labels: the same audio as TRAINING/LEAK/{train_leak[2].name} (LEAK); both are skipped")
+    assert reasons[f"TRAINING/LEAK/{train_leak[2].name}"].startswith("conflicting labels")
+    after = read_split(tmp_path / "out2" / NAMES[0])
+    gone = before["paths"].index(f"TRAINING/LEAK/{train_leak[2].name}")
+    keep = [i for i in range(len(before["paths"])) if i != gone]  # the independent reference: the rows minus one
+    assert after["paths"] == [before["paths"][i] for i in keep]
+    np.testing.assert_array_equal(after["seg"], before["seg"][keep])
+    np.testing.assert_array_equal(after["labels"], before["labels"][keep])
+    info = read_info(tmp_path / "out2" / NAMES[0])  # label counts recorded by the build agree with the rows
+    assert info.num_files == 7
+
+    # a renamed copy in another build is found by its audio
+    other = tmp_path / "other" / "LEAK"
+    other.mkdir(parents=True)
+    shutil.copy(train_leak[3], other / "someone_else_named_it.wav")
+    kind, mine = recording_digests(read_info(tmp_path / "out2" / NAMES[0]))
+    theirs = {}
+    for p in sorted((tmp_path / "other").rglob("*.wav")):
+        from leak_lightning.audio.decode import ClipSpec, read_clip
+        from leak_lightning.builder.workers import audio_digest
+
+        theirs[p.name] = audio_digest(read_clip(p, ClipSpec.of(FeatureConfig())).samples)
+    assert kind == "audio" and np.isin(np.array(list(theirs.values()), dtype=np.uint64), mine).all()

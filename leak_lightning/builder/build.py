@@ -72,6 +72,7 @@ def build_dataset(
     num_workers: int | None = None,
     device: Literal["auto", "cpu", "cuda"] = "auto",
     progress: bool = True,
+    duplicates: Literal["error", "first"] = "error",
 ) -> BuildSummary:
     """Build the three HDF5 splits from WAV folders.
 
@@ -82,6 +83,9 @@ def build_dataset(
         split_ratios: train/validation/test shares for the single-pool layout.
         batch_size: files per mel batch, which bounds memory (default 64 on CPU, 512 on CUDA).
         num_workers: decoder processes (default: every core with CUDA, half of them on CPU).
+        duplicates: the same audio (by content) in two splits: "error" stops the build listing them;
+            "first" keeps each only in its first split (TRAINING, VALIDATION, TESTING). Copies within a
+            split are skipped; the same audio under two labels is skipped in both places.
     """
     t0 = time.perf_counter()
     output = Path(output)
@@ -113,7 +117,8 @@ def build_dataset(
         if on_cpu:
             torch.set_num_threads(max(1, cores - workers))
         try:
-            results = _run_splits(splits, targets, features, class_names, dev, batch_size, workers, progress)
+            results = _run_splits(splits, targets, features, class_names, dev, batch_size, workers, progress,
+                                   duplicates)
         finally:
             torch.set_num_threads(threads)
         skipped = [{"split": None, "path": printable(e.path.relative_to(input)), "label": None,
@@ -142,11 +147,11 @@ def _check_free_space(output: Path, files: int, cfg: FeatureConfig) -> None:
 
 
 def _run_splits(splits, targets, cfg, class_names, dev, batch_size, workers,
-                progress) -> dict[str, SplitResult]:
+                progress, duplicates: str = "error") -> dict[str, SplitResult]:
     label_ids = {name: i for i, name in enumerate(class_names)}
     writers: list[SplitWriter] = []
     results: dict[str, SplitResult] = {}
-    builder = BatchBuilder(cfg, label_ids, dev, batch_size, workers)
+    builder = BatchBuilder(cfg, label_ids, dev, batch_size, workers, duplicates=duplicates)
     total = sum(len(v) for v in splits.values())
     build_id = uuid.uuid4().hex
     try:
@@ -155,9 +160,13 @@ def _run_splits(splits, targets, cfg, class_names, dev, batch_size, workers,
                 writer = SplitWriter(targets[split], cfg, class_names, {"split": split})
                 writers.append(writer)
                 results[split] = builder.run(split, splits[split], writer, bar)
-                if results[split].files == 0:
-                    raise ValueError(f"no usable file in split {split}: all {len(splits[split])} were "
-                                     f"skipped (see the warnings above); fix or replace those recordings")
+        if builder.index.leaks:
+            raise builder.index.leak_error()
+        for writer, split in zip(writers, SPLITS):
+            _drop_conflicts(writer, results[split], builder.index.drop.get(split, {}))
+            if results[split].files == 0:
+                raise ValueError(f"no usable file in split {split}: all {len(splits[split])} were "
+                                 f"skipped (see the warnings above); fix or replace those recordings")
         for writer in writers:
             writer.finish(build_id)
         # all three appear together with dataset.json, or none (a reader refuses a mix)
@@ -176,6 +185,19 @@ def _run_splits(splits, targets, cfg, class_names, dev, batch_size, workers,
     finally:
         builder.close()
     return results
+
+
+def _drop_conflicts(writer: SplitWriter, result: SplitResult, rows: dict[int, dict]) -> None:
+    """Rows written before a later recording with the same audio and another label turned up."""
+    if not rows:
+        return
+    writer.drop_rows(set(rows))
+    result.files -= len(rows)
+    for entry in rows.values():
+        log.warning("skipped %s: %s", entry["path"], entry["reason"])
+    result.skipped += list(rows.values())
+    gone = {e["path"] for e in rows.values()}
+    result.flagged = [f for f in result.flagged if f["path"] not in gone]
 
 
 def _log_summary(s: BuildSummary) -> None:

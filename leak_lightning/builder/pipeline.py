@@ -40,6 +40,60 @@ class SplitResult:
     flagged: list[dict] = field(default_factory=list)  # kept, but clipped or out of range
 
 
+@dataclass(frozen=True)
+class _Written:
+    split: str
+    row: int
+    path: str
+    label: str
+
+
+class ContentIndex:
+    """The audio a build has written so far, by digest: a copy in the same split is skipped, the same
+    audio under two labels is a conflict (both copies skipped), the same audio in two splits is a leak
+    between them (`duplicates="error"`: listed, and the build stops; "first": kept in the first split)."""
+
+    def __init__(self, duplicates: str = "error") -> None:
+        self.duplicates = duplicates
+        self.written: dict[int, _Written] = {}
+        self.conflicted: dict[int, _Written] = {}
+        self.leaks: list[tuple[_Written, str, str]] = []  # (first copy, split, path of the later copy)
+        self.drop: dict[str, dict[int, dict]] = {}  # split → row → skip entry: earlier copies found in conflict
+
+    def check(self, digest: int, split: str, path: str, label: str) -> str | None:
+        """Why this recording is not to be written, or None: its audio is new."""
+        if digest in self.conflicted:
+            first = self.conflicted[digest]
+            return f"conflicting labels: the same audio as {first.path} ({first.label}); correct the label of one"
+        first = self.written.get(digest)
+        if first is None:
+            return None
+        if first.label != label:
+            self.conflicted[digest] = first
+            del self.written[digest]
+            self.drop.setdefault(first.split, {})[first.row] = {
+                "split": first.split, "path": first.path, "label": first.label,
+                "reason": f"conflicting labels: the same audio as {path} ({label}); correct the label of one"}
+            return (f"conflicting labels: the same audio as {first.path} ({first.label}); both are skipped: "
+                    "correct the label of one")
+        if first.split == split:
+            return f"a copy of {first.path} (the same audio): skipped"
+        if self.duplicates == "error":
+            self.leaks.append((first, split, path))
+        return f"the same audio as {first.path} in {first.split}: kept in {first.split} only"
+
+    def add(self, digest: int, split: str, row: int, path: str, label: str) -> None:
+        self.written[digest] = _Written(split, row, path, label)
+
+    def leak_error(self) -> ValueError:
+        pairs = "; ".join(f"{split} {path} = {first.split} {first.path}" for first, split, path in self.leaks[:5])
+        more = f" and {len(self.leaks) - 5} more" if len(self.leaks) > 5 else ""
+        return ValueError(f"{len(self.leaks)} recording(s) hold the same audio as a recording of an earlier split, "
+                          f"a leak between splits (the model would be scored on recordings it trained on): {pairs}"
+                          f"{more}; remove the copies, or pass --duplicates first to keep each only in its first "
+                          "split (TRAINING, then VALIDATION, then TESTING)")
+
+
 @dataclass
 class _Batch:
     items: list[WavItem]
@@ -78,8 +132,9 @@ class BatchBuilder:
     """Runs the decode → mel → write pipeline for one split at a time."""
 
     def __init__(self, cfg: FeatureConfig, label_ids: dict[str, int], device: torch.device,
-                 batch_size: int, num_workers: int, prefetch: int = 3) -> None:
+                 batch_size: int, num_workers: int, prefetch: int = 3, duplicates: str = "error") -> None:
         self.cfg, self.label_ids, self.device = cfg, label_ids, device
+        self.index = ContentIndex(duplicates)
         self.batch_size, self.prefetch = batch_size, prefetch
         self.frontend = LogMelFrontend(cfg).to(device)
         self.decoders = DecoderPool(num_workers, batch_size, ClipSpec.of(cfg), prefetch)
@@ -117,7 +172,7 @@ class BatchBuilder:
 
     def _finish(self, batch: _Batch, split: str, result: SplitResult, out: _Writer, bar: tqdm) -> None:
         decoded = [r for fut in batch.futures for r in fut.result()]
-        reasons = [reason for reason, _ in decoded]
+        reasons = [reason for reason, _, _ in decoded]
         keep = [i for i, reason in enumerate(reasons) if reason is None]
         mel = None
         if keep:
@@ -130,10 +185,18 @@ class BatchBuilder:
             for k, reason in zip(list(keep), self._beyond_range(mel)):
                 if reason is not None:
                     reasons[k] = reason
+            row = result.files
+            for k in keep:  # by content: copies, conflicting labels, leaks between splits
+                item, digest = batch.items[k], decoded[k][2]
+                if reasons[k] is None:
+                    reasons[k] = self.index.check(digest, split, item.rel_path, item.label)
+                if reasons[k] is None:
+                    self.index.add(digest, split, row, item.rel_path, item.label)
+                    row += 1
             if len(stored := [k for k in keep if reasons[k] is None]) < len(keep):
                 mel = mel[[keep.index(k) for k in stored]]
                 keep = stored
-        for item, reason, (_, flags) in zip(batch.items, reasons, decoded):
+        for item, reason, (_, flags, _) in zip(batch.items, reasons, decoded):
             entry = {"split": split, "path": item.rel_path, "label": item.label}
             if reason is not None:
                 log.warning("skipped %s: %s", printable(item.path), reason)
@@ -145,7 +208,7 @@ class BatchBuilder:
             kept = [batch.items[i] for i in keep]
             out.put((mel.cpu().numpy(),
                      np.array([self.label_ids[it.label] for it in kept], dtype=np.int16),
-                     [it.rel_path for it in kept], [it.sensor_id for it in kept]))
+                     [it.rel_path for it in kept], [it.sensor_id for it in kept], [decoded[i][2] for i in keep]))
             result.files += len(kept)
         self.free.append(batch.buffer)
         bar.update(len(batch.items))

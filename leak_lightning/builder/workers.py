@@ -7,6 +7,7 @@ waited. Each worker takes a slice of a batch and fills rows of a buffer the pare
 
 from __future__ import annotations
 
+import hashlib
 import math
 import multiprocessing as mp
 import os
@@ -51,20 +52,31 @@ SILENT_REASON = ("silent: no signal (digital silence or a constant; a dead senso
                  "in the downmix)")
 
 
+def audio_digest(samples: np.ndarray) -> int:
+    """A recording's identity by content: 8-byte blake2b of its decoded clip (mono float32 at the feature rate).
+
+    Decoded samples rather than file bytes: a copy renamed, re-wrapped (other metadata chunks) or
+    losslessly re-encoded (WAV → FLAC) is the same audio and must count as the same recording.
+    """
+    raw = np.ascontiguousarray(samples, dtype=np.float32).tobytes()
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little")
+
+
 def decode_rows(buffer: int, start: int, paths: list[str],
-                spec: ClipSpec) -> list[tuple[str | None, tuple[str, ...]]]:
-    """Decode files into rows start.. of a buffer (zero-padded); per file (skip reason or None, quality flags)."""
+                spec: ClipSpec) -> list[tuple[str | None, tuple[str, ...], int]]:
+    """Decode files into rows start.. of a buffer (zero-padded); per file (skip reason or None, quality
+    flags, audio digest or 0)."""
     out, results = _views[buffer], []
     for row, path in enumerate(paths, start):
         clip = clip_or_reason(Path(path), spec)
         if isinstance(clip, str):
-            results.append((clip, ()))
+            results.append((clip, (), 0))
         elif SILENT in clip.flags:  # a row of -200 dB would teach the model that a dead sensor is a class
-            results.append((SILENT_REASON, clip.flags))
+            results.append((SILENT_REASON, clip.flags, 0))
         else:
             out[row, : len(clip.samples)] = clip.samples
             out[row, len(clip.samples):] = 0.0
-            results.append((None, clip.flags))
+            results.append((None, clip.flags, audio_digest(clip.samples)))
     return results
 
 
@@ -82,7 +94,7 @@ class DecoderPool:
                                          initargs=([b.name for b in self._blocks], shape, os.getpid()))
 
     def submit(self, buffer: int, paths: list[str]) -> list[Future]:
-        """Split a batch over the workers; futures resolve to lists of (skip reason, flags)."""
+        """Split a batch over the workers; futures resolve to lists of (skip reason, flags, digest)."""
         step = max(1, math.ceil(len(paths) / self.workers))
         return [self._pool.submit(decode_rows, buffer, i, paths[i: i + step], self.spec)
                 for i in range(0, len(paths), step)]

@@ -52,6 +52,8 @@ class SplitWriter:
                                               dtype=text, chunks=(1024,))
         self._sensors = self._h5.create_dataset(schema.SENSOR_IDS, shape=(0,), maxshape=(None,),
                                                 dtype=text, chunks=(1024,))
+        self._digests = self._h5.create_dataset(schema.AUDIO_DIGESTS, shape=(0,), maxshape=(None,),
+                                                dtype=np.uint64, chunks=(4096,), fletcher32=True)
         attrs = self._h5.attrs
         attrs[schema.ATTR_CONFIG] = cfg.to_json()
         attrs[schema.ATTR_LABELS] = json.dumps(labels)
@@ -61,24 +63,47 @@ class SplitWriter:
         for key, value in extra_attrs.items():
             attrs[key] = value
 
+    @property
+    def _columns(self) -> tuple:
+        return self._seg, self._lab, self._paths, self._sensors, self._digests
+
     def append(self, segments: np.ndarray, labels: np.ndarray, paths: list[str],
-               sensors: list[str]) -> None:
-        """Append B rows: segments (B, L, S, n_mels, T) float16, labels (B,)."""
+               sensors: list[str], digests: list[int] | None = None) -> None:
+        """Append B rows: segments (B, L, S, n_mels, T) float16, labels (B,), audio digests (B,)."""
         n = len(labels)
         if n == 0:
             return
         start, end = self.rows, self.rows + n
-        for ds in (self._seg, self._lab, self._paths, self._sensors):
+        for ds in self._columns:
             ds.resize(end, axis=0)
         self._seg[start:end] = segments
         self._lab[start:end] = labels
         self._paths[start:end] = paths
         self._sensors[start:end] = sensors
+        self._digests[start:end] = np.array(digests if digests is not None else [0] * n, dtype=np.uint64)
         self.label_counts += np.bincount(labels, minlength=len(self._labels))
         self.rows = end
         # HDF5 buffers megabytes: flushing per batch makes a full disk fail here, with one batch
         # of unwritten data, rather than at close with all of it (which cannot be discarded cleanly)
         self._h5.flush()
+
+    def drop_rows(self, rows: set[int], block: int = 1024) -> None:
+        """Remove rows already written (a recording found later to conflict): the rows after the first
+        one dropped move up, block by block, and the datasets shrink."""
+        if not rows:
+            return
+        dropped = np.asarray(self._lab[sorted(rows)], dtype=np.int64)  # before the rows move
+        keep = np.array([r for r in range(min(rows), self.rows) if r not in rows], dtype=np.int64)
+        dest = min(rows)
+        for lo in range(0, len(keep), block):
+            src = keep[lo: lo + block]
+            for ds in self._columns:
+                ds[dest: dest + len(src)] = ds[src[0]: src[-1] + 1][src - src[0]]
+            dest += len(src)
+        self.label_counts -= np.bincount(dropped, minlength=len(self._labels))
+        for ds in self._columns:
+            ds.resize(dest, axis=0)
+        self.rows = dest
 
     def finish(self, build_id: str | None) -> None:
         """Record the build id and label counts, flush, close and fsync the temporary file."""

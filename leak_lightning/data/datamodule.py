@@ -58,17 +58,19 @@ def is_training_split(info: SplitInfo, trained: dict | None) -> bool:
 def shared_with_training(info: SplitInfo, trained: dict | None, digests) -> int | None:
     """How many of `info`'s recordings were in the training split described by `trained` (None: unknown).
 
-    `trained` is `LeakDataModule.training_data()`; `digests()` gives `info`'s `recording_digests`
-    (called only when the two files come from different builds: one build's splits are disjoint).
+    `trained` is `LeakDataModule.training_data()`; `digests(kind)` gives `info`'s `recording_digests` of
+    that kind (called only when the two files come from different builds: a build refuses the same
+    audio in two of its splits).
     """
     if not trained:
         return None
     if info.build_id is not None and info.build_id == trained.get("build_id"):
         return info.num_files if is_training_split(info, trained) else 0
-    theirs, mine = trained.get("recordings"), digests()
+    theirs = trained.get("recordings")
+    mine = digests(trained.get("digest_kind", "name"))  # checkpoints before audio digests kept names
     if theirs is None or mine is None:
         return None
-    return int(np.isin(mine, theirs.numpy().view(np.uint64)).sum())
+    return int(np.isin(mine[1], theirs.numpy().view(np.uint64)).sum())
 
 
 def _available_ram() -> int:
@@ -132,7 +134,7 @@ class LeakDataModule(L.LightningDataModule):
         self.contract: ModelContract | None = None
         # per evaluated split: its recordings that were in the model's training data (None: unknown)
         self.seen_in_training: dict[str, int | None] = {}
-        self._digests: dict[str, np.ndarray | None] = {}
+        self._digests: dict[tuple, tuple[str, np.ndarray] | None] = {}
         self._columns: dict[str, list[int]] = {}  # per split: the data column of each model class
         self._train_counts: list[int] | None = None
         self.splits: dict[str, CachedSplit | StreamSplit] = {}
@@ -169,32 +171,37 @@ class LeakDataModule(L.LightningDataModule):
                              "the model trains on; pass the VALIDATION split of that build")
         self._compare_with_training("val", trained, f"--data.train_h5 {train.path}")
 
-    def _recordings(self, name: str) -> np.ndarray | None:
-        if name not in self._digests:
-            self._digests[name] = recording_digests(self.infos[name])
-        return self._digests[name]
+    def _recordings(self, name: str, kind: str | None = None) -> tuple[str, np.ndarray] | None:
+        if (name, kind) not in self._digests:
+            self._digests[(name, kind)] = recording_digests(self.infos[name], kind)
+        return self._digests[(name, kind)]
 
     def training_data(self) -> dict | None:
-        """What a checkpoint keeps of its training split: file name, build id and recording digests."""
+        """What a checkpoint keeps of its training split: file name, build id and recording digests (by
+        content where the split has them)."""
         if "train" not in self.infos:
             return None
-        info, digests = self.infos["train"], self._recordings("train")
+        info, found = self.infos["train"], self._recordings("train")
         return {"file": info.path.name, "build_id": info.build_id, "files": info.num_files,
-                "recordings": None if digests is None else torch.from_numpy(digests.view(np.int64))}
+                "digest_kind": None if found is None else found[0],
+                "recordings": None if found is None else torch.from_numpy(found[1].view(np.int64))}
 
     def _compare_with_training(self, name: str, trained: dict | None, whose: str) -> None:
         """Evaluating recordings the model was trained on gives optimistic scores: say so, and count them."""
         if self.seen_in_training.get(name) is not None:
             return  # a resumed fit: already compared with the checkpoint's training split
         info = self.infos[name]
-        seen = self.seen_in_training[name] = shared_with_training(info, trained, lambda: self._recordings(name))
+        seen = self.seen_in_training[name] = shared_with_training(info, trained,
+                                                                  lambda kind: self._recordings(name, kind))
         if is_training_split(info, trained):
             log.warning("%s is the training split of %s: its scores say nothing about recordings the model has "
                         "not heard; evaluate the VALIDATION or TESTING split of that build", info.path, whose)
         elif seen:
-            log.warning("%d of %d recordings in %s have the file name and label of recordings in the training split of "
-                        "%s: if they are the same recordings, these scores are optimistic; evaluate recordings "
-                        "the model was not trained on", seen, info.num_files, info.path, whose)
+            same = ("hold the same audio as" if (trained or {}).get("digest_kind") == "audio" else
+                    "have the file name and label of")
+            log.warning("%d of %d recordings in %s %s recordings in the training split of %s: these scores are "
+                        "optimistic; evaluate recordings the model was not trained on", seen, info.num_files,
+                        info.path, same, whose)
 
     def _require_classes(self) -> None:
         if self.contract is None and not self.infos:

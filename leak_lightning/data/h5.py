@@ -220,23 +220,30 @@ def scan_segments(info: SplitInfo, rows: int = 4096) -> None:
         _check_values(info, read_rows(info, schema.SEGMENTS, lo, min(lo + rows, info.num_files)), lo)
 
 
-def recording_digests(info: SplitInfo) -> np.ndarray | None:
-    """Sorted 64-bit digests of (WAV file name, label) per row: which recordings a split holds.
+def recording_digests(info: SplitInfo, kind: str | None = None) -> tuple[str, np.ndarray] | None:
+    """Which recordings a split holds, as sorted 64-bit digests: (kind, digests), or None (unknown).
 
-    Compact enough to keep in a checkpoint (8 bytes a file), so evaluation can tell recordings the
-    model was trained on. The name without its folders: the same recording keeps it when the input
-    is re-rooted or re-split (ROOT/LABEL/x.wav or ROOT/SPLIT/LABEL/x.wav); within one label folder it
-    is unique. Origin files store no paths: None (unknown).
+    kind "audio": the builder's digests of each row's decoded audio (`/audio_digests`): a renamed or
+    re-encoded copy is the same recording. kind "name": a digest of (WAV file name, label), for splits
+    built before audio digests (and checkpoints trained on them): the name without its folders, so the
+    same recording keeps it when the input is re-rooted or re-split. None for `kind`: the best the file
+    has. Compact enough to keep in a checkpoint (8 bytes a file). Origin files store neither.
     """
     with h5py.File(info.path, "r") as f:
-        if schema.FILE_PATHS not in f:
+        has_audio = schema.AUDIO_DIGESTS in f
+        if kind in (None, "audio") and has_audio:
+            try:
+                return "audio", np.sort(f[schema.AUDIO_DIGESTS][()].astype(np.uint64))
+            except OSError as err:
+                raise _damaged(info.path, err, f" ({schema.AUDIO_DIGESTS})") from None
+        if kind == "audio" or schema.FILE_PATHS not in f:
             return None
         paths = f[schema.FILE_PATHS][()]
     labels = read_rows(info, schema.LABELS)
     names = (PurePosixPath(p.decode() if isinstance(p, bytes) else str(p)).name for p in paths)
     keys = (f"{name}\0{_label_name(info, int(k))}" for name, k in zip(names, labels))
     digests = [int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little") for k in keys]
-    return np.sort(np.array(digests, dtype=np.uint64))
+    return "name", np.sort(np.array(digests, dtype=np.uint64))
 
 
 def _label_name(info: SplitInfo, k: int) -> str:
