@@ -7,6 +7,8 @@ name, and refuse a different class set or frontend with one line naming both.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -15,6 +17,46 @@ from .features import FeatureConfig
 CHECKPOINT_FORMAT = 1  # the `leak_lightning` section of a checkpoint; bump when its meaning changes
 SECTION = "leak_lightning"
 DATA_STATE = "LeakDataModule"  # Lightning files a data module's state_dict under its class name
+DECISION_BUFFERS = ("threshold", "calibration", "threshold_stats")  # the state that turns scores into answers
+
+
+def binding_digest(ckpt: dict) -> str:
+    """sha256 binding a checkpoint's contract section to what it must agree with: the model's
+    hyper-parameters, every weight's shape, the decision buffers' values and the training split's
+    identity. Written by `LeakClassifier.on_save_checkpoint` (the last hook of a save, when all of these
+    are in the dict) and checked on every read: an edited class list, a dropped class or swapped
+    hyper-parameters no longer match."""
+    section = {k: v for k, v in (ckpt.get(SECTION) or {}).items() if k != "binding"}
+    state = ckpt.get("state_dict") or {}
+    training = dict((ckpt.get(DATA_STATE) or {}).get("training_data") or {})
+    recordings = training.pop("recordings", None)
+    if recordings is not None:
+        training["recordings_sha256"] = hashlib.sha256(recordings.numpy().tobytes()).hexdigest()
+    payload = {"section": section, "hyper_parameters": ckpt.get("hyper_parameters") or {},
+               "shapes": {k: list(v.shape) for k, v in state.items() if hasattr(v, "shape")},
+               "decision": {k: state[k].tolist() for k in DECISION_BUFFERS if k in state},
+               "training": training}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=repr).encode()).hexdigest()
+
+
+def check_integrity(ckpt: dict, source: str | Path) -> None:
+    """One line (ValueError) when a checkpoint's parts disagree: its digest, its class lists, its output layer."""
+    section, hp = ckpt.get(SECTION) or {}, ckpt.get("hyper_parameters") or {}
+    fix = "use the checkpoint as `fit` wrote it, or train again"
+    if "binding" in section and section["binding"] != binding_digest(ckpt):
+        raise ValueError(f"{source}: the checkpoint's contract does not match its digest: its class list, "
+                         f"threshold, hyper-parameters or weights were changed after it was written; {fix}")
+    names = section.get("class_names") or hp.get("class_names") or []
+    if hp.get("class_names") is not None and list(hp["class_names"]) != list(names):
+        raise ValueError(f"{source}: its contract names the classes {list(names)} but its hyper-parameters "
+                         f"{list(hp['class_names'])}; {fix}")
+    if hp.get("num_classes") is not None and hp["num_classes"] != len(names):
+        raise ValueError(f"{source}: {len(names)} class names {list(names)} but num_classes={hp['num_classes']}; {fix}")
+    outputs = [v.shape[0] for k, v in (ckpt.get("state_dict") or {}).items()
+               if k.startswith("net.head.") and k.endswith(".bias")]
+    if names and outputs and outputs[-1] != len(names):
+        raise ValueError(f"{source}: {len(names)} class names {list(names)} but the network has {outputs[-1]} "
+                         f"outputs; {fix}")
 
 
 @dataclass(frozen=True)
@@ -34,6 +76,7 @@ class ModelContract:
         if version > CHECKPOINT_FORMAT:
             raise ValueError(f"{source}: written by a newer leak_lightning (checkpoint format {version}; this "
                              f"version reads up to {CHECKPOINT_FORMAT}); upgrade leak_lightning to use it")
+        check_integrity(ckpt, source)
         hp = ckpt.get("hyper_parameters") or {}
         names = section.get("class_names") or hp.get("class_names")
         features = section.get("feature_config") or hp.get("feature_config")

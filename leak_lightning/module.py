@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from .contract import SECTION, ModelContract
+from .contract import SECTION, ModelContract, binding_digest
 from .evaluation import Aggregation, calibrate, decision_basis, file_decisions
 from .features import FeatureConfig, LogMelFrontend
 from .models import LeakCNN
@@ -269,6 +269,7 @@ class LeakClassifier(EvaluationSteps, L.LightningModule):
             threshold_validation={"precision": precision, "recall": recall},
             calibration={"method": "platt", "a": a, "b": b,
                          "input": "logit of the mean long-window leak probability, clamped to [1e-4, 1 - 1e-4]"})
+        checkpoint[SECTION]["binding"] = binding_digest(checkpoint)  # last: it covers all of the above
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # checkpoints from before calibration: identity calibration, unknown threshold statistics

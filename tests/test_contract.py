@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -164,3 +166,48 @@ def test_fit_refuses_validating_on_its_training_split(small_h5, tmp_path, capsys
                              "--trainer.default_root_dir", tmp_path / "run", "--console.log_file", "null")
         assert f"--data.val_h5 {val} is the training split" in one_error(code, err)
         assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+
+
+def _edited(ckpt_path, tmp_path, name: str, edit) -> Path:
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    edit(ckpt)
+    torch.save(ckpt, tmp_path / name)
+    return tmp_path / name
+
+
+def _swap(names: list[str], a: str = "LEAK", b: str = "NORMAL") -> list[str]:
+    return [b if n == a else a if n == b else n for n in names]
+
+
+def _drop_class(ckpt: dict) -> None:
+    for part in (ckpt["leak_lightning"], ckpt["hyper_parameters"]):
+        part["class_names"] = [n for n in part["class_names"] if n != "CRACK"]
+    ckpt["hyper_parameters"]["num_classes"] = 4
+    del ckpt["leak_lightning"]["binding"]  # as if written before checkpoints carried a digest
+
+
+@pytest.mark.parametrize("name, edit, fragment", [
+    ("swapped", lambda c: c["leak_lightning"].update(class_names=_swap(c["leak_lightning"]["class_names"])),
+     "does not match its digest"),
+    ("both_swapped", lambda c: [p.update(class_names=_swap(p["class_names"]))
+                                for p in (c["leak_lightning"], c["hyper_parameters"])], "does not match its digest"),
+    ("hparams", lambda c: c["hyper_parameters"].update(aggregation="mean"), "does not match its digest"),
+    ("threshold", lambda c: c["state_dict"]["threshold"].fill_(0.99), "does not match its digest"),
+    ("dropped", _drop_class, "4 class names ['BACKGROUND', 'LEAK', 'NORMAL', 'UNCLASSIFIED'] but the network "
+                             "has 5 outputs"),
+    ("lists", lambda c: (c["leak_lightning"].pop("binding"),
+                         c["leak_lightning"].update(class_names=_swap(c["leak_lightning"]["class_names"]))),
+     "its contract names the classes"),
+])
+def test_an_edited_checkpoint_is_one_line(small_h5, trained_run, tmp_path, capsys, name, edit, fragment):
+    from leak_lightning.callbacks.checkpointing import read_checkpoint
+
+    best = trained_run / "checkpoints/best.ckpt"
+    read_checkpoint(best)  # as written by fit: it agrees with itself
+    path = _edited(best, tmp_path, f"{name}.ckpt", edit)
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        read_checkpoint(path)
+    wav = small_h5["train"].parent.parent / "wav" / "TESTING" / "LEAK"
+    line = one_error(*cli_exit(capsys, "predict", "--ckpt_path", path, "--data.predict_path", wav,
+                               "--trainer.default_root_dir", tmp_path / "run", "--console.log_file", "null"))
+    assert fragment in line and str(path) in line
