@@ -67,6 +67,9 @@ class LeakCLI(LightningCLI):
         parser.add_argument("--overwrite", type=bool, default=False,
                             help="fit: start a new run even where the run directory holds an earlier run's "
                                  "checkpoints (they are replaced)")
+        parser.add_argument("--resume_on_changed_data", type=bool, default=False,
+                            help="fit --ckpt_path: go on although the training split is not the one the checkpoint "
+                                 "was trained on (recordings added or removed since)")
         for attr in ("num_classes", "class_names", "feature_config"):
             parser.link_arguments("data", f"model.{attr}", compute_fn=partial(self._data_says, attr),
                                   apply_on="instantiate")
@@ -230,12 +233,20 @@ class LeakCLI(LightningCLI):
         return self._instantiate_trainer(config, [c for c in callbacks if type(c) not in dropped])
 
     def before_fit(self) -> None:
+        cfg = self.config["fit"]
+        if self.contract is not None and (change := self.datamodule.training_changes(self.contract.training)):
+            if not cfg.get("resume_on_changed_data"):
+                raise ValueError(f"--ckpt_path {cfg['ckpt_path']}: the training split changed: {change}; resuming "
+                                 "would go on training on other recordings than the run started with. Train a new "
+                                 "run (--overwrite true, or another --trainer.default_root_dir), or pass "
+                                 "--resume_on_changed_data true to go on anyway")
+            log.warning("resuming on a changed training split (--resume_on_changed_data true): %s", change)
         log.info("run directory %s: checkpoints in %s", self.trainer.default_root_dir,
                  checkpoint_dir(self.trainer.default_root_dir), extra={"colour": "header"})
 
     def after_fit(self) -> None:
         cb = self.trainer.checkpoint_callback
-        if cb is not None and cb.best_model_path:
+        if cb is not None and cb.best_model_path and cb.best_model_score is not None:
             log.info("best checkpoint (%s=%.4f): %s", cb.monitor, float(cb.best_model_score),
                      cb.best_model_path, extra={"colour": "success"})
 

@@ -211,3 +211,26 @@ def test_an_edited_checkpoint_is_one_line(small_h5, trained_run, tmp_path, capsy
     line = one_error(*cli_exit(capsys, "predict", "--ckpt_path", path, "--data.predict_path", wav,
                                "--trainer.default_root_dir", tmp_path / "run", "--console.log_file", "null"))
     assert fragment in line and str(path) in line
+
+
+def test_resuming_on_a_changed_training_split_says_what_changed(small_h5, trained_run, tmp_path, capsys):
+    wav = tmp_path / "wav"
+    shutil.copytree(small_h5["train"].parent.parent / "wav", wav)
+    gone = sorted((wav / "TRAINING" / "LEAK").glob("*.wav"))[:2]
+    for path in gone:
+        path.unlink()
+    build_dataset(wav, tmp_path / "fewer", progress=False)
+    run = tmp_path / "run"
+    shutil.copytree(trained_run / "checkpoints", run / "checkpoints")
+    args = ["fit", "--config", REPO / "configs/demo.yaml", *splits(tmp_path / "fewer"), "--trainer.default_root_dir",
+            run, "--ckpt_path", "last", "--trainer.max_epochs", "2", "--console.log_file", "null"]
+    line = one_error(*cli_exit(capsys, *args))
+    assert "the training split changed" in line and "0 recording(s) added and 2 removed (by their audio)" in line
+    assert "--resume_on_changed_data true" in line
+    main([str(a) for a in args] + ["--resume_on_changed_data", "true"])  # said so: it goes on
+    assert "resuming on a changed training split" in capsys.readouterr().err
+    # the same recordings rebuilt (another build id) resume without a word
+    build_dataset(small_h5["train"].parent.parent / "wav", tmp_path / "same", progress=False)
+    args[3:9] = splits(tmp_path / "same")
+    main([str(a) for a in args])
+    assert "the training split changed" not in capsys.readouterr().err

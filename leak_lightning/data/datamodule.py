@@ -186,6 +186,28 @@ class LeakDataModule(L.LightningDataModule):
                 "digest_kind": None if found is None else found[0],
                 "recordings": None if found is None else torch.from_numpy(found[1].view(np.int64))}
 
+    def training_changes(self, trained: dict | None) -> str | None:
+        """What differs between this training split and the one a checkpoint was trained on (None: the same
+        recordings, or nothing known to compare)."""
+        if not trained or "train" not in self.infos:
+            return None
+        info = self.infos["train"]
+        if info.build_id is not None and info.build_id == trained.get("build_id"):
+            return None
+        kind = trained.get("digest_kind") or "name"
+        theirs, mine = trained.get("recordings"), self._recordings("train", kind)
+        builds = (f"{info.path} is from build {str(info.build_id)[:8]} ({info.num_files} files), the checkpoint was "
+                  f"trained on build {str(trained.get('build_id'))[:8]} ({trained.get('files')} files)")
+        if theirs is None or mine is None:
+            return f"{builds}; which recordings either holds is unknown"
+        theirs = theirs.numpy().view(np.uint64)
+        added, removed = np.setdiff1d(mine[1], theirs).size, np.setdiff1d(theirs, mine[1]).size
+        if not added and not removed:
+            log.info("%s was rebuilt from the same recordings as the checkpoint's training split", info.path)
+            return None
+        how = "their audio" if kind == "audio" else "file name and label"
+        return f"{builds}: {added} recording(s) added and {removed} removed (by {how})"
+
     def _compare_with_training(self, name: str, trained: dict | None, whose: str) -> None:
         """Evaluating recordings the model was trained on gives optimistic scores: say so, and count them."""
         if self.seen_in_training.get(name) is not None:
