@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -46,13 +47,11 @@ class FolderLock:
     def release_all(cls) -> None:
         for lock in list(cls.held):
             lock.release()
+        DataLock.release_all()
 
     def acquire(self) -> FolderLock:
         import fcntl
         import json
-        import socket
-        import sys
-        import time
 
         self.folder.mkdir(parents=True, exist_ok=True)
         while True:
@@ -79,9 +78,7 @@ class FolderLock:
             if current is not None and (current.st_ino, current.st_dev) == (mine.st_ino, mine.st_dev):
                 break
             os.close(fd)
-        argv = ["python -m leak_lightning", *sys.argv[1:]] if sys.argv[0].endswith("__main__.py") else sys.argv
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(argv),
-                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        holder = _who(command_line())
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder).encode(), 0)
         self._fd = fd
@@ -100,3 +97,120 @@ class FolderLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+class DataLock:
+    """Readers and the builder of one data folder: `<folder>/.data.lock`.
+
+    fit/validate/test hold it shared while they read splits from the folder (`read`), a build holds
+    it exclusively while it may replace them (`build`): a build never replaces a split under a
+    running reader, and a reader never starts on a folder being rebuilt. Each reader leaves a
+    `.reader.tmp-PID` note (PID, host, command) for the builder's message; the note of a process
+    that is gone is swept like any temporary. The last holder out removes the lock file. A folder
+    that cannot be written (read-only data) takes no lock: no build can replace anything there.
+    """
+
+    NAME = ".data.lock"
+    held: list[DataLock] = []
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / self.NAME
+        self.note = self.folder / f".reader.tmp-{os.getpid()}"
+        self._fd: int | None = None
+
+    def _open_locked(self, mode: int) -> int | None:
+        import fcntl
+
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError:
+                return None
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise
+            try:
+                current = os.stat(self.path)
+            except FileNotFoundError:
+                current = None
+            mine = os.fstat(fd)
+            if current is not None and (current.st_ino, current.st_dev) == (mine.st_ino, mine.st_dev):
+                return fd
+            os.close(fd)  # the last holder removed the file between our open and our lock
+
+    def read(self, command: str) -> DataLock:
+        import fcntl
+        import json
+
+        try:
+            self._fd = self._open_locked(fcntl.LOCK_SH)
+        except BlockingIOError:
+            raise ValueError(f"{self.folder} is being rebuilt ({_holder(self.folder / '.lock')}): wait for the "
+                             "build to finish, then start again") from None
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                self.note.write_text(json.dumps(_who(command)))
+            DataLock.held.append(self)
+        return self
+
+    def build(self) -> DataLock:
+        import fcntl
+
+        try:
+            self._fd = self._open_locked(fcntl.LOCK_EX)
+        except BlockingIOError:
+            readers = [_holder(p) for p in sorted(self.folder.glob(".reader.tmp-*"))]
+            raise ValueError(f"{self.folder}: its splits are being read by {'; '.join(readers) or 'another process'}"
+                             ": a build would replace them under it; wait for it to finish, or build into another "
+                             "--output") from None
+        if self._fd is not None:
+            DataLock.held.append(self)
+        return self
+
+    def release(self) -> None:
+        import fcntl
+
+        if self._fd is None:
+            return
+        self.note.unlink(missing_ok=True)
+        try:  # the last one out (no other holder: the upgrade succeeds) removes the file
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.path.unlink(missing_ok=True)
+        except BlockingIOError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+        DataLock.held.remove(self)
+
+    @classmethod
+    def release_all(cls) -> None:
+        for lock in list(cls.held):
+            lock.release()
+
+
+def command_line() -> str:
+    import sys
+
+    argv = ["python -m leak_lightning", *sys.argv[1:]] if sys.argv[0].endswith("__main__.py") else sys.argv
+    return " ".join(argv)
+
+
+def _who(command: str) -> dict:
+    import socket
+    import time
+
+    return {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def _holder(note: Path) -> str:
+    import json
+
+    try:
+        h = json.loads(note.read_text())
+        return f"PID {h['pid']} on {h['host']} since {h['started']} ({h['command']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"

@@ -294,3 +294,47 @@ def test_a_model_option_the_checkpoint_overrides_is_named(small_h5, tmp_path, ca
            "(channels=[24, 48, 96, 128])" in err
     ckpt = torch.load(tmp_path / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 3 and ckpt["hyper_parameters"]["channels"] == [24, 48, 96, 128]
+
+
+# ---- 4. nothing is replaced under a reader ---------------------------------------------------------
+
+def test_a_build_never_replaces_splits_being_read(tmp_path):
+    from leak_lightning.rundir import DataLock
+
+    make_pool(tmp_path / "in", sensors=10, per_sensor=1)
+    out = tmp_path / "out"
+    build_dataset(tmp_path / "in", out, progress=False)
+    before = build_snapshot(out)
+    reader = DataLock(out).read("python -m leak_lightning fit --config x.yaml")
+    with pytest.raises(ValueError, match=rf"{out}: its splits are being read by PID {os.getpid()} on .* \(python -m "
+                                         r"leak_lightning fit --config x.yaml\): a build would replace them"):
+        build_dataset(tmp_path / "in", out, overwrite=True, progress=False)
+    assert build_snapshot(out) == before
+    second = DataLock(out).read("another reader")  # readers share
+    second.release()
+    reader.release()
+    assert not [p for p in out.iterdir() if p.name in (DataLock.NAME, ".lock") or ".reader" in p.name]
+    builder = DataLock(out).build()  # and while a build holds the folder, no reader starts
+    with pytest.raises(ValueError, match=rf"{out} is being rebuilt .*: wait for the build to finish"):
+        DataLock(out).read("python -m leak_lightning test")
+    builder.release()
+    build_dataset(tmp_path / "in", out, overwrite=True, progress=False)
+
+
+def test_a_streamed_split_replaced_during_a_run_stops_it(small_h5, tmp_path):
+    from leak_lightning.data.h5 import load_targets, read_info
+    from leak_lightning.data.stream import StreamSplit
+
+    folder = tmp_path / "data"
+    shutil.copytree(small_h5["train"].parent, folder)
+    info = read_info(folder / NAMES[0])
+    split = StreamSplit(info, load_targets(info), batch_size=160, train=True, seed=0, rank=0, world=1)
+    split._read(np.arange(2))  # this run's file: reads
+    fresh = StreamSplit(info, load_targets(info), batch_size=160, train=True, seed=0, rank=0, world=1)
+    other = tmp_path / "other.H5"
+    shutil.copy(small_h5["val"], other)
+    os.replace(other, folder / NAMES[0])  # a rebuild renames a new file over it
+    with pytest.raises(ValueError, match=r"was replaced since this run loaded it \(build .* → .*\): its rows no "
+                                         r"longer match the labels"):
+        fresh._read(np.arange(2))  # a worker of the next epoch opens the path again
+    split._read(np.arange(2))  # a handle opened before still reads the file this run loaded

@@ -229,3 +229,25 @@ def test_blocks_of_steps_resume_exactly_and_train_the_same_model(small_h5, tmp_p
     assert "restarts on a new order" not in out
     # the same batches, optimizer steps and random draws as one step per call: the same weights
     assert_bitwise_equal(weights(tmp_path / "checkpoints/last.ckpt"), weights(reference))
+
+
+def test_a_build_into_the_folder_a_fit_reads_is_refused_and_the_fit_goes_on(small_h5, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(small_h5["train"].parent, data)
+    h5 = {k: data / p.name for k, p in small_h5.items()}
+    ready = tmp_path / "ready"
+    proc = start(fit_cmd(h5, tmp_path / "run", "--trainer.max_epochs", "1", *pause(ready, step=2)))
+    wait_ready(proc, ready)
+    wav = small_h5["train"].parent.parent / "wav"
+    build = subprocess.run([sys.executable, "-m", "leak_lightning", "build", "--input", str(wav), "--output",
+                            str(data), "--overwrite", "true"], cwd=REPO, capture_output=True, text=True,
+                           env={**os.environ, "NO_COLOR": "1"}, timeout=300)
+    errors = [line for line in build.stderr.splitlines() if "[ERROR]" in line]
+    assert build.returncode == 2 and len(errors) == 1, build.stderr[-3000:]
+    assert f"its splits are being read by PID {proc.pid}" in errors[0] and "leak_lightning fit" in errors[0]
+    proc.send_signal(signal.SIGINT)  # the paused fit stops cleanly, as any interrupted run does
+    rc, out = finish(proc)
+    assert rc == 130, out[-3000:]
+    assert not [p.name for p in data.iterdir() if p.name.startswith(".")]  # its lock and note went with it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ from ..audio.scan import printable
 from ..data import schema
 from ..features import FeatureConfig
 from ..fileio import remove_stale_temporaries, temp_sibling, write_atomic
-from ..rundir import FolderLock
+from ..rundir import DataLock, FolderLock
 from .discover import SPLITS, discover, label_mapping
 from .pipeline import BatchBuilder, SplitResult
 from .writer import SplitWriter, publish
@@ -99,7 +100,7 @@ def build_dataset(
             raise ValueError(f"{input}: split {split} received no files; add recordings/sensors "
                              f"or change --split_ratios {list(split_ratios)}")
     output.mkdir(parents=True, exist_ok=True)
-    with FolderLock(output, "--output"):  # two builds into one folder would mix their splits
+    with FolderLock(output, "--output"), _building(output):  # two builds into one folder would mix their splits
         if stale := remove_stale_temporaries(output):
             log.warning("removed %d temporary file(s) left by a killed build: %s", len(stale),
                         ", ".join(p.name for p in stale))
@@ -131,6 +132,16 @@ def build_dataset(
                            skipped, time.perf_counter() - t0, flagged)
     _log_summary(summary)
     return summary
+
+
+@contextlib.contextmanager
+def _building(output: Path):
+    """No running fit/validate/test reads the splits this build will replace, and none starts until it ends."""
+    lock = DataLock(output).build()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _check_free_space(output: Path, files: int, cfg: FeatureConfig) -> None:

@@ -15,6 +15,7 @@ import torch
 from ..audio.decode import ClipSpec
 from ..audio.scan import AUDIO_SUFFIXES, printable
 from ..contract import ModelContract
+from ..rundir import DataLock, command_line
 from .batches import CachedSplit, EvalBatches, TrainBatches, to_cached
 from .h5 import (
     SplitInfo,
@@ -141,6 +142,7 @@ class LeakDataModule(L.LightningDataModule):
         self.modes: dict[str, str] = {}
         self._train_batches: TrainBatches | StreamBatches | None = None
         self._resume: dict | None = None
+        self._reading: dict[Path, DataLock] = {}  # data folders this module reads (until teardown)
 
     def __str__(self) -> str:  # Lightning's would build every dataloader to report their sizes
         given = ", ".join(f"{k}={v}" for k, v in {**self.paths, "predict": self.predict_path}.items() if v)
@@ -291,6 +293,8 @@ class LeakDataModule(L.LightningDataModule):
             self._setup_predict()
             return
         wanted = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"]}.get(stage, [])
+        for folder in {self.infos[n].path.parent.resolve() for n in wanted if n in self.infos} - self._reading.keys():
+            self._reading[folder] = DataLock(folder).read(command_line())  # no build replaces them meanwhile
         if stage == "fit" and {"train", "val"} <= self.infos.keys() and "train" not in self.splits:
             self._check_validation_is_unseen()
         device = self._device()
@@ -368,6 +372,11 @@ class LeakDataModule(L.LightningDataModule):
 
     def predict_dataloader(self):
         return self.predict_input
+
+    def teardown(self, stage: str) -> None:
+        for lock in self._reading.values():
+            lock.release()
+        self._reading.clear()
 
     # Sampler position in checkpoints. Lightning restores the data module before it first asks for
     # the train loader; its own stateful-loader restore can be skipped when `configure_optimizers`

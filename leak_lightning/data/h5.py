@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -29,6 +31,7 @@ class SplitInfo:
     build_id: str | None = None  # shared by the splits of one build and its dataset.json
     label_counts: dict[str, int] | None = None  # what the builder wrote, checked against /labels
     checksummed: bool = False  # fletcher32 on /segments_mel and /labels (HDF5 verifies every read)
+    identity: tuple[int, ...] | None = None  # (device, inode, size, mtime ns) when it was read: see `check_same`
 
     @property
     def segments_per_file(self) -> int:
@@ -66,12 +69,13 @@ def read_info(path: str | Path) -> SplitInfo:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: dataset file not found; build it with "
                                 "`python -m leak_lightning build` or fix the path in the data config")
+    st = os.stat(path)
     try:
         f = h5py.File(path, "r")
     except OSError as err:
         raise ValueError(f"{path}: not a readable HDF5 file ({err}); rebuild it") from None
     try:
-        info = _read_info(f, path)
+        info = dataclasses.replace(_read_info(f, path), identity=(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
     except (OSError, RuntimeError, KeyError, TypeError) as err:  # damaged metadata: h5py's own errors
         raise _damaged(path, err, "its metadata") from None
     finally:
@@ -104,6 +108,20 @@ def _read_info(f: h5py.File, path: Path) -> SplitInfo:
               f"T={features.t_frames}")
     return SplitInfo(path, int(seg.shape[0]), shape, list(classes), features, has_targets, version,
                      str(build_id) if build_id is not None else None, counts, checksummed)
+
+
+def check_same(info: SplitInfo, f: h5py.File | None = None) -> None:
+    """A split opened again during a run (a streaming worker each epoch) must be the file the run loaded:
+    a rebuild or a copy over it would pair its rows with the labels loaded at the start."""
+    st = os.stat(info.path)
+    now = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    build_id = f.attrs.get(schema.ATTR_BUILD_ID) if f is not None else None
+    if (info.identity is not None and now != info.identity) or (
+            f is not None and info.build_id is not None and str(build_id) != info.build_id):
+        raise ValueError(f"{info.path} was replaced since this run loaded it (build {info.build_id} → "
+                         f"{build_id if f is not None else 'unknown'}): its rows no longer match the labels loaded "
+                         "at the start, so the run stops; start it again on the new data (a checkpoint resumes with "
+                         "--ckpt_path last)")
 
 
 def check_manifest(info: SplitInfo) -> None:

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from . import schema
 from .batches import Batch, ResumableOrder, epoch_seed
-from .h5 import SplitInfo, _damaged
+from .h5 import SplitInfo, _damaged, check_same
 
 
 class StreamSplit(IterableDataset):
@@ -92,6 +92,7 @@ class StreamSplit(IterableDataset):
     def _read(self, files: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._h5 is None:
             self._h5 = h5py.File(self.info.path, "r")
+            check_same(self.info, self._h5)  # the file this run loaded, not a rebuild since
         ds = self._h5[schema.SEGMENTS]
         spf = self.info.segments_per_file
         try:
