@@ -251,3 +251,34 @@ def test_a_build_into_the_folder_a_fit_reads_is_refused_and_the_fit_goes_on(smal
     rc, out = finish(proc)
     assert rc == 130, out[-3000:]
     assert not [p.name for p in data.iterdir() if p.name.startswith(".")]  # its lock and note went with it
+
+
+def test_a_damaged_last_falls_back_to_best_and_resumes_to_the_end(small_h5, tmp_path):
+    """SIGTERM mid-epoch, resume to the end, cut last.ckpt, resume with more epochs from best.ckpt (saved at an
+    epoch's end): every step exits cleanly and the added epoch trains (the crash sequence of the lineage issue)."""
+    run, ready = tmp_path / "run", tmp_path / "ready"
+    proc = start(fit_cmd(small_h5, run, "--trainer.max_epochs", "4", *pause(ready, step=3)))
+    wait_ready(proc, ready)
+    proc.send_signal(signal.SIGTERM)
+    rc, out = finish(proc)
+    assert rc == 143, out[-3000:]
+    rc, out = finish(start(fit_cmd(small_h5, run, "--ckpt_path", "last", "--trainer.max_epochs", "2")))
+    assert rc == 0, out[-3000:]
+    last = run / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])
+    rc, out = finish(start(fit_cmd(small_h5, run, "--ckpt_path", "last", "--trainer.max_epochs", "3")))
+    assert rc == 0 and "resuming from" in out and "best.ckpt instead" in out, out[-3000:]
+    assert "Traceback" not in out and "Epoch 002" in out, out[-3000:]
+
+
+def test_early_stopping_waits_for_an_epoch_with_validation_but_not_for_a_misspelt_monitor():
+    from types import SimpleNamespace
+
+    from leak_lightning.callbacks.checkpointing import LeakEarlyStopping
+
+    es = LeakEarlyStopping(monitor="val/loss", mode="min")
+    trainer = SimpleNamespace(callback_metrics={})
+    assert es._has_metric(trainer)  # never seen: Lightning's strict check speaks (a misspelt name)
+    es.best_score = torch.tensor(0.2)  # seen in an earlier epoch: this one just had no validation
+    assert not es._has_metric(trainer)
+    assert es._has_metric(SimpleNamespace(callback_metrics={"val/loss": torch.tensor(0.1)}))

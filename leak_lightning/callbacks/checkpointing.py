@@ -103,6 +103,23 @@ class LeakEarlyStopping(EarlyStopping):
         # EarlyStopping's key: checkpoints written before this subclass existed resume its state
         return super().state_key.replace(type(self).__qualname__, "EarlyStopping", 1)
 
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self._has_metric(trainer):
+            super().on_train_epoch_end(trainer, pl_module)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._has_metric(trainer):
+            super().on_validation_end(trainer, pl_module)
+
+    def _has_metric(self, trainer) -> bool:
+        """An epoch without validation (one resumed at its very end has no batches left) has no monitored
+        value: the check waits for the next one instead of stopping the run. A metric never logged at all
+        (a misspelt monitor) still stops it, as Lightning's strict check does."""
+        if self.monitor in trainer.callback_metrics or not torch.isfinite(self.best_score):
+            return True
+        log.debug("early stopping: no %s in this epoch (no validation ran); checked at the next one", self.monitor)
+        return False
+
 
 def load_checkpoint(path: Path) -> dict | str:
     """The checkpoint at `path`, or why it cannot be used (one line)."""
