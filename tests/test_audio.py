@@ -214,3 +214,15 @@ def test_a_long_recording_is_read_in_bounded_memory(tmp_path):
         tracemalloc.stop()
     assert windows == 60
     assert peak < 40 * 2**20, f"peak {peak / 2**20:.0f} MiB"
+
+
+def test_arrays_are_scaled_and_oriented_as_files_are():
+    from leak_lightning.audio.decode import as_frames
+
+    np.testing.assert_array_equal(as_frames(np.array([-32768, 0, 16384], dtype=np.int16))[:, 0], [-1.0, 0.0, 0.5])
+    np.testing.assert_array_equal(as_frames(np.array([0, 128, 255], dtype=np.uint8))[:, 0], [-1.0, 0.0, 127 / 128])
+    np.testing.assert_array_equal(as_frames(np.array([-2**31], dtype=np.int32))[:, 0], [-1.0])
+    pair = np.arange(40, dtype=np.float32).reshape(2, 20)  # two channels of 20 frames
+    assert as_frames(pair).shape == (20, 2) and as_frames(pair.T).shape == (20, 2)
+    np.testing.assert_array_equal(as_frames(pair)[:, 1], pair[1])
+    np.testing.assert_array_equal(as_frames(np.ones((20, 30)), channel_axis=0).shape, (30, 20))

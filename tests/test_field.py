@@ -292,3 +292,6 @@ def test_the_decision_and_its_basis_by_hand(aggregation, threshold, want):
     windows = torch.tensor([0.9, 0.9, 0.1, 0.1, 0.1])  # mean 0.42; 2 of 5 windows at or above 0.5
     score, _, leak, basis, cutoff = model.decide_recording(windows)
     assert score == pytest.approx(0.42) and (basis, cutoff) == pytest.approx(want[:2]) and leak is want[2]
+    at_cutoff = model.decide_recording(windows[:4])  # 2 of 4 windows at or above 0.5
+    if aggregation == "vote" and threshold == 0.5:
+        assert at_cutoff[3] == 0.5 and at_cutoff[2] is True  # reaching the cutoff is a leak
