@@ -15,6 +15,7 @@ from .evaluation import (
     DEFAULT_GRID,
     FileScores,
     calibrate,
+    decision_basis,
     expected_calibration_error,
     file_metrics,
     fit_platt,
@@ -138,7 +139,10 @@ class EvaluationSteps:
         for key, v in values.items():
             # identical on every rank already; sync_dist only keeps Lightning's DDP bookkeeping quiet
             self.log(f"{stage}/{key}", v.float() if torch.is_tensor(v) else float(v), sync_dist=True)
+        basis, cutoff = decision_basis(scores.windows, float(self.threshold), self.hparams.aggregation,
+                                       self.hparams.vote_fraction)
         self.last_results = {"stage": stage, "metrics": {k: float(v) for k, v in values.items()},
+                             "decision_scores": basis.cpu(), "decision_cutoff": cutoff,
                              "files": scores.index.cpu(), "file_probs": scores.class_scores.cpu(),
                              "file_scores": scores.windows.mean(-1).cpu(), "decisions": decided.cpu(),
                              "windows": scores.windows.cpu(), "file_probability": probability.cpu(),

@@ -185,6 +185,8 @@ def test_the_report_names_its_set_and_a_new_report_drops_files_it_does_not_name(
                                          "test_predictions.csv", "test_scores.png"]
     for name, digest in report["outputs"].items():
         assert hashlib.sha256((run / name).read_bytes()).hexdigest() == digest, name
+    for row in csv.DictReader(open(run / "test_predictions.csv", encoding="utf-8")):  # the decision and its basis
+        assert row["leak_decision"] == str(int(float(row["decision_score"]) >= float(row["decision_cutoff"])))
     main(["test", "--config", str(REPO / "configs/demo.yaml"), *data_args(small_h5), "--trainer.default_root_dir",
           str(run), "--console.log_file", "null", "--reports.plots", "false"])
     report = json.loads((run / "test_report.json").read_text())

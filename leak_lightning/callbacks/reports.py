@@ -104,12 +104,13 @@ class ReportWriter(L.Callback):
     @staticmethod
     def _write_csv(f, paths: list[str], results: dict, names: list[str]) -> None:
         writer = csv.writer(f)
-        writer.writerow(["path", "true_label", "leak_score", "leak_probability", "leak_decision",
-                         *[f"score_{n}" for n in names]])
+        writer.writerow(["path", "true_label", "leak_score", "leak_probability", "leak_decision", "decision_score",
+                         "decision_cutoff", *[f"score_{n}" for n in names]])
         truth = results["targets"].argmax(-1).tolist()
         for k, row in enumerate(results["files"].tolist()):  # the files scored whole, by row number
             writer.writerow([paths[row], names[truth[k]], f"{float(results['file_scores'][k]):.6f}",
                              f"{float(results['file_probability'][k]):.6f}", int(results["decisions"][k]),
+                             f"{float(results['decision_scores'][k]):.6f}", f"{results['decision_cutoff']:.6f}",
                              *[f"{float(v):.6f}" for v in results["file_probs"][k]]])
 
     @staticmethod
