@@ -427,12 +427,16 @@ def test_recordings_are_known_by_their_audio(tmp_path, capsys):
     (test_leak / "renamed.wav").unlink()
     (test_leak / "reencoded.flac").unlink()
     shutil.copy(train_leak[2], normal / "zz_mislabelled.wav")
+    shutil.copy(train_leak[2], tmp_path / "in" / "TESTING" / "LEAK" / "third_copy.wav")
     before = read_split(tmp_path / "out" / NAMES[0])
     summary = build_dataset(tmp_path / "in", tmp_path / "out2", progress=False)
     reasons = {r["path"]: r["reason"] for r in summary.skipped}
     assert reasons["TRAINING/NORMAL/zz_mislabelled.wav"].startswith(
         f"conflicting labels: the same audio as TRAINING/LEAK/{train_leak[2].name} (LEAK); both are skipped")
     assert reasons[f"TRAINING/LEAK/{train_leak[2].name}"].startswith("conflicting labels")
+    assert reasons["TESTING/LEAK/third_copy.wav"] == (
+        f"conflicting labels: the same audio as TRAINING/LEAK/{train_leak[2].name} (LEAK) and "
+        "TRAINING/NORMAL/zz_mislabelled.wav (NORMAL); every copy is skipped: correct the labels")
     after = read_split(tmp_path / "out2" / NAMES[0])
     gone = before["paths"].index(f"TRAINING/LEAK/{train_leak[2].name}")
     keep = [i for i in range(len(before["paths"])) if i != gone]  # the independent reference: the rows minus one

@@ -56,20 +56,21 @@ class ContentIndex:
     def __init__(self, duplicates: str = "error") -> None:
         self.duplicates = duplicates
         self.written: dict[int, _Written] = {}
-        self.conflicted: dict[int, _Written] = {}
+        self.conflicted: dict[int, tuple[_Written, _Written]] = {}  # the first two copies that disagree
         self.leaks: list[tuple[_Written, str, str]] = []  # (first copy, split, path of the later copy)
         self.drop: dict[str, dict[int, dict]] = {}  # split → row → skip entry: earlier copies found in conflict
 
     def check(self, digest: int, split: str, path: str, label: str) -> str | None:
         """Why this recording is not to be written, or None: its audio is new."""
         if digest in self.conflicted:
-            first = self.conflicted[digest]
-            return f"conflicting labels: the same audio as {first.path} ({first.label}); correct the label of one"
+            first, other = self.conflicted[digest]
+            return (f"conflicting labels: the same audio as {first.path} ({first.label}) and {other.path} "
+                    f"({other.label}); every copy is skipped: correct the labels")
         first = self.written.get(digest)
         if first is None:
             return None
         if first.label != label:
-            self.conflicted[digest] = first
+            self.conflicted[digest] = (first, _Written(split, -1, path, label))
             del self.written[digest]
             self.drop.setdefault(first.split, {})[first.row] = {
                 "split": first.split, "path": first.path, "label": first.label,
