@@ -151,10 +151,31 @@ class DataLock:
             raise ValueError(f"{self.folder} is being rebuilt ({_holder(self.folder / '.lock')}): wait for the "
                              "build to finish, then start again") from None
         if self._fd is not None:
-            with contextlib.suppress(OSError):
-                self.note.write_text(json.dumps(_who(command)))
+            with contextlib.suppress(OSError):  # the folder's identity: a note copied with the folder is not ours
+                self.note.write_text(json.dumps({**_who(command), "folder": self._folder_id()}))
             DataLock.held.append(self)
         return self
+
+    def _folder_id(self) -> list[int]:
+        st = os.stat(self.folder)
+        return [st.st_dev, st.st_ino]
+
+    def readers(self) -> list[str]:
+        """The live readers' notes in this folder (notes copied in from elsewhere, or of dead processes, left out)."""
+        import json
+
+        from .fileio import pid_alive
+
+        found = []
+        for note in sorted(self.folder.glob(".reader.tmp-*")):
+            try:
+                h = json.loads(note.read_text())
+            except (OSError, ValueError):
+                continue
+            pid = h.get("pid") if isinstance(h, dict) else None
+            if isinstance(pid, int) and pid > 0 and h.get("folder") == self._folder_id() and pid_alive(pid):
+                found.append(_holder(note))
+        return found
 
     def build(self) -> DataLock:
         import fcntl
@@ -162,8 +183,8 @@ class DataLock:
         try:
             self._fd = self._open_locked(fcntl.LOCK_EX)
         except BlockingIOError:
-            readers = [_holder(p) for p in sorted(self.folder.glob(".reader.tmp-*"))]
-            raise ValueError(f"{self.folder}: its splits are being read by {'; '.join(readers) or 'another process'}"
+            who = "; ".join(self.readers()) or "another process"
+            raise ValueError(f"{self.folder}: its splits are being read by {who}"
                              ": a build would replace them under it; wait for it to finish, or build into another "
                              "--output") from None
         if self._fd is not None:

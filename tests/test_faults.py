@@ -338,3 +338,15 @@ def test_a_streamed_split_replaced_during_a_run_stops_it(small_h5, tmp_path):
                                          r"longer match the labels"):
         fresh._read(np.arange(2))  # a worker of the next epoch opens the path again
     split._read(np.arange(2))  # a handle opened before still reads the file this run loaded
+
+
+def test_a_readers_note_copied_with_its_folder_names_no_one(tmp_path):
+    from leak_lightning.rundir import DataLock
+
+    make_pool(tmp_path / "in", sensors=10, per_sensor=1)
+    build_dataset(tmp_path / "in", tmp_path / "out", progress=False)
+    reader = DataLock(tmp_path / "out").read("python -m leak_lightning fit")
+    shutil.copytree(tmp_path / "out", tmp_path / "copy")  # the note (a live PID) travels with the copy
+    reader.release()
+    assert list((tmp_path / "copy").glob(".reader.tmp-*")) and DataLock(tmp_path / "copy").readers() == []
+    build_dataset(tmp_path / "in", tmp_path / "copy", overwrite=True, progress=False)  # no one reads the copy

@@ -50,7 +50,8 @@ def test_fit_then_validate_and_test_in_new_processes(small_h5, tmp_path, run_cli
     assert report["threshold"] == pytest.approx(saved_threshold)
     assert report["leak_class"] == "LEAK" and 0 <= report["metrics"]["file_leak_f1"] <= 1
     rows = (run / "test_predictions.csv").read_text().splitlines()
-    assert rows[0].startswith("path,true_label,leak_score,leak_probability,leak_decision,score_BACKGROUND")
+    assert rows[0].startswith("path,true_label,leak_score,leak_probability,leak_decision,decision_score,"
+                              "decision_cutoff,score_BACKGROUND")
     assert len(rows) == 1 + 10  # one per test file (2 per label)
     assert "TEST results" in r.stderr
 

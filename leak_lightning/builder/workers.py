@@ -53,13 +53,16 @@ SILENT_REASON = ("silent: no signal (digital silence or a constant; a dead senso
 
 
 def audio_digest(samples: np.ndarray) -> int:
-    """A recording's identity by content: 8-byte blake2b of its decoded clip (mono float32 at the feature rate).
+    """A recording's identity by content: the first 8 bytes of the sha256 of its decoded clip (mono float32 at
+    the feature rate).
 
     Decoded samples rather than file bytes: a copy renamed, re-wrapped (other metadata chunks) or
     losslessly re-encoded (WAV → FLAC) is the same audio and must count as the same recording.
     """
-    raw = np.ascontiguousarray(samples, dtype=np.float32).tobytes()
-    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little")
+    # sha256 over the buffer in place (no copy): with the CPU's SHA instructions ~0.2 ms for a 10 s clip,
+    # where blake2b took 0.5 ms and a bytes copy 0.16 ms more (measured on this 2-core machine)
+    raw = np.ascontiguousarray(samples, dtype=np.float32)
+    return int.from_bytes(hashlib.sha256(raw).digest()[:8], "little")
 
 
 def decode_rows(buffer: int, start: int, paths: list[str],

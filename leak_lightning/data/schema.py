@@ -9,7 +9,7 @@ LABELS = "labels"  # int16 [F]
 TARGETS = "targets"  # optional uint8 [F, C] multi-hot; one-hot from LABELS when absent
 FILE_PATHS = "file_paths"  # utf-8 [F], relative to the input root (absent in origin files)
 SENSOR_IDS = "sensor_ids"  # utf-8 [F], "" when the name carries none
-# uint64 [F]: 8-byte blake2b of the row's decoded audio (the clip's mono float32 samples at the feature
+# uint64 [F]: 8 bytes of the sha256 of the row's decoded audio (the clip's mono float32 samples at the feature
 # rate): a renamed, re-wrapped or losslessly re-encoded copy has the same digest (absent before 0.3)
 AUDIO_DIGESTS = "audio_digests"
 
