@@ -151,6 +151,9 @@ class DataLock:
             raise ValueError(f"{self.folder} is being rebuilt ({_holder(self.folder / '.lock')}): wait for the "
                              "build to finish, then start again") from None
         if self._fd is not None:
+            from .fileio import remove_stale_temporaries
+
+            remove_stale_temporaries(self.folder)  # notes (and temporaries) of processes that were killed
             with contextlib.suppress(OSError):  # the folder's identity: a note copied with the folder is not ours
                 self.note.write_text(json.dumps({**_who(command), "folder": self._folder_id()}))
             DataLock.held.append(self)
