@@ -54,30 +54,11 @@ class FolderLock:
         import json
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.read(fd, 4096).decode("utf-8", "replace")
-                os.close(fd)
-                try:
-                    h = json.loads(holder)
-                    who = f"PID {h['pid']} on {h['host']} since {h['started']} ({h['command']})"
-                except (ValueError, KeyError, TypeError):
-                    who = "another process"
-                raise ValueError(f"{self.folder} is in use by {who}: wait for it to finish, or use another "
-                                 f"{self.what}") from None
-            # the previous holder removes the file as it releases: a lock taken on the removed file
-            # between our open and our flock guards nothing, so take the one at the path again
-            try:
-                current = os.stat(self.path)
-            except FileNotFoundError:
-                current = None
-            mine = os.fstat(fd)
-            if current is not None and (current.st_ino, current.st_dev) == (mine.st_ino, mine.st_dev):
-                break
-            os.close(fd)
+        try:
+            fd = _flock_at(self.path, fcntl.LOCK_EX)
+        except BlockingIOError:
+            raise ValueError(f"{self.folder} is in use by {_holder(self.path)}: wait for it to finish, or use "
+                             f"another {self.what}") from None
         holder = _who(command_line())
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder).encode(), 0)
@@ -120,26 +101,14 @@ class DataLock:
         self._fd: int | None = None
 
     def _open_locked(self, mode: int) -> int | None:
-        import fcntl
-
-        while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError:
-                return None
-            try:
-                fcntl.flock(fd, mode | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise
-            try:
-                current = os.stat(self.path)
-            except FileNotFoundError:
-                current = None
-            mine = os.fstat(fd)
-            if current is not None and (current.st_ino, current.st_dev) == (mine.st_ino, mine.st_dev):
-                return fd
-            os.close(fd)  # the last holder removed the file between our open and our lock
+        """A descriptor holding `mode` (BlockingIOError when another holds the other kind), or None where the
+        folder cannot be written."""
+        try:
+            return _flock_at(self.path, mode)
+        except BlockingIOError:
+            raise
+        except OSError:
+            return None
 
     def read(self, command: str) -> DataLock:
         import fcntl
@@ -213,6 +182,31 @@ class DataLock:
     def release_all(cls) -> None:
         for lock in list(cls.held):
             lock.release()
+
+
+def _flock_at(path: Path, mode: int) -> int:
+    """An open descriptor on `path` holding flock `mode`, without waiting (BlockingIOError when held).
+
+    A holder removes the file as it releases: a lock taken on the removed file between our open and
+    our flock guards nothing, so the one at the path is taken again.
+    """
+    import fcntl
+
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        mine = os.fstat(fd)
+        if current is not None and (current.st_ino, current.st_dev) == (mine.st_ino, mine.st_dev):
+            return fd
+        os.close(fd)
 
 
 def command_line() -> str:
