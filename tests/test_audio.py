@@ -9,7 +9,7 @@ import tracemalloc
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import tone, write_wav
+from helpers.files import tone, write_wav
 
 from leak_lightning.audio import decode
 from leak_lightning.audio.containers import read_header

@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, cli_exit, make_origin, make_pool, tone, write_wav
+from helpers.files import REPO, cli_exit, make_origin, make_pool, tone, write_wav
 
 from leak_lightning.builder.build import build_dataset
 from leak_lightning.builder.discover import WavItem, split_pool

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import REPO, cli_exit, data_args, one_error
+from helpers.files import REPO, cli_exit, data_args, one_error
 
 from leak_lightning.cli import main
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, cli_exit, first_files, one_error
+from helpers.files import REPO, cli_exit, first_files, one_error
 
 from leak_lightning.builder.build import build_dataset
 from leak_lightning.cli import main

@@ -172,7 +172,7 @@ def test_stream_split_yields_every_segment(small_h5):
 
 @pytest.mark.parametrize("cache", ["ram", "stream", "device"])
 def test_every_cache_mode_trains(small_h5, tmp_path, cache):
-    from conftest import REPO, data_args
+    from helpers.files import REPO, data_args
 
     from leak_lightning.training_cli import LeakCLI
 

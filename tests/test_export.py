@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, cli_exit, one_error
+from helpers.files import REPO, cli_exit, one_error
 
 from leak_lightning.export import export
 

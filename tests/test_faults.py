@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, cli_exit, data_args, make_pool, one_error
+from helpers.files import REPO, cli_exit, data_args, make_pool, one_error
 from test_reliability import finish, fit_cmd, pause, start, wait_ready
 
 from leak_lightning.builder import writer as writer_module

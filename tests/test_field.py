@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import REPO, cli_exit, data_args, one_error, tone, write_wav
+from helpers.files import REPO, cli_exit, data_args, one_error, tone, write_wav
 
 from leak_lightning import LeakDetector
 from leak_lightning.cli import main

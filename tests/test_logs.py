@@ -9,7 +9,7 @@ import re
 import time
 
 import pytest
-from conftest import REPO, data_args
+from helpers.files import REPO, data_args
 
 from leak_lightning import __version__
 from leak_lightning.logs import RED, RESET, YELLOW, ElapsedTimeFormatter, bytes_human, resolve_level, setup_logging

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 import soundfile as sf
-from conftest import REPO, cli_exit, data_args, one_error, tone, write_wav
+from helpers.files import REPO, cli_exit, data_args, one_error, tone, write_wav
 
 from leak_lightning.cli import main
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, data_args, first_files
+from helpers.files import REPO, data_args, first_files
 
 pytestmark = pytest.mark.slow
 TESTS = Path(__file__).resolve().parent

@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 import pytest
 import torch
-from conftest import REPO, data_args
+from helpers.files import REPO, data_args
 
 from leak_lightning.data.batches import CachedSplit, TrainBatches
 from leak_lightning.evaluation import calibrate, expected_calibration_error, fit_platt

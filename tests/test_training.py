@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, cli_exit, data_args, first_files
+from helpers.files import REPO, cli_exit, data_args, first_files
 
 from leak_lightning.cli import main
 
