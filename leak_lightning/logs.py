@@ -53,6 +53,11 @@ class ElapsedTimeFormatter(logging.Formatter):
         return f"{code}{text}{RESET}" if code else text
 
 
+# Not tqdm.contrib.logging.logging_redirect_tqdm: that is a `with` block that swaps handlers only while it is
+# open, and only handlers writing to sys.stdout/sys.stderr. This handler is installed once per command, before
+# any bar exists (builder/build.py's, Lightning's TQDMProgressBar), on any stream. Measured with a bar and the
+# handler on one StringIO: under logging_redirect_tqdm the line lands on the bar ('build 0/3hello') and is
+# written a second time to sys.stderr; here the bar is cleared first and redrawn after the line (test_logs.py).
 class _TqdmHandler(logging.StreamHandler):
     """Writes through tqdm so log lines never break a live progress bar."""
 
@@ -74,9 +79,15 @@ def resolve_level(level: str | None = None) -> int:
     return getattr(logging, name)
 
 
+# Not Lightning's `rank_zero_only.rank`, though that reads the same variables in the same order
+# (lightning.fabric.utilities.rank_zero._get_rank; compared in test_logs.py): it exists only once lightning.fabric
+# is imported (about 3 s here; lightning_utilities' own `rank_zero_only` has no `rank` until then), and
+# setup_logging runs on every command, `build` (no Lightning) and cli.py's one-line errors (neither torch nor
+# Lightning) included. It is also read once, at that import, and raises on a value that is not a number
+# (RANK=''), which is skipped here. Every caller runs before a Trainer sets the rank, so for numbers both agree.
 def process_rank() -> int:
     """Global rank from the launcher's environment (0 when not distributed)."""
-    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
         if os.environ.get(var, "").isdigit():
             return int(os.environ[var])
     return 0

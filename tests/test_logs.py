@@ -6,12 +6,14 @@ import io
 import json
 import logging
 import re
+import subprocess
+import sys
 import time
 
 import pytest
 from helpers.files import REPO, data_args
 
-from leak_lightning import __version__
+from leak_lightning import __version__, logs
 from leak_lightning.logs import RED, RESET, YELLOW, ElapsedTimeFormatter, bytes_human, resolve_level, setup_logging
 
 
@@ -69,6 +71,60 @@ def test_level_from_environment_and_argument(monkeypatch):
     monkeypatch.setenv("TRAINER_LOG_LEVEL", "LOUD")
     with pytest.raises(ValueError, match=r"\$TRAINER_LOG_LEVEL='LOUD' is not a valid level; use one of DEBUG, INFO"):
         resolve_level()
+
+
+def test_a_log_line_clears_a_live_progress_bar_and_the_bar_comes_back(monkeypatch):
+    from tqdm import tqdm
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    stream = FakeTty()
+    logger = setup_logging("INFO", stream=stream)
+    with tqdm(total=3, file=stream, disable=False, desc="build", bar_format="{desc} {n}/{total}"):
+        logger.warning("careful")
+        written = stream.getvalue()  # no update: nothing depends on how fast the bar redraws
+    # the bar drawn, wiped with as many blanks, the (coloured: a terminal) line on its own, the bar again
+    assert re.fullmatch(r"\rbuild 0/3\r {9}\r" + re.escape(YELLOW) + r"\[ *\d+\.\d\ds\] \[WARNING\] careful"
+                        + re.escape(RESET) + r"\n\rbuild 0/3", written), repr(written)
+
+
+RANK_VARS = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+
+
+@pytest.mark.parametrize("env, rank", [({}, 0), ({"RANK": "3"}, 3), ({"LOCAL_RANK": "1"}, 1),
+                                       ({"RANK": "2", "LOCAL_RANK": "1"}, 2), ({"SLURM_PROCID": "4"}, 4),
+                                       ({"LOCAL_RANK": "0", "SLURM_PROCID": "5"}, 0),  # SLURM not launching
+                                       ({"JSM_NAMESPACE_RANK": "6"}, 6)])
+def test_process_rank_reads_the_launcher_as_lightning_does(monkeypatch, env, rank):
+    from lightning.fabric.utilities.rank_zero import _get_rank
+
+    for var in RANK_VARS:
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    assert logs.process_rank() == rank == (_get_rank() or 0)
+
+
+def test_other_ranks_log_errors_only_and_a_blank_rank_is_skipped(monkeypatch):
+    for var in RANK_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("RANK", "")  # Lightning's _get_rank raises on it; the next variable decides
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert logs.process_rank() == 1
+    stream = io.StringIO()
+    logger = setup_logging("DEBUG", stream=stream)
+    logger.warning("hidden")
+    logger.error("shown")
+    assert "hidden" not in stream.getvalue() and "shown" in stream.getvalue()
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert setup_logging("DEBUG", stream=stream).level == logging.DEBUG
+
+
+def test_logging_setup_loads_neither_torch_nor_lightning():
+    """`--help`, `--version` and cli.py's one-line errors answer at once: the rank is read without Lightning."""
+    code = ("import sys; from leak_lightning.cli import setup_logging; setup_logging('INFO').info('x'); "
+            "print(sorted(m for m in ('torch', 'lightning', 'lightning_fabric') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 @pytest.mark.parametrize("n, text", [(0, "0.00 B"), (1023, "1023.00 B"), (1536, "1.50 KB"),
