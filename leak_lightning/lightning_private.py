@@ -1,0 +1,102 @@
+"""Every private name of Lightning (and torch) this project relies on, with the reason, in one place.
+
+Lightning is pinned to the minor version these were checked against (pyproject: lightning>=2.6,<2.7).
+`missing()` lists those that are gone; tests/test_lightning_private.py fails naming each one, so an
+upgrade shows at once what to port instead of breaking a run days later.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Private:
+    owner: str  # "module:Class" or "module"
+    name: str  # attribute of the owner ("" for a module itself)
+    why: str
+
+
+USED: tuple[Private, ...] = (
+    # --- module.py: blocks of optimizer steps in one Lightning step --------------------------------
+    Private("lightning.pytorch.core.optimizer:LightningOptimizer", "_on_before_step",
+            "a step inside a block advances the progress counts behind trainer.global_step without "
+            "Lightning's per-step hooks (LeakClassifier.training_step)"),
+    Private("lightning.pytorch.core.optimizer:LightningOptimizer", "_on_after_step", "as _on_before_step"),
+    # --- training_cli.py: LeakCLI ---------------------------------------------------------------------
+    Private("lightning.pytorch.cli:LightningCLI", "_prepare_subcommand_parser",
+            "predict's --output option and validate/test's quiet default are added per subcommand"),
+    Private("lightning.pytorch.cli:LightningCLI", "_run_subcommand",
+            "what stops a run (a DDP rank, a full disk) becomes one line that says how to resume"),
+    Private("lightning.pytorch.cli:LightningCLI", "_parse_ckpt_path",
+            "a checkpoint's hyper-parameters are migrated to the current module's arguments before they "
+            "are parsed, from the checkpoint already read and checked (not a second, unchecked read)"),
+    Private("lightning.pytorch.cli:LightningCLI", "_get", "reads the instantiated config of one group"),
+    Private("lightning.pytorch.cli:LightningCLI", "_parser", "the subcommand's parser, for its callback keys"),
+    Private("lightning.pytorch.cli:LightningCLI", "_instantiate_trainer",
+            "the trainer is built from a filtered callback list (checkpointing/early stopping switched off)"),
+    # --- callbacks/checkpointing.py: last.ckpt kept current ------------------------------------------
+    Private("lightning.pytorch.callbacks:ModelCheckpoint", "_should_skip_saving_checkpoint",
+            "last.ckpt is written after every validation, once per step (LeakCheckpoint)"),
+    Private("lightning.pytorch.callbacks:ModelCheckpoint", "_should_save_on_train_epoch_end", "as above"),
+    Private("lightning.pytorch.callbacks:ModelCheckpoint", "_save_last_checkpoint", "as above"),
+    Private("lightning.pytorch.callbacks:ModelCheckpoint", "_monitor_candidates", "as above"),
+    Private("lightning.pytorch.callbacks:ModelCheckpoint", "_update_best_and_save",
+            "each new best is logged by name and value, and hp_metric follows it"),
+    # --- checkpoint_io.py: atomic saves ---------------------------------------------------------------
+    Private("lightning.fabric.plugins.io.torch_io", "",
+            "TorchCheckpointIO is the base of AtomicCheckpointIO (its public re-export moved between versions)"),
+    # --- torch: the compile wrapper tells compile errors from runtime errors by type ------------------
+    Private("torch._dynamo.exc", "TorchDynamoException",
+            "models/compiled.py falls back to eager on these (compile failures) and on nothing else"),
+)
+
+# Keys of Lightning's saved loop state that the project reads or edits in a checkpoint dict:
+# module.py (steps counted under automatic optimization carried over to manual), callbacks/interrupt.py
+# (a Ctrl-C save rewound to before validation).
+LOOP_KEYS: tuple[str, ...] = (
+    "epoch_loop.batch_progress",
+    "epoch_loop.val_loop.batch_progress",
+    "epoch_loop.manual_optimization.optim_step_progress",
+    "epoch_loop.automatic_optimization.optim_progress",
+)
+
+# Third-party message text still read, where no type or attribute carries the information:
+# - torch re-raises a DataLoader worker's exception as a new one of the same type whose text ("Caught ...
+#   Original Traceback ...") is the only carrier of the original message (cli.worker_error).
+
+
+def _resolve(owner: str):
+    module, _, cls = owner.partition(":")
+    obj = importlib.import_module(module)
+    obj = getattr(obj, cls) if cls else obj
+    if cls == "LightningOptimizer":  # its step hooks are set per instance, in __init__
+        import torch
+
+        obj = obj(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1))
+    return obj
+
+
+def missing() -> list[str]:
+    """`owner.name` of every listed private name that this Lightning/torch no longer has."""
+    gone = []
+    for item in USED:
+        try:
+            owner = _resolve(item.owner)
+        except (ImportError, AttributeError):
+            gone.append(item.owner)
+            continue
+        if item.name and not hasattr(owner, item.name):
+            gone.append(f"{item.owner}.{item.name}")
+    return gone
+
+
+def missing_loop_keys() -> list[str]:
+    """The LOOP_KEYS a fresh fit loop's state_dict no longer has."""
+    import lightning as L
+
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    keys = trainer.fit_loop.state_dict()
+    return [k for k in LOOP_KEYS if k not in keys]
