@@ -5,7 +5,7 @@
     det.predict("clip.wav").leak
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 __all__ = ["LeakDetector", "Prediction", "__version__"]
 
 

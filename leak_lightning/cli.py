@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .logs import setup_logging
+from .logs import fail_line, setup_logging
 
 log = logging.getLogger("leak_lightning.cli")
 
@@ -78,8 +78,7 @@ def run_build(argv: list[str]) -> int:
         log.error("%s", err)
         return 2
     except (OSError, RuntimeError) as err:  # a full disk, a lost mount: discarded, the old dataset untouched
-        errno = getattr(err, "errno", None) or (28 if "errno = 28" in str(err) else None)
-        reason = os.strerror(errno) if errno else str(err).splitlines()[0]
+        reason = _write_failure(err, cfg.get("output"))
         log.debug("details", exc_info=True)
         log.error("%s: %s while writing the dataset; nothing was replaced (an earlier dataset there is intact) "
                   "and the temporary files were removed; free space or choose another --output",
@@ -120,36 +119,57 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     from argparse import ArgumentError
 
+    from .logs import quiet_lightning
     from .rundir import FolderLock
     from .training_cli import LeakCLI
 
+    quiet_lightning()  # Lightning's notices and the warnings about choices the CLI makes on purpose
     try:
         LeakCLI(args=argv)
     except ArgumentError as err:  # a bad flag, value or config file: the error, then where to look
         _fail(f"{_one_line(err, args)}; see `python -m leak_lightning {_subcommand(args)} --help` for the options")
     except (ValueError, FileNotFoundError) as err:
-        if str(err).startswith("Call to compute_fn of link") and err.__cause__ is not None:
-            err = err.__cause__  # our own check, raised inside a data → model link
+        if isinstance(err.__cause__, (ValueError, FileNotFoundError)) and _raised_here(err.__cause__):
+            err = err.__cause__  # our own check, raised inside a data → model link (jsonargparse wraps it)
         _fail(_worker_error(str(err)))
     finally:
         FolderLock.release_all()
 
 
+def _write_failure(err: OSError | RuntimeError, output) -> str:
+    """Why writing the dataset failed, in words. h5py reports a full disk as a RuntimeError without an errno
+    (its text is HDF5's error stack), so the free space is checked instead of the message."""
+    import shutil
+
+    if getattr(err, "errno", None):
+        return os.strerror(err.errno)
+    folder = Path(output or ".")
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        if shutil.disk_usage(folder).free < 2**26:
+            return os.strerror(28)  # "No space left on device"
+    except OSError:
+        pass
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def _raised_here(err: BaseException) -> bool:
+    """Whether `err` was raised by this package's code (its traceback ends in a leak_lightning module)."""
+    tb, last = err.__traceback__, None
+    while tb is not None:
+        last, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
+    return last is not None and Path(last).resolve().is_relative_to(Path(__file__).resolve().parent)
+
+
 def _worker_error(message: str) -> str:
     """A DataLoader worker's error arrives as 'Caught ValueError in DataLoader worker ... Original Traceback
-    ...': keep the original message."""
+    ...': keep the original message (torch re-raises it as a new exception whose text is the only carrier of
+    the original; listed in lightning_private.py)."""
     if message.startswith("Caught ") and "Original Traceback" in message:
         last = message.strip().splitlines()[-1]
         return last.split(": ", 1)[1] if ": " in last else last
     return message
-
-
-def fail_line(message: str) -> int:
-    """Log one error line (the traceback only at DEBUG) and return the exit status 2."""
-    setup_logging("INFO")  # the error may be the log level itself
-    log.debug("details", exc_info=True)
-    log.error("%s", message)
-    return 2
 
 
 def _fail(message: str) -> None:
@@ -159,16 +179,15 @@ def _fail(message: str) -> None:
 def _one_line(err: Exception, args: list[str]) -> str:
     """jsonargparse's multi-line parse error as one line; a YAML error names its file and line."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
-    if lines[0].startswith("Problems parsing config"):
-        import yaml
+    import yaml
 
-        for path in (b for a, b in zip(args, args[1:]) if a in ("--config", "-c")):
-            try:
-                yaml.safe_load(Path(path).read_text())
-            except (OSError, yaml.YAMLError) as yerr:
-                where = getattr(yerr, "problem_mark", None)
-                line = f" line {where.line + 1}, column {where.column + 1}" if where else ""
-                return f"{path}:{line}: not valid YAML ({getattr(yerr, 'problem', None) or yerr})"
+    for path in (b for a, b in zip(args, args[1:]) if a in ("--config", "-c")):  # a broken file says where
+        try:
+            yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as yerr:
+            where = getattr(yerr, "problem_mark", None)
+            line = f" line {where.line + 1}, column {where.column + 1}" if where else ""
+            return f"{path}:{line}: not valid YAML ({getattr(yerr, 'problem', None) or yerr})"
     text = lines[0]
     if text.endswith(":") and len(lines) > 1:
         text += " " + lines[1]

@@ -14,10 +14,13 @@ from pathlib import Path
 
 from .features import FeatureConfig
 
-CHECKPOINT_FORMAT = 1  # the `leak_lightning` section of a checkpoint; bump when its meaning changes
+# the `leak_lightning` section of a checkpoint; bump when its meaning changes. 2: the model is built from
+# net/optimizer/scheduler config and its decision buffers sit under `decision.` (format 1 is migrated on load)
+CHECKPOINT_FORMAT = 2
 SECTION = "leak_lightning"
 DATA_STATE = "LeakDataModule"  # Lightning files a data module's state_dict under its class name
-DECISION_BUFFERS = ("threshold", "calibration", "threshold_stats")  # the state that turns scores into answers
+# the state that turns scores into answers: LeakClassifier.decision's buffers (top-level keys before 0.2)
+DECISION_BUFFERS = ("threshold", "calibration", "threshold_stats")
 
 
 def binding_digest(ckpt: dict) -> str:
@@ -34,7 +37,8 @@ def binding_digest(ckpt: dict) -> str:
         training["recordings_sha256"] = hashlib.sha256(recordings.numpy().tobytes()).hexdigest()
     payload = {"section": section, "hyper_parameters": ckpt.get("hyper_parameters") or {},
                "shapes": {k: list(v.shape) for k, v in state.items() if hasattr(v, "shape")},
-               "decision": {k: state[k].tolist() for k in DECISION_BUFFERS if k in state},
+               "decision": {k: v.tolist() for k in DECISION_BUFFERS
+                            if (v := state.get(f"decision.{k}", state.get(k))) is not None},
                "training": training}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=repr).encode()).hexdigest()
 

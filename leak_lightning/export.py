@@ -214,7 +214,7 @@ def _write_failed(err: Exception, folder: Path) -> ValueError:
 def export(ckpt_path: str | Path, fmt: str = "onnx", with_frontend: bool = False,
            output: str | Path | None = None) -> dict:
     """Write the export(s) and the sidecar as one set; return the sidecar (it names the files and their parity)."""
-    from .callbacks.checkpointing import read_checkpoint
+    from .checkpoint_io import read_checkpoint
     from .module import LeakClassifier
 
     ckpt_path = Path(ckpt_path)
@@ -291,9 +291,10 @@ def _sidecar(ckpt_path: Path, fmt: str, contract, model, files: dict) -> dict:
         "format_version": EXPORT_FORMAT, "producer": f"leak_lightning {__version__}", "checkpoint": str(ckpt_path),
         "format": fmt, "class_names": list(contract.class_names), "leak_class_name": contract.leak_class_name,
         "leak_index": list(contract.class_names).index(contract.leak_class_name),
-        "threshold": float(model.threshold), "aggregation": model.hparams.aggregation,
-        "vote_fraction": model.hparams.vote_fraction,
-        "calibration": {"method": "platt", "a": float(model.calibration[0]), "b": float(model.calibration[1]),
+        "threshold": float(model.decision.threshold), "aggregation": model.decision.options.aggregation,
+        "vote_fraction": model.decision.options.vote_fraction,
+        "calibration": {"method": "platt", "a": float(model.decision.calibration[0]),
+                        "b": float(model.decision.calibration[1]),
                         "probability": "sigmoid(a * logit(clamp(s, 1e-4, 1 - 1e-4)) + b), s = the mean "
                                        "long-window leak probability"},
         "feature_config": asdict(model.features), "files": files,
@@ -308,8 +309,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def run_export(argv: list[str]) -> int:
-    from .cli import fail_line
-    from .logs import setup_logging
+    from .logs import fail_line, setup_logging
 
     parser = _Parser(prog="python -m leak_lightning export",
                      description="Export a checkpoint as ONNX or TorchScript with a JSON sidecar.")

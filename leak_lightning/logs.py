@@ -130,7 +130,18 @@ def quiet_lightning() -> None:
             if not any(isinstance(f, _Quiet) for f in handler.filters):
                 handler.addFilter(_Quiet())
     for message in (r".*isinstance\(treespec, LeafSpec\)", r"Couldn't infer the batch indices fetched",
-                    r"No seed found", r"The number of training batches \(\d+\) is smaller than the logging interval"):
+                    r"No seed found", r"The number of training batches \(\d+\) is smaller than the logging interval",
+                    # fit stops before an earlier run's checkpoints unless resuming or --overwrite was asked for,
+                    # so Lightning's generic warning about them would only repeat the user's choice
+                    r"Checkpoint directory .* exists and is not empty",
+                    # LeakDataModule restores the exact batch position itself (its state_dict): the resume is exact
+                    r"You're resuming from a checkpoint that ended before the epoch",
+                    # evaluating a checkpoint from another run directory: its best/last bookkeeping is not needed
+                    r"The dirpath has changed from",
+                    # validate/test/predict build no checkpoint or early-stopping callbacks on purpose (they only
+                    # score), and a resumed fit without early stopping was asked for: their states are not needed
+                    r"Be aware that when using `ckpt_path`, callbacks used",
+                    r"LightningCLI's args parameter is intended to run from within"):
         warnings.filterwarnings("ignore", message=message)
 
 
@@ -144,3 +155,12 @@ def seconds_since_process_start() -> float:
         return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat: start time in ticks
     except (OSError, ValueError, IndexError):
         return time.monotonic() - START
+
+
+def fail_line(message: str) -> int:
+    """Log one error line (the traceback only at DEBUG) and return the exit status 2."""
+    setup_logging("INFO")  # the error may be the log level itself
+    log = logging.getLogger("leak_lightning.cli")
+    log.debug("details", exc_info=True)
+    log.error("%s", message)
+    return 2

@@ -1,155 +1,140 @@
-"""LeakClassifier: multi-label BCE on segments, metrics at segment and file level."""
+"""LeakClassifier: multi-label BCE on segments, metrics at segment and file level, the recording's answer.
+
+The network, the optimizer and the schedule are injected (LightningCLI `class_path`/`init_args`; the
+defaults are in configs/); the module owns what turns them into a leak detector: the checkpoint's
+contract (classes, frontend), the loss, augmentation, and the decision rule fitted on validation.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
+from collections.abc import Iterable
 from typing import Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import MultilabelAUROC, MultilabelAveragePrecision, MultilabelF1Score
 
+from .checkpoint_io import current_hparams, migrate_state
 from .contract import SECTION, ModelContract, binding_digest
-from .evaluation import Aggregation, calibrate, decision_basis, file_decisions
+from .evaluation import DEFAULT_GRID, FileScores, expected_calibration_error, file_metrics, score_files
 from .features import FeatureConfig, LogMelFrontend
-from .models import LeakCNN
 from .models.augment import Augmentation, SpectrumAugment
-from .module_eval import EvaluationSteps, segment_metrics
+from .models.compiled import CompiledNet, CompileOptions
+from .models.decision import DecisionOptions, DecisionRule, SegmentTable
+from .models.optim import AdamW, CosineToEnd
 
 log = logging.getLogger(__name__)
 _NO_SCALER = ("32-true", "32", "bf16-mixed", "bf16-true", "64-true", "64")
-CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 
 
-def _pos_weight(value, num_classes: int, counts: list[int] | None, files: int | None) -> list[float] | None:
-    """Explicit per-class weights, or "auto": each class's negatives over positives in the training split."""
-    if value == "auto":
-        if counts is None or not files:
-            raise ValueError("--model.pos_weight auto needs the training split's class counts: set data.train_h5")
-        weights = [round((files - c) / max(c, 1), 4) for c in counts]
-        log.info("loss: BCE with pos_weight auto from the training split (%d files): %s", files, weights)
-        return weights
-    if value is not None and len(value) != num_classes:
-        raise ValueError(f"pos_weight has {len(value)} values for {num_classes} classes")
-    return list(value) if value else None
+def default_optimizer(params: Iterable) -> torch.optim.Optimizer:
+    return AdamW(params, lr=1e-3, weight_decay=1e-2)
 
 
-class LeakClassifier(EvaluationSteps, L.LightningModule):
-    """Wraps a plain LeakCNN; class names, feature config and class count come from the data.
+def default_scheduler(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    return CosineToEnd(optimizer, min_lr_ratio=0.01)
+
+
+class LeakClassifier(L.LightningModule):
+    """A network on log-mel segments, trained multi-label, deciding per recording whether the pipe leaks.
 
     Args:
-        leak_class_name: the class whose file-level decision is the product (chosen by name).
-        pos_weight: per-class positive weights for the BCE loss; "auto": negatives/positives of each
-            class in the training split (`class_counts`, linked from the data).
-        augment: training-time augmentation of the log-mel batches (models/augment.py); masks are
-            `freq_mask` / `time_mask`.
-        aggregation: file score from long windows, "vote" (fraction at/above threshold) or "mean".
-        vote_fraction: in vote mode, the fraction of leak windows that makes a leak file.
-        compile: torch.compile the network; None = when training on CUDA (validation inside `fit`
-            uses the compiled network too; standalone validate/test/predict run eager). Failure falls
-            back to eager.
-        layout: "1d" runs the (3, 1) convolutions of one-frame segments (T = 1) as Conv1d over the mel
-            axis: the same function, other kernels (scripts/benchmark_fit.py --layout compares them).
-        compile_cache: folder for inductor's compiled kernels (TORCHINDUCTOR_CACHE_DIR; default:
-            torch's own, /tmp/torchinductor_<user>): a later run on the machine reuses them.
-        compile_mode: torch.compile's mode; "reduce-overhead" replays CUDA graphs (fewer kernel
-            launches per step), "max-autotune" also searches kernel configurations.
-        fused_adamw: AdamW's fused kernel (one launch per step instead of one per op and tensor
-            group); None = on when the parameters live on CUDA. Same update rule either way.
+        net: the network, (B, n_mels, T) → (B, classes) logits (default: models.LeakCNN; its `num_classes`,
+            `n_mels` and `t_frames` are linked from the data).
+        optimizer: called with the parameters (default: models.optim.AdamW, lr 1e-3, weight decay 1e-2).
+        scheduler: called with the optimizer, stepped every optimizer step (default: models.optim.CosineToEnd,
+            whose length is set to the run's steps here).
+        class_names: the data's classes (linked from the data; a checkpoint keeps them).
+        feature_config: the frontend the data was built with (linked; a checkpoint keeps it).
+        leak_class_name: the class whose recording-level decision is the product (chosen by name).
+        pos_weight: per-class positive weights of the BCE loss; "auto": each class's negatives over its
+            positives in the training split (set when `fit` starts; a checkpoint keeps them).
+        augment: training-time augmentation of the log-mel batches (models/augment.py), masks included.
+        decision: how window probabilities become a recording's decision (models/decision.py).
+        compile: torch.compile of the network (models/compiled.py; on by default when training on CUDA).
         grad_clip: clip the gradients' global norm to this (None: no clipping). Training steps the
             optimizer itself, so Lightning's --trainer.gradient_clip_val does not apply.
     """
 
-    def __init__(self, num_classes: int, class_names: list[str], feature_config: dict,
-                 leak_class_name: str = "LEAK", channels: tuple[int, ...] = (48, 96, 192, 256),
-                 hidden: int = 256, dropout: float = 0.3, freq_mask: int = 8, time_mask: int = 0,
-                 lr: float = 1e-3, weight_decay: float = 1e-2, min_lr_ratio: float = 0.01,
+    def __init__(self, net: nn.Module, optimizer: OptimizerCallable = default_optimizer,
+                 scheduler: LRSchedulerCallable = default_scheduler, class_names: list[str] | None = None,
+                 feature_config: dict | None = None, leak_class_name: str = "LEAK",
                  pos_weight: list[float] | Literal["auto"] | None = None, augment: Augmentation = Augmentation(),
-                 aggregation: Aggregation = "vote", vote_fraction: float = 0.5, compile: bool | None = None,
-                 compile_mode: CompileMode = "default", fused_adamw: bool | None = None,
-                 class_counts: list[int] | None = None, train_files: int | None = None,
-                 grad_clip: float | None = None, compile_cache: str | None = None,
-                 layout: Literal["2d", "1d"] = "2d") -> None:
+                 decision: DecisionOptions = DecisionOptions(), compile: CompileOptions = CompileOptions(),
+                 grad_clip: float | None = None) -> None:
         super().__init__()
+        # From LightningCLI the hyper-parameters are the config (net, optimizer and scheduler as class_path and
+        # init_args): a checkpoint rebuilds the same module from them.
         self.save_hyperparameters()
-        if len(class_names) != num_classes:
-            raise ValueError(f"class_names {class_names} has {len(class_names)} entries, "
-                             f"expected {num_classes}")
+        if not class_names or feature_config is None:
+            raise ValueError("class_names and feature_config come from the data (LeakDataModule) or a checkpoint")
         if leak_class_name not in class_names:
             raise ValueError(f"leak_class_name {leak_class_name!r} is not one of the dataset's classes "
                              f"{class_names}; set --model.leak_class_name to one of them")
-        self.leak_index = class_names.index(leak_class_name)
+        self.net = net
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.class_names, self.leak_index = list(class_names), class_names.index(leak_class_name)
         self.features = FeatureConfig.from_dict(feature_config)
-        self.net = LeakCNN(num_classes, self.features.n_mels, self.features.t_frames, tuple(channels),
-                           hidden, dropout, freq_mask, time_mask, layout)
-        aug = augment if isinstance(augment, Augmentation) else Augmentation(**augment)
+        self.compile_options = _as(compile, CompileOptions)
         f = self.features
-        self.augment = SpectrumAugment(aug, f.n_mels, f.f_min, f.f_max or f.sample_rate / 2, self.leak_index)
-        self.pos_weights = _pos_weight(pos_weight, num_classes, class_counts, train_files)
-        self.loss_fn = nn.BCEWithLogitsLoss(
-            pos_weight=torch.tensor(self.pos_weights, dtype=torch.float32) if self.pos_weights else None)
-        # decided on validation, saved in checkpoints: the threshold, its validation precision and
-        # recall, and the Platt calibration (a, b) of the file leak score
-        self.register_buffer("threshold", torch.tensor(0.5))
-        self.register_buffer("threshold_stats", torch.tensor([float("nan"), float("nan")]))
-        self.register_buffer("calibration", torch.tensor([1.0, 0.0]))
+        self.augment = SpectrumAugment(_as(augment, Augmentation), f.n_mels, f.f_min, f.f_max or f.sample_rate / 2,
+                                       self.leak_index)
+        self.loss_fn = nn.BCEWithLogitsLoss(pos_weight=_pos_weight(pos_weight, len(class_names)))
+        self.decision = DecisionRule(_as(decision, DecisionOptions))  # fitted on validation, kept in checkpoints
         self.automatic_optimization = False  # training_step steps the optimizer itself (blocks of steps)
-        self.val_metrics = segment_metrics(num_classes)
-        self.test_metrics = segment_metrics(num_classes)
-        self._compiled: nn.Module | None = None
-        self._sums: dict[str, tuple[torch.Tensor, int]] = {}
-        self._scored: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # evaluation: (first segment, probs, y)
+        # no per-step host sync: torchmetrics' NaN checks read the value back, "disable" skips them
+        self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric(nan_strategy="disable") for s in ("train", "val", "test")})
+        self.val_metrics = segment_metrics(len(class_names))
+        self.test_metrics = segment_metrics(len(class_names))
+        spf = self.features.num_long * self.features.num_short
+        self.scored = SegmentTable(len(class_names), spf)  # an evaluation's probabilities, by row
+        self.compiled: CompiledNet | None = None
         self.last_results: dict | None = None  # test/validate results for reports
+        self._warned_small_val = False
 
-    # ---- forward, with torch.compile when asked and a fallback to eager -------------------
+    # ---- forward, through torch.compile when asked --------------------------------------------
     def compiles(self, stage: str) -> bool:
-        """Whether `stage` runs the network through torch.compile: asked for, or by default training on CUDA.
+        """Whether `stage` runs the network through torch.compile: asked for, or by default training on CUDA."""
+        if self.compile_options.enabled is not None:
+            return bool(self.compile_options.enabled)
+        return self._on_cuda() and stage == "fit"
 
-        validate/test/predict default to eager: compiling costs tens of seconds, more than scoring a
-        split of ordinary size takes (pass --model.compile true for a very large one).
-        """
-        if self.hparams.compile is not None:
-            return bool(self.hparams.compile)
-        on_cuda = self.device.type == "cuda" or (self.trainer is not None
-                                                 and self.trainer.strategy.root_device.type == "cuda")
-        return on_cuda and stage == "fit"
+    def _on_cuda(self) -> bool:
+        return self.device.type == "cuda" or (self._trainer is not None
+                                              and self.trainer.strategy.root_device.type == "cuda")
 
     def setup(self, stage: str) -> None:
-        if self.compiles(stage) and self._compiled is None:
-            if self.hparams.compile_cache:  # inductor's on-disk cache: a second run reuses the compiled kernels
-                os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(self.hparams.compile_cache)
-            # not a registered submodule: parameters stay under `net.` in checkpoints
-            object.__setattr__(self, "_compiled", torch.compile(self.net, mode=self.hparams.compile_mode))
+        if self._on_cuda():
+            torch.set_float32_matmul_precision("high")  # TF32 matmuls: the float32 parts of a bf16-mixed step
+        if stage == "fit" and self.hparams.get("pos_weight") == "auto":
+            self._weigh_classes()
+        if self.compiles(stage) and self.compiled is None:
+            self.compiled = CompiledNet(self.net, self.compile_options.mode, self.compile_options.cache)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._compiled is not None:
-            try:
-                return self._compiled(x)
-            except Exception as err:  # compile errors surface at the first call
-                log.warning("torch.compile failed (%s: %s); continuing in eager mode",
-                            type(err).__name__, str(err).splitlines()[0] if str(err) else "")
-                object.__setattr__(self, "_compiled", None)
-        return self.net(x)
+        return self.compiled(x) if self.compiled is not None else self.net(x)
+
+    def _weigh_classes(self) -> None:
+        """pos_weight "auto": negatives over positives of each class in the training split (a resumed run
+        restores the weights it started with, after this)."""
+        dm = self.trainer.datamodule
+        counts, files = getattr(dm, "train_class_counts", None), getattr(dm, "train_files", None)
+        if counts is None or not files:
+            raise ValueError("--model.pos_weight auto needs the training split's class counts: set data.train_h5")
+        weights = [round((files - c) / max(c, 1), 4) for c in counts]
+        self.loss_fn.pos_weight.copy_(torch.tensor(weights))
+        log.info("loss: BCE with pos_weight auto from the training split (%d files): %s", files, weights)
 
     # ---- training -------------------------------------------------------------------------
-    def _accumulate(self, name: str, value: torch.Tensor, count: int) -> None:
-        # a device-side running sum (one fused op) and a Python count: no per-step self.log,
-        # .item() or host-to-device copy in the hot loop
-        total, n = self._sums.get(name, (0.0, 0))
-        self._sums[name] = (value.detach().float() * count + total, n + count)
-
-    def _mean(self, name: str, pop: bool = True) -> torch.Tensor | None:
-        """Mean over all ranks of an accumulated value (a collective: call it on every rank)."""
-        if name not in self._sums:
-            return None
-        total, n = self._sums.pop(name) if pop else self._sums[name]
-        s = torch.stack([total, torch.tensor(float(n), device=total.device)])
-        s = self.trainer.strategy.reduce(s, reduce_op="sum")
-        return s[0] / s[1].clamp(min=1)
-
     def running_train_loss(self) -> torch.Tensor | None:
-        return self._mean("train/loss", pop=False)
+        """The mean training loss of the epoch so far, over all ranks (a collective: call it on every rank)."""
+        metric = self.losses["train_loss"]
+        return metric.compute() if metric.update_count else None
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         """One optimizer step per batch: a batch, or a block of them (`data.steps_per_call`).
@@ -161,7 +146,7 @@ class LeakClassifier(EvaluationSteps, L.LightningModule):
         if torch.is_tensor(xs):
             xs, ys = [xs], [ys]
         opt, sched = self.optimizers(), self.lr_schedulers()
-        trainer, clip = self.trainer, self.hparams.grad_clip
+        trainer, clip = self.trainer, self.hparams.get("grad_clip")
         # Inside a block, all steps but the last skip Lightning's backward and optimizer-step hooks
         # (callbacks see one step per block), where the precision needs no loss scaler.
         quick = len(xs) > 1 and str(trainer.precision) in _NO_SCALER
@@ -174,7 +159,7 @@ class LeakClassifier(EvaluationSteps, L.LightningModule):
                 loss.backward()
                 if clip:
                     nn.utils.clip_grad_norm_(self.parameters(), clip)
-                opt._on_before_step()  # the progress counts behind trainer.global_step
+                opt._on_before_step()  # the progress counts behind trainer.global_step (lightning_private.py)
                 opt.optimizer.step()
                 opt._on_after_step()
             else:
@@ -183,7 +168,7 @@ class LeakClassifier(EvaluationSteps, L.LightningModule):
                     self.clip_gradients(opt, gradient_clip_val=clip, gradient_clip_algorithm="norm")
                 opt.step()
             sched.step()
-            self._accumulate("train/loss", loss, len(x))
+            self.losses["train_loss"].update(loss.detach(), len(x))
             self._log_step(loss)
         return loss
 
@@ -193,13 +178,12 @@ class LeakClassifier(EvaluationSteps, L.LightningModule):
         return self.loss_fn(self(x).float(), y)
 
     def _log_step(self, loss: torch.Tensor) -> None:
-        # The step loss and learning rate every log_every_n_steps, straight to the loggers: one host
-        # sync per n steps, not self.log's per-step bookkeeping.
+        # The step loss every log_every_n_steps, straight to the loggers: one host sync per n steps, not
+        # self.log's per-step bookkeeping (the learning rate: LearningRateMonitor, added by the CLI).
         every, step = self.trainer.log_every_n_steps, self.trainer.global_step
         if self.loggers and every and step % every == 0:
-            metrics = {"train/loss_step": float(loss.detach()), "lr": self.trainer.optimizers[0].param_groups[0]["lr"]}
             for logger in self.loggers:
-                logger.log_metrics(metrics, step=step)
+                logger.log_metrics({"train/loss_step": float(loss.detach())}, step=step)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         # --trainer.max_steps inside an epoch would end the run before any validation: no metric for
@@ -209,12 +193,12 @@ class LeakClassifier(EvaluationSteps, L.LightningModule):
             trainer.should_stop = True
 
     def on_train_epoch_end(self) -> None:
-        mean = self._mean("train/loss")
-        if mean is not None:
-            self.log("train/loss", mean, sync_dist=True)
+        if self.losses["train_loss"].update_count:
+            self.log("train/loss", self.losses["train_loss"].compute(), sync_dist=False)
+        self.losses["train_loss"].reset()
 
     def _total_steps(self) -> int:
-        """Optimizer steps this run makes: the length of the cosine schedule."""
+        """Optimizer steps this run makes: the length of the schedule."""
         t = self.trainer
         calls = int(t.estimated_stepping_batches)  # Lightning steps (blocks); also builds the train loader
         per_epoch = getattr(t.train_dataloader, "optimizer_steps", None)
@@ -238,33 +222,133 @@ class LeakClassifier(EvaluationSteps, L.LightningModule):
                 sched.T_max = total
 
     def configure_optimizers(self):
-        fused = self.hparams.fused_adamw
-        if fused is None:
-            fused = self.device.type == "cuda"
-        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
-                                fused=fused or None)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-            opt, T_max=self._total_steps(), eta_min=self.hparams.lr * self.hparams.min_lr_ratio)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        opt = self.optimizer(self.parameters())
+        sched = self.scheduler(opt)
+        if isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR):
+            sched.T_max = self._total_steps()  # the cosine spans this run's optimizer steps
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "name": "lr"}}
+
+    # ---- evaluation -----------------------------------------------------------------------
+    # Probabilities are collected from the batches as they come (the batch says where its segments
+    # sit in the split), so file-level scores use only what was actually scored and the module needs
+    # no data module.
+    def _eval_step(self, batch, metrics: MetricCollection, stage: str) -> None:
+        x, y, start = batch
+        logits = self(x).float()
+        self.losses[f"{stage}_loss"].update(self.loss_fn(logits, y), len(x))
+        probs = torch.sigmoid(logits)
+        with _counting_is_exact():
+            metrics.update(probs, y.int())
+        self.scored.add(int(start), probs, y)
+
+    def on_validation_epoch_start(self) -> None:
+        self.scored.parts = []
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val", self.val_metrics, sweep=not self.trainer.sanity_checking)
+
+    def on_test_epoch_start(self) -> None:
+        self.scored.parts = []
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test", self.test_metrics, sweep=False)
+
+    def _eval_end(self, stage: str, metrics: MetricCollection, sweep: bool) -> None:
+        reduce = lambda t, op: self.trainer.strategy.reduce(t, reduce_op=op)
+        probs, targets, seen = self.scored.gather(reduce, self.device)
+        f = self.features
+        scores = score_files(probs, targets, seen, f.num_long, f.num_short, self.leak_index)
+        checking = self.trainer.sanity_checking
+        if not checking:
+            self._warn_if_partial(stage, scores)
+        leaks, n = int(scores.targets[:, self.leak_index].sum()), len(scores.index)
+        if not checking and n and not 0 < leaks < n:
+            log.warning("%s: %d of the %d files scored are %s: the leak F1/AUROC are undefined (NaN)%s", stage, leaks,
+                        n, self.hparams.leak_class_name, " and the threshold is not swept" * sweep)
+        truth = scores.targets[:, self.leak_index].bool()
+        sweep = sweep and 0 < leaks < n
+        if sweep:
+            self._fit_decision(scores, truth, leaks)
+        decided = self.decision.decide(scores.windows)
+        values = file_metrics(scores, decided, self.leak_index)
+        if sweep:
+            self.decision.record(values["file_leak_precision"], values["file_leak_recall"])
+        mean_score = scores.windows.mean(-1)
+        probability = self.decision.probability(mean_score)
+        values["file_leak_ece"] = torch.tensor(expected_calibration_error(probability, truth))
+        values["file_leak_ece_uncalibrated"] = torch.tensor(expected_calibration_error(mean_score, truth))
+        with _counting_is_exact():
+            seg = metrics.compute()
+        metrics.reset()
+        for key, per_class in seg.items():
+            values[f"seg_{key}_macro"] = per_class.nanmean()
+            values[f"seg_leak_{key}"] = per_class[self.leak_index]
+            for name, v in zip(self.class_names, per_class):
+                values[f"seg_{key}/{name}"] = v
+        loss = self.losses[f"{stage}_loss"]
+        values["loss"] = loss.compute() if loss.update_count else torch.tensor(float("nan"))
+        loss.reset()
+        values["threshold"] = self.decision.threshold.clone()
+        for key, v in values.items():
+            # identical on every rank already; sync_dist only keeps Lightning's DDP bookkeeping quiet
+            self.log(f"{stage}/{key}", v.float() if torch.is_tensor(v) else float(v), sync_dist=True)
+        basis, cutoff = self.decision.basis(scores.windows)
+        self.last_results = {"stage": stage, "metrics": {k: float(v) for k, v in values.items()},
+                             "decision_scores": basis.cpu(), "decision_cutoff": cutoff,
+                             "files": scores.index.cpu(), "file_probs": scores.class_scores.cpu(),
+                             "file_scores": mean_score.cpu(), "decisions": decided.cpu(),
+                             "windows": scores.windows.cpu(), "file_probability": probability.cpu(),
+                             "targets": scores.targets.cpu()}
+
+    def _fit_decision(self, scores: FileScores, truth: torch.Tensor, leaks: int) -> None:
+        """The threshold (best file F1 on validation) and the calibration; a warning when they are uncertain."""
+        t = self.decision.fit(scores.windows, truth)
+        edge = t <= float(DEFAULT_GRID[0]) + 1e-6 or t >= float(DEFAULT_GRID[-1]) - 1e-6
+        if (edge or leaks < 20) and not self._warned_small_val:
+            self._warned_small_val = True  # once per run: it is the validation set's size that is the issue
+            log.warning("the threshold (%.2f%s) was swept on only %d %s file(s) among %d: it is uncertain; "
+                        "use a validation split with 20 or more leak files", t, ", at the edge of the sweep" * edge,
+                        leaks, self.hparams.leak_class_name, len(truth))
+
+    def _warn_if_partial(self, stage: str, scores: FileScores) -> None:
+        limit = self.trainer.limit_val_batches if stage == "val" else self.trainer.limit_test_batches
+        if not len(scores.index):
+            log.warning("%s: no file was scored whole, so the file-level metrics are undefined (NaN) and the "
+                        "threshold stays at %.2f", stage, float(self.decision.threshold))
+        elif scores.partial or limit != 1.0 or self.trainer.fast_dev_run:
+            log.warning("%s: file-level metrics cover only the %d file(s) scored whole (limit_%s_batches=%s, "
+                        "fast_dev_run=%s); %d partly scored file(s) left out", stage, len(scores.index), stage,
+                        limit, self.trainer.fast_dev_run, scores.partial)
 
     # ---- the checkpoint owns its classes, leak class, frontend and threshold -------------------
     @classmethod
     def for_inference(cls, ckpt: dict, device: torch.device) -> LeakClassifier:
-        """An eval-mode, uncompiled model from a checkpoint already read (`read_checkpoint`): what
-        `load_from_checkpoint` builds, without reading the file a second time."""
-        hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}  # _instantiator
-        model = cls(**{**hparams, "compile": False})
+        """An eval-mode, uncompiled model from a checkpoint already read (`checkpoint_io.read_checkpoint`):
+        what `load_from_checkpoint` builds, without reading the file a second time."""
+        from lightning.pytorch.cli import instantiate_module
+
+        hparams = {k: v for k, v in current_hparams(ckpt["hyper_parameters"]).items() if not k.startswith("_")}
+        hparams["compile"] = {"enabled": False}
+        model = (cls(**hparams) if isinstance(hparams.get("net"), nn.Module)  # built in Python, not by the CLI
+                 else instantiate_module(cls, hparams))
         model.on_load_checkpoint(ckpt)
         model.load_state_dict(ckpt["state_dict"])
         return model.to(device).eval()
 
     def contract(self) -> ModelContract:
-        return ModelContract(tuple(self.hparams.class_names), self.hparams.leak_class_name, self.features, "")
+        return ModelContract(tuple(self.class_names), self.hparams.leak_class_name, self.features, "")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint[SECTION] = self.contract().section(float(self.threshold))
-        a, b = self.calibration.tolist()
-        precision, recall = self.threshold_stats.tolist()
+        rule = self.decision
+        checkpoint[SECTION] = self.contract().section(float(rule.threshold))
+        a, b = rule.calibration.tolist()
+        precision, recall = rule.threshold_stats.tolist()
         checkpoint[SECTION].update(
             threshold_validation={"precision": precision, "recall": recall},
             calibration={"method": "platt", "a": a, "b": b,
@@ -272,17 +356,7 @@ class LeakClassifier(EvaluationSteps, L.LightningModule):
         checkpoint[SECTION]["binding"] = binding_digest(checkpoint)  # last: it covers all of the above
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # checkpoints from before calibration: identity calibration, unknown threshold statistics
-        state = checkpoint.get("state_dict", {})
-        state.setdefault("calibration", torch.tensor([1.0, 0.0]))
-        state.setdefault("threshold_stats", torch.tensor([float("nan"), float("nan")]))
-        # checkpoints from automatic optimization count their steps there: carry the count over, or a
-        # resumed run would start again at global step 0
-        loop = checkpoint.get("loops", {}).get("fit_loop", {})
-        auto = loop.get("epoch_loop.automatic_optimization.optim_progress", {}).get("optimizer", {}).get("step")
-        manual = loop.get("epoch_loop.manual_optimization.optim_step_progress")
-        if auto and manual is not None and manual["total"]["completed"] == 0 and auto["total"]["completed"] > 0:
-            loop["epoch_loop.manual_optimization.optim_step_progress"] = auto
+        migrate_state(checkpoint)
 
     # ---- prediction: raw recordings through the same frontend as the builder ----------------
     def prepare_predict(self) -> None:
@@ -311,11 +385,46 @@ class LeakClassifier(EvaluationSteps, L.LightningModule):
         leak decision, the number the decision was made from, the cutoff it was compared with)."""
         flat = windows.reshape(1, -1)
         score = flat.mean()
-        basis, cutoff = decision_basis(flat, float(self.threshold), self.hparams.aggregation,
-                                       self.hparams.vote_fraction)
-        return (float(score), float(calibrate(score, *self.calibration.tolist())), bool(basis[0] >= cutoff),
-                float(basis[0]), cutoff)
+        basis, cutoff = self.decision.basis(flat)
+        return float(score), float(self.decision.probability(score)), bool(basis[0] >= cutoff), float(basis[0]), cutoff
 
-    def _decide(self, windows: torch.Tensor) -> torch.Tensor:
-        return file_decisions(windows, self.threshold[None], self.hparams.aggregation,
-                              self.hparams.vote_fraction)[0]
+
+def segment_metrics(num_classes: int) -> MetricCollection:
+    # Binned (201 thresholds): constant memory over millions of segments, exact enough for AP/AUROC.
+    return MetricCollection({
+        "ap": MultilabelAveragePrecision(num_classes, average="none", thresholds=201),
+        "auroc": MultilabelAUROC(num_classes, average="none", thresholds=201),
+        "f1": MultilabelF1Score(num_classes, average="none"),
+    })
+
+
+@contextlib.contextmanager
+def _counting_is_exact():
+    """Lift torch's deterministic mode around metric updates.
+
+    Under it torchmetrics swaps bincount for an N × bins comparison mesh, which for binned
+    multilabel curves needs gigabytes per batch. Counts are integers, so bincount is exact anyway.
+    """
+    was = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    if was:
+        torch.use_deterministic_algorithms(False)
+    try:
+        yield
+    finally:
+        if was:
+            torch.use_deterministic_algorithms(True, warn_only=warn_only)
+
+
+def _as(value, kind: type):
+    """A dataclass option given as itself or as a dict (a checkpoint's hyper-parameters)."""
+    return value if isinstance(value, kind) else kind(**(value or {}))
+
+
+def _pos_weight(value, num_classes: int) -> torch.Tensor | None:
+    """The loss's positive weights: given, or ones to be set from the training split ("auto")."""
+    if value == "auto":
+        return torch.ones(num_classes)
+    if value is not None and len(value) != num_classes:
+        raise ValueError(f"pos_weight has {len(value)} values for {num_classes} classes")
+    return torch.tensor(list(value), dtype=torch.float32) if value else None

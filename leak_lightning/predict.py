@@ -1,27 +1,23 @@
 """Prediction: one owner for turning scored windows into per-recording answers.
 
 `summarise` makes a `Prediction` from a recording's scored windows; the CLI's `PredictionWriter`
-writes them to a CSV and the Python API `LeakDetector` returns them, so both give the same
+(callbacks/predictions.py) writes them to a CSV and the Python API `LeakDetector` returns them, so both give the same
 numbers for the same recording.
 """
 
 from __future__ import annotations
 
 import csv
-import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
 
 from .audio.decode import BAND_LIMITED, SILENT, ClipSpec, WindowReader, WindowSource, reason_of
 from .audio.scan import printable
 from .fileio import write_atomic
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,7 +71,7 @@ def summarise(path: str, scored: list[tuple[int, bool, torch.Tensor, torch.Tenso
                           windows=len(scored))
     classes = torch.stack([c for _, c in live]).mean(0).tolist()
     return Prediction(path, "flagged" if quality else "ok", probability, leak, score,
-                      dict(zip(model.hparams.class_names, classes)), window_scores, quality, len(scored), basis, cutoff)
+                      dict(zip(model.class_names, classes)), window_scores, quality, len(scored), basis, cutoff)
 
 
 def write_csv(path: Path, predictions: list[Prediction], class_names: list[str]) -> None:
@@ -96,52 +92,6 @@ def write_csv(path: Path, predictions: list[Prediction], class_names: list[str])
     write_atomic(path, write)
 
 
-class PredictionWriter(BasePredictionWriter):
-    """`predict`: a row for every recording (and every unusable name) in a CSV.
-
-    Args:
-        output: the CSV to write; None: `<run dir>/predictions.csv`.
-    """
-
-    def __init__(self, output: str | None = None) -> None:
-        super().__init__(write_interval="batch")
-        self.output = output
-        self.predictions: list[Prediction] = []
-
-    def on_predict_start(self, trainer, pl_module) -> None:
-        self._scored: dict[int, list] = {}
-
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
-                           dataloader_idx) -> None:
-        rows = zip(prediction["owner"].tolist(), prediction["index"].tolist(), prediction["silent"].tolist(),
-                   prediction["windows"].cpu(), prediction["class_probs"].cpu())
-        for owner, index, silent, windows, classes in rows:
-            self._scored.setdefault(owner, []).append((index, silent, windows, classes))
-
-    def on_predict_end(self, trainer, pl_module) -> None:
-        if not trainer.is_global_zero:
-            return
-        dm = trainer.datamodule
-        source, root = dm.predict_input, Path(dm.predict_path)
-
-        def name(p: Path) -> str:
-            return printable(p.relative_to(root) if root.is_dir() else p)
-
-        predictions = [summarise(name(p), self._scored.get(i, []), source.status[i].flags, pl_module,
-                                 source.status[i].reason) for i, p in enumerate(source.paths)]
-        predictions += [Prediction(name(e.path), f"skipped: {e.reason}") for e in dm.predict_unusable]
-        self.predictions = sorted(predictions, key=lambda p: p.path)
-        path = Path(self.output) if self.output else Path(trainer.default_root_dir) / "predictions.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_csv(path, self.predictions, pl_module.hparams.class_names)
-        counts = {s: sum(p.status.split(":")[0] == s for p in self.predictions)
-                  for s in ("ok", "flagged", "silent", "unscored", "skipped")}
-        log.info("predicted %d recordings: %d leak, %d ok, %d flagged, %d silent, %d unscored, %d skipped "
-                 "(threshold %.2f): %s", len(self.predictions), sum(bool(p.leak) for p in self.predictions),
-                 counts["ok"], counts["flagged"], counts["silent"], counts["unscored"], counts["skipped"],
-                 float(pl_module.threshold), path, extra={"colour": "success"})
-
-
 class LeakDetector:
     """Score recordings with a trained checkpoint from Python, no data files or config needed.
 
@@ -155,11 +105,11 @@ class LeakDetector:
     def __init__(self, model, device: torch.device, windows_per_batch: int = 32) -> None:
         self.model, self.device, self.windows_per_batch = model, device, windows_per_batch
         self.spec = ClipSpec.of(model.features)
-        self.class_names: list[str] = list(model.hparams.class_names)
+        self.class_names: list[str] = list(model.class_names)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto") -> LeakDetector:
-        from .callbacks.checkpointing import read_checkpoint
+        from .checkpoint_io import read_checkpoint
         from .module import LeakClassifier
 
         ckpt, _ = read_checkpoint(path, "checkpoint")  # refuses foreign files and newer formats in one line

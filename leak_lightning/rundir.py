@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
+import sys
 from pathlib import Path
 
 DEFAULT_RUN_DIR = "runs"
@@ -232,3 +234,18 @@ def _holder(note: Path) -> str:
         return f"PID {h['pid']} on {h['host']} since {h['started']} ({h['command']})"
     except (OSError, ValueError, KeyError, TypeError):
         return "another process"
+
+
+def resume_command() -> str:
+    """This process's command line with `--ckpt_path last` (replacing any earlier one)."""
+    args, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if a == "--ckpt_path":
+            skip = True
+            continue
+        if not a.startswith("--ckpt_path="):
+            args.append(a)
+    return shlex.join(["python", "-m", "leak_lightning", *args, "--ckpt_path", "last"])

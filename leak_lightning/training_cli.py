@@ -5,17 +5,23 @@ from __future__ import annotations
 import logging
 import re
 import sys
-import time
-import warnings
 from functools import partial
 from pathlib import Path
 
 import torch
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from .checkpoint_io import (
+    AtomicCheckpointIO,
+    default_checkpoint,
+    last_checkpoint_note,
+    refuse_to_replace_a_run,
+    resolve_ckpt_path,
+)
 from .contract import ModelContract
 from .fileio import check_writable_file, remove_stale_temporaries
-from .logs import LEVELS, process_rank, quiet_lightning, setup_logging
+from .logs import LEVELS, process_rank, setup_logging
 from .rundir import DEFAULT_RUN_DIR, FolderLock, check_writable, checkpoint_dir
 
 log = logging.getLogger(__name__)
@@ -32,18 +38,7 @@ class LeakCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         self.contract: ModelContract | None = None  # what --ckpt_path was trained on
         self._asked: dict = {}  # --model.* options given with --ckpt_path
-        # fit stops before an earlier run's checkpoints unless resuming or --overwrite was asked
-        # for, so Lightning's generic warning about them would only repeat the user's choice
-        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-        # LeakDataModule restores the exact batch position itself (its state_dict): the resume is exact
-        warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch")
-        # evaluating a checkpoint from another run directory: its best/last bookkeeping is not needed
-        warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
-        # validate/test/predict build no checkpoint or early-stopping callbacks on purpose (they only score),
-        # and a resumed fit without early stopping was asked for: their saved states are not needed
-        warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used")
-        warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended to run from within")
-        quiet_lightning()
+        self.ckpt_hparams: dict | None = None  # its hyper-parameters, in this version's arguments
         super().__init__(LeakClassifier, LeakDataModule, *args, **kwargs)
 
     def init_parser(self, **kwargs) -> LightningArgumentParser:
@@ -70,17 +65,19 @@ class LeakCLI(LightningCLI):
         parser.add_argument("--resume_on_changed_data", type=bool, default=False,
                             help="fit --ckpt_path: go on although the training split is not the one the checkpoint "
                                  "was trained on (recordings added or removed since)")
-        for attr in ("num_classes", "class_names", "feature_config"):
+        # what the data says fills the model's (and its network's) sizes; with --ckpt_path, the checkpoint's
+        for attr in ("class_names", "feature_config"):
             parser.link_arguments("data", f"model.{attr}", compute_fn=partial(self._data_says, attr),
                                   apply_on="instantiate")
-        for attr, key in (("train_class_counts", "class_counts"), ("train_files", "train_files")):
-            parser.link_arguments("data", f"model.{key}", compute_fn=partial(self._training_split_says, attr, key),
-                                  apply_on="instantiate")
+        for attr, compute in (("num_classes", lambda dm: dm.num_classes), ("n_mels", lambda dm: dm.features.n_mels),
+                              ("t_frames", lambda dm: dm.features.t_frames)):
+            parser.link_arguments("data", f"model.net.init_args.{attr}", apply_on="instantiate",
+                                  compute_fn=lambda dm, compute=compute: compute(self._bound(dm)))
         from .callbacks.checkpointing import LeakCheckpoint, LeakEarlyStopping
         from .callbacks.console import ConsoleLogger
         from .callbacks.interrupt import GracefulInterrupt
+        from .callbacks.predictions import PredictionWriter
         from .callbacks.reports import ReportWriter
-        from .predict import PredictionWriter
 
         parser.add_lightning_class_args(LeakCheckpoint, "checkpoint")
         parser.add_lightning_class_args(LeakEarlyStopping, "early_stopping")
@@ -89,6 +86,9 @@ class LeakCLI(LightningCLI):
         parser.add_lightning_class_args(ConsoleLogger, "console")
         parser.add_lightning_class_args(GracefulInterrupt, "interrupt")
         parser.set_defaults({
+            "model.net": {"class_path": "leak_lightning.models.LeakCNN"},
+            "model.optimizer": {"class_path": "leak_lightning.models.optim.AdamW"},
+            "model.scheduler": {"class_path": "leak_lightning.models.optim.CosineToEnd"},
             "trainer.default_root_dir": DEFAULT_RUN_DIR,
             "trainer.enable_model_summary": False,  # the banner gives the parameter counts
             "checkpoint.monitor": MONITOR, "checkpoint.mode": "max", "checkpoint.filename": "best",
@@ -129,10 +129,10 @@ class LeakCLI(LightningCLI):
         if sub != "fit" and not cfg.get("ckpt_path"):
             cfg["ckpt_path"] = default_checkpoint(root, sub)
         if cfg.get("ckpt_path"):
-            cfg["ckpt_path"], self.contract = resolve_ckpt_path(cfg["ckpt_path"], root, sub)
+            cfg["ckpt_path"], self.contract, self.ckpt_hparams = resolve_ckpt_path(cfg["ckpt_path"], root, sub)
             # the checkpoint's hyper-parameters replace the model's options: note what was asked for
             asked = {a.split("=")[0][len("--model."):] for a in given if a.startswith("--model.")}
-            self._asked = {k: cfg["model"].get(k) for k in asked if k in cfg["model"]}
+            self._asked = {k: cfg["model"].get(_key(cfg["model"], k)) for k in asked if _key(cfg["model"], k)}
 
     @staticmethod
     def _run_dir(sub: str, cfg) -> str:
@@ -164,7 +164,7 @@ class LeakCLI(LightningCLI):
             super()._run_subcommand(subcommand)
         except (RuntimeError, OSError) as err:
             # only a fit has a run to resume; validate/test/predict are simply run again
-            note = f"; {_last_checkpoint_note(self.trainer.default_root_dir)}" if subcommand == "fit" else ""
+            note = f"; {last_checkpoint_note(self.trainer.default_root_dir)}" if subcommand == "fit" else ""
             if self.trainer.world_size > 1 and isinstance(err, RuntimeError):
                 raise ValueError(f"a DDP rank stopped, so the run cannot go on ({_first(err)}){note}") from err
             if isinstance(err, FileNotFoundError) and err.errno is None:
@@ -176,18 +176,24 @@ class LeakCLI(LightningCLI):
         finally:
             FolderLock.release_all()
 
-    def _data_says(self, attr: str, data):
-        """A data → model link. With --ckpt_path the data is first bound to the checkpoint's contract
-        (checked against it, classes remapped by name): the model gets the checkpoint's order and frontend."""
+    def _bound(self, data):
+        """The data module, first bound to the checkpoint's contract with --ckpt_path (checked against it,
+        classes remapped by name): the model gets the checkpoint's order and frontend."""
         if self.contract is not None and data.contract is None:
             data.bind(self.contract)
-        return getattr(data, attr)
+        return data
 
-    def _training_split_says(self, attr: str, key: str, data):
-        """The training split's class counts (for pos_weight auto): a checkpoint keeps those it was trained on."""
-        if self.contract is not None:
-            return self.config[self.config["subcommand"]]["model"].get(key)
-        return getattr(data, attr)
+    def _data_says(self, attr: str, data):
+        """A data → model link."""
+        return getattr(self._bound(data), attr)
+
+    def _parse_ckpt_path(self) -> None:
+        """The checkpoint's hyper-parameters rule the model's options (as in LightningCLI), taken from the
+        checkpoint already read and checked, and migrated from earlier versions' arguments."""
+        if self.contract is None or not self.ckpt_hparams:
+            return
+        hparams = {k: v for k, v in self.ckpt_hparams.items() if not k.startswith("_")}
+        self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}}, self.config)
 
     def before_instantiate_classes(self) -> None:
         model = (self.config[self.subcommand] if self.subcommand else self.config)["model"]
@@ -195,9 +201,9 @@ class LeakCLI(LightningCLI):
             return list(value) if isinstance(value, tuple) else value
 
         for key, value in self._asked.items():
-            if model.get(key) != value:
+            if model.get(_key(model, key)) != value:
                 log.warning("--model.%s %s is not used: the checkpoint's hyper-parameters rule (%s=%s)", key,
-                            shown(value), key, shown(model.get(key)))
+                            shown(value), key, shown(model.get(_key(model, key))))
         trainer = (self.config[self.subcommand] if self.subcommand else self.config)["trainer"]
         wants_gpu = str(trainer.get("accelerator")) in ("gpu", "cuda")
         if wants_gpu and not torch.cuda.is_available():
@@ -211,12 +217,9 @@ class LeakCLI(LightningCLI):
                         "use it on CUDA only", trainer["precision"])
         if trainer.get("benchmark") is None and on_cuda:
             trainer["benchmark"] = True
-        if on_cuda:
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
 
     def instantiate_trainer(self, **kwargs):
-        from .callbacks.checkpointing import AtomicCheckpointIO, LeakCheckpoint, LeakEarlyStopping
+        from .callbacks.checkpointing import LeakCheckpoint, LeakEarlyStopping
 
         config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         if not config.get("plugins"):  # atomic checkpoint writes unless the user brings a CheckpointIO
@@ -230,7 +233,10 @@ class LeakCLI(LightningCLI):
                             "(Ctrl-C still saves last.ckpt)")
         if not self._get(self.config_init, "early_stopping").enabled:
             dropped.add(LeakEarlyStopping)
-        return self._instantiate_trainer(config, [c for c in callbacks if type(c) not in dropped])
+        callbacks = [c for c in callbacks if type(c) not in dropped]
+        if self.subcommand == "fit" and config.get("logger") is not False:  # it refuses a trainer without loggers
+            callbacks.append(LearningRateMonitor(logging_interval="step"))  # logged as "lr" (the schedule's name)
+        return self._instantiate_trainer(config, callbacks)
 
     def before_fit(self) -> None:
         cfg = self.config["fit"]
@@ -282,14 +288,13 @@ def _fill_run_dir(logger, root: str) -> None:
             init["save_dir"] = root
 
 
-def refuse_to_replace_a_run(root: str | None) -> None:
-    """A new fit would overwrite best.ckpt/last.ckpt of the run already in `root`: stop first."""
-    folder = checkpoint_dir(root)
-    found = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
-    if found:
-        raise ValueError(f"{folder} already holds {', '.join(found)} from an earlier run: resume it with "
-                         "--ckpt_path last, start elsewhere with --trainer.default_root_dir DIR, or replace "
-                         "it with --overwrite true")
+def _key(model, name: str) -> str | None:
+    """A --model.* option's key in the parsed config: `net.channels` is `net.init_args.channels` there."""
+    if name in model:
+        return name
+    head, _, rest = name.partition(".")
+    full = f"{head}.init_args.{rest}"
+    return full if rest and full in model else None
 
 
 def _first(err: BaseException) -> str:
@@ -297,51 +302,3 @@ def _first(err: BaseException) -> str:
     # gloo: "[/path/pair.cc:561] Connection closed by peer [...]. This is typically caused by ..."
     text = re.sub(r"^\[[^\]]*\]\s*", "", text).split(". This is typically")[0]
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
-
-
-def _last_checkpoint_note(root: str | None) -> str:
-    """Where the run stands on disk, and the command that goes on from there."""
-    from .callbacks.interrupt import resume_command
-
-    last = checkpoint_dir(root) / "last.ckpt"
-    if not last.is_file():
-        return "no checkpoint was saved yet: run the same command again"
-    saved = time.strftime("%H:%M:%S", time.localtime(last.stat().st_mtime))
-    return f"{last} (saved {saved}) is intact; resume with: {resume_command()}"
-
-
-def default_checkpoint(root: str | None, subcommand: str) -> str:
-    """validate/test/predict without --ckpt_path: the run directory's best.ckpt, never an untrained model."""
-    best = checkpoint_dir(root) / "best.ckpt"
-    if not best.is_file():
-        raise ValueError(f"{subcommand} needs a trained model: pass --ckpt_path FILE|best|last (no best.ckpt in "
-                         f"{best.parent}; train first or set --trainer.default_root_dir to the run's folder)")
-    log.info("no --ckpt_path given: using %s", best)
-    return "best"
-
-
-def resolve_ckpt_path(value: str, root: str | None, subcommand: str) -> tuple[str | None, ModelContract | None]:
-    """`best` / `last` → <run dir>/checkpoints/<name>.ckpt (a damaged `last` falls back to the newest valid
-    one when resuming), checked, with what the checkpoint was trained on."""
-    from .callbacks.checkpointing import newest_valid_checkpoint, read_checkpoint
-
-    folder = checkpoint_dir(root)
-    if value in ("best", "last"):
-        path = folder / f"{value}.ckpt"
-        if subcommand == "fit" and value == "last":
-            if not (folder.is_dir() and any(folder.glob("*.ckpt"))):
-                raise FileNotFoundError(f"--ckpt_path last: {folder} holds no checkpoint to resume; drop "
-                                        "--ckpt_path to start a new run, or set --trainer.default_root_dir "
-                                        "to the run's folder")
-            found = newest_valid_checkpoint(folder, preferred=path)
-            if found is None:
-                log.warning("no usable checkpoint in %s: starting a new run", folder)
-                return None, None
-            if found != path:
-                log.warning("resuming from %s instead", found)
-            path = found
-        elif not path.is_file():
-            raise FileNotFoundError(f"--ckpt_path {value}: {path} does not exist; train first or pass "
-                                    f"--trainer.default_root_dir of the run (or a checkpoint file)")
-        value = str(path)
-    return value, read_checkpoint(value)[1]

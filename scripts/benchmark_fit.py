@@ -191,7 +191,8 @@ class StepTimer(L.Callback):
 
 
 AUGMENTATION_OFF = ["--model.augment.warp", "0", "--model.augment.gain_db", "0", "--model.augment.tilt_db", "0",
-                    "--model.augment.eq_db", "0", "--model.augment.background_p", "0", "--model.augment.mixup_p", "0"]
+                    "--model.augment.eq_db", "0", "--model.augment.background_p", "0", "--model.augment.mixup_p", "0",
+                    "--model.augment.freq_mask", "0"]
 
 
 def lightning_fit(h5: dict[str, Path], batch: int, warmup: int, steps: int, root: Path,
@@ -206,10 +207,10 @@ def lightning_fit(h5: dict[str, Path], batch: int, warmup: int, steps: int, root
         "--trainer.max_epochs", "1000", "--trainer.limit_val_batches", "0", "--trainer.logger", "false",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
         "--trainer.default_root_dir", str(root), "--checkpoint.monitor", "null",
-        "--early_stopping.strict", "false", "--model.channels", str(channels),
-        "--model.fused_adamw", str(fused).lower(), "--model.compile", str(bool(compile_)).lower(),
-        "--model.compile_mode", compile_ or "default", "--data.steps_per_call", str(steps_per_call),
-        "--model.layout", layout,
+        "--early_stopping.strict", "false", "--model.net.channels", str(channels),
+        "--model.optimizer.fused", str(fused).lower(), "--model.compile.enabled", str(bool(compile_)).lower(),
+        "--model.compile.mode", compile_ or "default", "--data.steps_per_call", str(steps_per_call),
+        "--model.net.layout", layout,
         *([] if augment else AUGMENTATION_OFF)])
     cli.trainer.callbacks.append(timer)
     cli.trainer.fit(cli.model, cli.datamodule)
@@ -368,10 +369,10 @@ def user_fit(h5: dict[str, Path], args, root: Path) -> dict:
         "--config", str(REPO / "configs/default.yaml"), "--data.train_h5", str(h5["train"]), "--data.val_h5",
         str(h5["val"]), "--data.test_h5", "null", "--trainer.default_root_dir", str(root),
         "--trainer.max_epochs", str(args.user_epochs), "--early_stopping.enabled", "false",
-        "--data.steps_per_call", str(args.steps_per_call), "--model.layout", args.layout,
-        "--data.batch_size", str(args.batch), "--model.channels", str(args.channels),
-        "--model.compile_mode", args.compile_mode if args.compile_mode != "off" else "default",
-        "--model.compile", "false" if args.compile_mode == "off" else "null"])
+        "--data.steps_per_call", str(args.steps_per_call), "--model.net.layout", args.layout,
+        "--data.batch_size", str(args.batch), "--model.net.channels", str(args.channels),
+        "--model.compile.mode", args.compile_mode if args.compile_mode != "off" else "default",
+        "--model.compile.enabled", "false" if args.compile_mode == "off" else "null"])
     cli.trainer.callbacks.append(timer)
     cli.trainer.fit(cli.model, cli.datamodule)
     steady = timer.epochs[1:] or timer.epochs

@@ -21,7 +21,7 @@ from test_reliability import finish, fit_cmd, pause, start, wait_ready
 
 from leak_lightning.builder import writer as writer_module
 from leak_lightning.builder.build import build_dataset
-from leak_lightning.callbacks.checkpointing import checkpoint_problem
+from leak_lightning.checkpoint_io import checkpoint_problem
 from leak_lightning.cli import main
 from leak_lightning.data import schema
 from leak_lightning.data.datamodule import LeakDataModule
@@ -133,6 +133,7 @@ def test_a_split_from_another_build_is_refused(tmp_path):
 
 # ---- 2. one run, one build at a time in a folder ------------------------------------------------
 
+@pytest.mark.slow
 def test_a_second_fit_into_a_running_directory_is_refused(small_h5, tmp_path):
     ready = tmp_path / "ready"
     first = start(fit_cmd(small_h5, tmp_path / "run", *pause(ready, where="train", step=2)))
@@ -288,12 +289,12 @@ def test_a_model_option_the_checkpoint_overrides_is_named(small_h5, tmp_path, ca
             str(tmp_path), "--trainer.max_steps", "2", "--console.log_file", "null"]
     main(args)
     capsys.readouterr()
-    main([*args, "--trainer.max_steps", "3", "--ckpt_path", "last", "--model.channels", "[8, 8, 8, 8]"])
+    main([*args, "--trainer.max_steps", "3", "--ckpt_path", "last", "--model.net.channels", "[8, 8, 8, 8]"])
     err = capsys.readouterr().err
-    assert "--model.channels [8, 8, 8, 8] is not used: the checkpoint's hyper-parameters rule " \
-           "(channels=[24, 48, 96, 128])" in err
+    assert "--model.net.channels [8, 8, 8, 8] is not used: the checkpoint's hyper-parameters rule " \
+           "(net.channels=[24, 48, 96, 128])" in err
     ckpt = torch.load(tmp_path / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
-    assert ckpt["global_step"] == 3 and ckpt["hyper_parameters"]["channels"] == [24, 48, 96, 128]
+    assert ckpt["global_step"] == 3 and ckpt["hyper_parameters"]["net"]["init_args"]["channels"] == [24, 48, 96, 128]
 
 
 # ---- 4. nothing is replaced under a reader ---------------------------------------------------------

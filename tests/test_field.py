@@ -17,6 +17,7 @@ import pytest
 import soundfile as sf
 import torch
 from helpers.files import REPO, cli_exit, data_args, one_error, tone, write_wav
+from helpers.models import classifier
 
 from leak_lightning import LeakDetector
 from leak_lightning.cli import main
@@ -69,7 +70,7 @@ def test_the_python_api_gives_predicts_answers(tested, tmp_path):
     assert math.isnan(result.window_scores[1]) and not math.isnan(result.window_scores[0])
     assert result.leak_score == pytest.approx(np.mean([result.window_scores[0], result.window_scores[2]]),
                                               abs=1e-6)  # silent windows take no part
-    a, b = det.model.calibration.tolist()
+    a, b = det.model.decision.calibration.tolist()
     clamped = min(max(result.leak_score, 1e-4), 1 - 1e-4)
     z = math.log(clamped) - math.log1p(-clamped)
     assert result.leak_probability == pytest.approx(1 / (1 + math.exp(-(a * z + b))), abs=1e-6)  # calibrated
@@ -138,9 +139,9 @@ def test_export_with_parity_and_a_sidecar(small_h5, tested, tmp_path, fmt):
     sidecar = export(tested / "checkpoints/best.ckpt", fmt, with_frontend=True, output=tmp_path)
     assert json.loads((tmp_path / "best.json").read_text()) == sidecar  # round-trips
     model = LeakClassifier.load_from_checkpoint(tested / "checkpoints/best.ckpt", map_location="cpu",
-                                                compile=False).eval()
-    assert sidecar["class_names"] == model.hparams.class_names and sidecar["leak_index"] == model.leak_index
-    assert sidecar["threshold"] == pytest.approx(float(model.threshold))
+                                                compile={"enabled": False}).eval()
+    assert sidecar["class_names"] == model.class_names and sidecar["leak_index"] == model.leak_index
+    assert sidecar["threshold"] == pytest.approx(float(model.decision.threshold))
     assert sidecar["feature_config"]["n_mels"] == 64 and sidecar["format_version"] == 1
     segments = real_segments(small_h5)  # real features from the test split, as stored
     wave = torch.from_numpy(sf.read(sorted((small_h5["train"].parent.parent / "wav" / "TESTING").rglob("*.wav"))[0],
@@ -276,7 +277,7 @@ def test_no_decision_for_what_the_model_cannot_hear(tested, tmp_path):
     assert scored
     for row in scored:  # the row shows the number the decision was made from and its cutoff
         assert row["leak_decision"] == str(int(float(row["decision_score"]) >= float(row["decision_cutoff"])))
-        assert float(row["decision_cutoff"]) == det.model.hparams.vote_fraction
+        assert float(row["decision_cutoff"]) == det.model.decision.options.vote_fraction
 
 
 @pytest.mark.parametrize("aggregation, threshold, want", [("vote", 0.5, (0.4, 0.5, False)),
@@ -284,13 +285,8 @@ def test_no_decision_for_what_the_model_cannot_hear(tested, tmp_path):
                                                           ("mean", 0.4, (0.42, 0.4, True)),
                                                           ("mean", 0.5, (0.42, 0.5, False))])
 def test_the_decision_and_its_basis_by_hand(aggregation, threshold, want):
-    from dataclasses import asdict
-
-    from leak_lightning.features import FeatureConfig
-    from leak_lightning.module import LeakClassifier
-
-    model = LeakClassifier(2, ["LEAK", "NORMAL"], asdict(FeatureConfig()), aggregation=aggregation)
-    model.threshold.fill_(threshold)
+    model = classifier(["LEAK", "NORMAL"], decision={"aggregation": aggregation})
+    model.decision.threshold.fill_(threshold)
     windows = torch.tensor([0.9, 0.9, 0.1, 0.1, 0.1])  # mean 0.42; 2 of 5 windows at or above 0.5
     score, _, leak, basis, cutoff = model.decide_recording(windows)
     assert score == pytest.approx(0.42) and (basis, cutoff) == pytest.approx(want[:2]) and leak is want[2]

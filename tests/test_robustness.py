@@ -1,4 +1,5 @@
-"""Augmentation, calibration and class balance: each against a hand-computed or independent reference."""
+"""Augmentation and class balance: each against a hand-computed or independent reference (calibration:
+test_calibration.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from dataclasses import asdict
 import pytest
 import torch
 from helpers.files import REPO, data_args
+from helpers.models import classifier
 
 from leak_lightning.data.batches import CachedSplit, TrainBatches
-from leak_lightning.evaluation import calibrate, expected_calibration_error, fit_platt
 from leak_lightning.features import FeatureConfig, LogMelFrontend
 from leak_lightning.models.augment import Augmentation, SpectrumAugment
 
@@ -88,25 +89,6 @@ def test_mixup_blends_inputs_and_labels_alike():
     assert ((out_y > 0).sum(1) <= 2).all() and (out_y.max(1).values >= 0.5).all()
 
 
-def test_platt_calibration_against_a_hand_computed_case():
-    # scores whose logits are ±1 with leaks at 3 of 4 above and 1 of 4 below: the maximum-likelihood
-    # fit without prior is sigmoid(a·z) with sigmoid(a) = 3/4, a = ln 3, b = 0
-    scores = torch.sigmoid(torch.tensor([1.0] * 4 + [-1.0] * 4))
-    truth = torch.tensor([1, 1, 1, 0, 1, 0, 0, 0])
-    a, b = fit_platt(scores, truth, prior=0.0)
-    assert a == pytest.approx(math.log(3), abs=1e-6) and b == pytest.approx(0.0, abs=1e-6)
-    torch.testing.assert_close(calibrate(scores, a, b), torch.tensor([0.75] * 4 + [0.25] * 4))
-    a, b = fit_platt(scores, truth, prior=1.0)  # the prior pulls towards the identity (a = 1)
-    assert 1.0 < a < math.log(3)
-
-
-def test_expected_calibration_error_by_hand():
-    probs = torch.tensor([0.9, 0.9, 0.9, 0.9, 0.2, 0.2])
-    truth = torch.tensor([1, 1, 1, 0, 0, 0])
-    # bin 0.9: 4 files, mean 0.9, 3/4 leaks → 4/6·0.15; bin 0.2: 2 files, mean 0.2, 0 leaks → 2/6·0.2
-    assert expected_calibration_error(probs, truth) == pytest.approx(4 / 6 * 0.15 + 2 / 6 * 0.2)
-
-
 def test_class_balanced_sampling_is_seeded_resumable_and_balanced():
     # 12 files of 2 segments: 9 of class 0, 3 of class 1
     targets = torch.eye(2)[torch.tensor([0] * 9 + [1] * 3)]
@@ -141,7 +123,7 @@ def test_pos_weight_auto_and_balance_from_the_cli(small_h5, tmp_path, ll_records
                         "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path),
                         "--model.pos_weight", "auto", "--data.balance", "true", "--data.batch_size", "256"])
     # 70 training files, 14 per class: each class has 56 negatives for 14 positives
-    assert cli.model.pos_weights == [4.0] * 5
+    assert cli.model.loss_fn.pos_weight.tolist() == [4.0] * 5
     torch.testing.assert_close(cli.model.loss_fn.pos_weight, torch.full((5,), 4.0))
     messages = " ".join(r.getMessage() for r in ll_records)
     assert "pos_weight auto from the training split (70 files): [4.0, 4.0, 4.0, 4.0, 4.0]" in messages
@@ -158,18 +140,18 @@ def test_the_threshold_comes_with_its_validation_precision_recall_and_calibratio
 
 def test_a_tiny_validation_set_warns_about_the_threshold(ll_records):
     from leak_lightning.evaluation import FileScores
-    from leak_lightning.module import LeakClassifier
 
-    model = LeakClassifier(3, ["A", "LEAK", "C"], asdict(CFG))
+    model = classifier(features=CFG)
     truth = torch.tensor([True] * 4 + [False] * 16)
     windows = torch.where(truth[:, None], 0.9, 0.1).expand(-1, 40)  # perfectly separable: a wide plateau
     scores = FileScores(torch.arange(20), windows, torch.zeros(20, 3), torch.eye(3)[truth.long()], 0)
-    model._sweep(scores, truth, leaks=4)
-    model._sweep(scores, truth, leaks=4)
+    model._fit_decision(scores, truth, leaks=4)
+    model._fit_decision(scores, truth, leaks=4)
     warnings = [r.getMessage() for r in ll_records if "was swept on only" in r.getMessage()]
-    assert warnings == [f"the threshold ({float(model.threshold):.2f}) was swept on only 4 LEAK file(s) among 20: "
+    t = float(model.decision.threshold)
+    assert warnings == [f"the threshold ({t:.2f}) was swept on only 4 LEAK file(s) among 20: "
                         "it is uncertain; use a validation split with 20 or more leak files"]  # once per run
-    assert 0.1 < float(model.threshold) <= 0.9
+    assert 0.1 < float(model.decision.threshold) <= 0.9
 
 
 @pytest.mark.parametrize("name", [*ONLY, "off"])
@@ -177,10 +159,8 @@ def test_training_steps_see_augmented_batches_and_evaluation_the_stored_ones(nam
     """The mechanism the robustness benchmark relies on (whether augmentation helps is the benchmark's
     claim, with seeds: scripts/benchmark_robustness.py): the configured transforms reach the network in
     training, `Augmentation.off()` leaves batches as stored, and evaluation never augments."""
-    from leak_lightning.module import LeakClassifier
-
     aug = Augmentation.off() if name == "off" else ONLY[name]
-    model = LeakClassifier(3, ["A", "LEAK", "C"], asdict(CFG), augment=aug, freq_mask=0, time_mask=0)
+    model = classifier(features=CFG, augment=aug)
     seen: list[torch.Tensor] = []
     model.net.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().float().clone()))
     x, y = batch()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.files import REPO, cli_exit, data_args, first_files
+from helpers.models import classifier
 
 from leak_lightning.cli import main
 
@@ -26,12 +27,13 @@ def test_fast_dev_run_of_every_config(config, small_h5, tmp_path):
 def test_print_config_shows_overrides_and_defaults(small_h5, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["fit", "--config", str(REPO / "configs/default.yaml"), *data_args(small_h5),
-              "--model.lr", "3e-4", "--print_config"])
+              "--model.optimizer.lr", "3e-4", "--print_config"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert "lr: 0.0003" in out and "monitor: val/file_leak_f1" in out
 
 
+@pytest.mark.slow
 def test_fit_then_validate_and_test_in_new_processes(small_h5, tmp_path, run_cli):
     run = tmp_path / "run"
     common = ["--config", REPO / "configs/demo.yaml", *data_args(small_h5), "--trainer.default_root_dir", run]
@@ -40,11 +42,11 @@ def test_fit_then_validate_and_test_in_new_processes(small_h5, tmp_path, run_cli
     assert (run / "checkpoints/best.ckpt").is_file() and (run / "checkpoints/last.ckpt").is_file()
     assert f"checkpoints in {run / 'checkpoints'}" in r.stderr
     ckpt = torch.load(run / "checkpoints/best.ckpt", map_location="cpu", weights_only=False)
-    saved_threshold = float(ckpt["state_dict"]["threshold"])
+    saved_threshold = float(ckpt["state_dict"]["decision.threshold"])
     assert ckpt["hyper_parameters"]["class_names"] == ["BACKGROUND", "CRACK", "LEAK", "NORMAL", "UNCLASSIFIED"]
 
     # hyper-parameters come from the checkpoint: a different width in the YAML must not matter
-    r = run_cli("test", *common, "--ckpt_path", "best", "--model.channels", "[8, 8, 8, 8]")
+    r = run_cli("test", *common, "--ckpt_path", "best", "--model.net.channels", "[8, 8, 8, 8]")
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads((run / "test_report.json").read_text())
     assert report["threshold"] == pytest.approx(saved_threshold)
@@ -70,9 +72,10 @@ def test_last_checkpoint_follows_every_epoch_not_only_new_bests(small_h5, tmp_pa
     assert steps == {"best": 6, "last": 18}  # 6 steps per epoch
 
 
+@pytest.mark.slow
 def test_a_longer_resumed_run_keeps_decaying_instead_of_restarting(small_h5, tmp_path):
     args = ["fit", "--config", str(REPO / "configs/demo.yaml"), *data_args(small_h5), "--data.batch_size", "1024",
-            "--trainer.default_root_dir", str(tmp_path), "--model.lr", "0.001"]
+            "--trainer.default_root_dir", str(tmp_path), "--model.optimizer.lr", "0.001"]
     main([*args, "--trainer.max_epochs", "1"])  # 6 steps: the cosine ends at the minimum
     main([*args, "--trainer.max_epochs", "2", "--ckpt_path", "last"])  # 6 more steps
     sched = torch.load(tmp_path / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)["lr_schedulers"][0]
@@ -87,12 +90,12 @@ def test_a_new_fit_never_replaces_an_earlier_run_unasked(small_h5, tmp_path, cap
               "--trainer.max_steps", "2", "--data.batch_size", "1024", "--console.log_file", "null"]
     main(["fit", *map(str, common)])
     best = (run / "checkpoints/best.ckpt").read_bytes()
-    code, err = cli_exit(capsys, "fit", *common, "--model.lr", "0.01")
+    code, err = cli_exit(capsys, "fit", *common, "--model.optimizer.lr", "0.01")
     assert code == 2
     errors = [line for line in err.splitlines() if "[ERROR]" in line]
     assert len(errors) == 1 and str(run / "checkpoints") in errors[0] and "--ckpt_path last" in errors[0]
     assert (run / "checkpoints/best.ckpt").read_bytes() == best  # untouched
-    main(["fit", *map(str, common), "--model.lr", "0.01", "--overwrite", "true"])
+    main(["fit", *map(str, common), "--model.optimizer.lr", "0.01", "--overwrite", "true"])
     assert (run / "checkpoints/best.ckpt").read_bytes() != best  # replaced by the new run
 
 
@@ -205,34 +208,56 @@ def test_predict_on_wavs_matches_test_on_the_built_dataset(small_h5, trained_run
     assert rows["broken.wav"]["status"].startswith("skipped: not readable as audio")
 
 
-def test_compile_failure_warns_once_and_runs_eager(monkeypatch):
-    import logging
-    from dataclasses import asdict
+def _failing_backend(gm, example_inputs):
+    raise RuntimeError("inductor exploded\nlong backend trace")
 
-    from leak_lightning.features import FeatureConfig
-    from leak_lightning.module import LeakClassifier
 
-    class Broken(torch.nn.Module):
-        def forward(self, x):
-            raise RuntimeError("inductor exploded\nlong backend trace")
+def _oom_at_run_time(gm, example_inputs):
+    def run(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    modes = []
-    monkeypatch.setattr(torch, "compile", lambda module, mode=None: modes.append(mode) or Broken())
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logging.getLogger("leak_lightning.module").addHandler(handler)
-    try:
-        model = LeakClassifier(3, ["A", "LEAK", "C"], asdict(FeatureConfig()), compile=True,
-                               compile_mode="reduce-overhead")
-        model.setup("fit")
-        assert modes == ["reduce-overhead"]
-        x = torch.randn(4, 64, 1)
-        assert model(x).shape == (4, 3) and model(x).shape == (4, 3)
-    finally:
-        logging.getLogger("leak_lightning.module").removeHandler(handler)
-    assert [r.getMessage() for r in records] == [
-        "torch.compile failed (RuntimeError: inductor exploded); continuing in eager mode"]
+    return run
+
+
+def test_a_compile_failure_warns_once_and_runs_eager(ll_records):
+    from leak_lightning.models.compiled import CompiledNet
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 3)
+    compiled = CompiledNet(net, backend=_failing_backend)
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(compiled(x), net(x))
+    torch.testing.assert_close(compiled(x), net(x))  # eager from then on, without a second warning
+    assert compiled.compiled is None
+    warnings = [r.getMessage() for r in ll_records if r.levelname == "WARNING"]
+    assert warnings == ["torch.compile failed (RuntimeError: inductor exploded); continuing in eager mode"]
+
+
+def test_a_runtime_error_in_the_compiled_network_is_raised_not_hidden():
+    from leak_lightning.models.compiled import CompiledNet
+
+    compiled = CompiledNet(torch.nn.Linear(4, 3), backend=_oom_at_run_time)
+    with pytest.raises(torch.OutOfMemoryError, match="out of memory"):
+        compiled(torch.randn(5, 4))
+    assert compiled.compiled is not None  # still compiled: an out-of-memory is not a reason to run slower
+
+
+def test_the_module_compiles_its_network_when_asked(monkeypatch):
+    from leak_lightning.models import compiled as compiled_module
+
+    calls = []
+    real = compiled_module.torch.compile
+    monkeypatch.setattr(compiled_module.torch, "compile",
+                        lambda net, mode=None, backend=None: calls.append((net, mode)) or real(net, backend="eager"))
+    model = classifier(compile={"enabled": True, "mode": "reduce-overhead"})
+    model.setup("validate")
+    assert calls == [(model.net, "reduce-overhead")] and model.compiled is not None
+    x = torch.randn(4, 64, 1)
+    model.eval()
+    torch.testing.assert_close(model(x), model.net(x))
+    eager = classifier(compile={"enabled": False})
+    eager.setup("fit")
+    assert eager.compiled is None and len(calls) == 1
 
 
 def test_fused_adamw_is_the_same_update_and_off_by_default_on_cpu(small_h5, tmp_path):
@@ -250,7 +275,7 @@ def test_fused_adamw_is_the_same_update_and_off_by_default_on_cpu(small_h5, tmp_
         return cli.trainer.optimizers[0].defaults["fused"], after
 
     default_fused, default = one_step()
-    fused, with_fused = one_step("--model.fused_adamw", "true")
+    fused, with_fused = one_step("--model.optimizer.fused", "true")
     assert not default_fused and fused
     for key, value in default.items():
         torch.testing.assert_close(with_fused[key], value, rtol=1e-5, atol=1e-6, msg=key)

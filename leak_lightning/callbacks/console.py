@@ -96,15 +96,15 @@ class ConsoleLogger(L.Callback):
             log.info("device: CPU, %d process(es), %d threads", trainer.world_size, torch.get_num_threads())
         fn = getattr(stage, "value", stage)
         compiled = module.compiles(fn)
-        mode = module.hparams.compile_mode
+        mode = module.compile_options.mode
         graphs = compiled and mode in ("reduce-overhead", "max-autotune") and dev.type == "cuda"
-        log.info("cudnn.benchmark=%s, TF32=%s, precision=%s, compile=%s%s", torch.backends.cudnn.benchmark,
-                 torch.backends.cuda.matmul.allow_tf32, trainer.precision, f"yes, mode {mode}" if compiled else "no",
-                 ", CUDA graphs" if graphs else "")
+        log.info("cudnn.benchmark=%s, float32 matmul precision %s, precision=%s, compile=%s%s",
+                 torch.backends.cudnn.benchmark, torch.get_float32_matmul_precision(), trainer.precision,
+                 f"yes, mode {mode}" if compiled else "no", ", CUDA graphs" if graphs else "")
         for name, info in dm.infos.items():
             log.info("%-5s %s: %d files, %d segments, cache=%s", name, info.path, info.num_files,
                      info.num_segments, dm.modes.get(name, "-"))
-        log.info("classes: %s; leak class %r at index %d", ", ".join(module.hparams.class_names),
+        log.info("classes: %s; leak class %r at index %d", ", ".join(module.class_names),
                  module.hparams.leak_class_name, module.leak_index, extra={"colour": "success"})
         if stage != "predict":
             log.info("batch size %d (eval %d), %d optimizer step(s) per Lightning step, workers %d (streaming only)",

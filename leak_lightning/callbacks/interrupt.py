@@ -11,16 +11,14 @@ from __future__ import annotations
 import logging
 import os
 import random
-import shlex
 import signal
-import sys
 import threading
 
 import lightning as L
 import numpy as np
 import torch
 
-from ..rundir import checkpoint_dir
+from ..rundir import checkpoint_dir, resume_command
 
 log = logging.getLogger(__name__)
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -61,21 +59,6 @@ def _rewind_to_before_validation(checkpoint: dict) -> None:
     for key in ("ready", "started", "processed", "completed"):
         val["total"][key] -= val["current"][key]
         val["current"][key] = 0
-
-
-def resume_command() -> str:
-    """This process's command line with `--ckpt_path last` (replacing any earlier one)."""
-    args, skip = [], False
-    for a in sys.argv[1:]:
-        if skip:
-            skip = False
-            continue
-        if a == "--ckpt_path":
-            skip = True
-            continue
-        if not a.startswith("--ckpt_path="):
-            args.append(a)
-    return shlex.join(["python", "-m", "leak_lightning", *args, "--ckpt_path", "last"])
 
 
 class GracefulInterrupt(L.Callback):

@@ -1,5 +1,5 @@
 """Writes `<stage>_report.json`, a per-file CSV and plots after validate/test (with a results table in the
-log). `predict` has its own writer (leak_lightning/predict.py)."""
+log). `predict` has its own writer (callbacks/predictions.py)."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ class ReportWriter(L.Callback):
     Args:
         per_file_csv: also write `<stage>_predictions.csv` (path, true label, leak score, decision,
             class scores).
-        plots: also write PNGs: precision-recall/ROC (with the decisions' operating point), F1 against
-            threshold, the confusion matrix and per-class score histograms (and log them to TensorBoard).
+        plots: also write PNGs: leaks found against false alarms (with the decisions made), F1 against
+            threshold, the leak decisions against the truth (and the most likely class), and histograms of
+            the number the decisions are made from with its cutoff (and log them to TensorBoard).
     """
 
     def __init__(self, per_file_csv: bool = True, plots: bool = True) -> None:
@@ -47,12 +48,12 @@ class ReportWriter(L.Callback):
         info = trainer.datamodule.infos[stage]
         scored = int(metrics["files_scored"])
         report = {"stage": stage, "dataset": str(info.path),
-                  "threshold": float(module.threshold), "aggregation": module.hparams.aggregation,
-                  "leak_class": module.hparams.leak_class_name, "class_names": module.hparams.class_names,
+                  "threshold": float(module.decision.threshold), "aggregation": module.decision.options.aggregation,
+                  "leak_class": module.hparams.leak_class_name, "class_names": module.class_names,
                   "ckpt_path": trainer.ckpt_path,
                   # the threshold's precision and recall on validation, and the calibration of leak_probability
-                  "threshold_validation": dict(zip(("precision", "recall"), module.threshold_stats.tolist())),
-                  "calibration": dict(zip(("a", "b"), module.calibration.tolist()), method="platt"),
+                  "threshold_validation": dict(zip(("precision", "recall"), module.decision.threshold_stats.tolist())),
+                  "calibration": dict(zip(("a", "b"), module.decision.calibration.tolist()), method="platt"),
                   # file-level metrics count a file only when every one of its segments was scored
                   "files": {"in_split": info.num_files, "scored": scored, "partly_scored_left_out":
                             int(metrics["files_partial"]), "not_scored": info.num_files - scored -
@@ -68,7 +69,7 @@ class ReportWriter(L.Callback):
         if self.per_file_csv:
             csv_path = run_dir / f"{name}_predictions.csv"
             write_atomic(csv_path, lambda f: self._write_csv(f, trainer.datamodule.file_paths(stage),
-                                                             results, module.hparams.class_names))
+                                                             results, module.class_names))
             outputs[csv_path.name] = file_digest(csv_path)
         if self.plots and len(results["files"]):
             outputs.update({p.name: file_digest(p) for p in self._plot(trainer, module, results, stage, run_dir, name)})
@@ -78,7 +79,7 @@ class ReportWriter(L.Callback):
         for stale in [run_dir / f"{name}_predictions.csv", *run_dir.glob(f"{name}_*.png")]:
             if stale.name not in outputs:
                 stale.unlink(missing_ok=True)
-        self._log_table(stage, metrics, module.hparams.class_names, info.num_files)
+        self._log_table(stage, metrics, module.class_names, info.num_files)
         log.info("%s report: %s", name, path, extra={"colour": "success"})
         if self.per_file_csv:
             log.info("per-file results: %s", run_dir / f"{name}_predictions.csv")
@@ -91,9 +92,7 @@ class ReportWriter(L.Callback):
 
         from .. import plots
 
-        hp = module.hparams
-        figures = plots.report_figures(results, hp.class_names, module.leak_index, float(module.threshold),
-                                       hp.aggregation, hp.vote_fraction)
+        figures = report_figures(module, results)
         paths = plots.save(figures, run_dir, name)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
@@ -125,3 +124,13 @@ class ReportWriter(L.Callback):
         log.info("  %-14s %8s %8s %8s", "class", "AP", "AUROC", "F1")
         for n in names:
             log.info("  %-14s %8.4f %8.4f %8.4f", n, m[f"seg_ap/{n}"], m[f"seg_auroc/{n}"], m[f"seg_f1/{n}"])
+
+
+def report_figures(module, results: dict) -> dict:
+    """The report's figures by name, from what the module holds (kept apart from the writing so the
+    figures a reader gets can be checked without a Trainer)."""
+    from .. import plots
+
+    rule = module.decision
+    return plots.report_figures(results, module.class_names, module.leak_index, float(rule.threshold),
+                                rule.options.aggregation, rule.options.vote_fraction)

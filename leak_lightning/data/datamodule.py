@@ -27,7 +27,7 @@ from .h5 import (
     recording_digests,
     scan_segments,
 )
-from .predict import WindowStream, find_recordings
+from .recordings import WindowStream, find_recordings
 from .stream import StreamBatches, StreamSplit
 
 log = logging.getLogger(__name__)

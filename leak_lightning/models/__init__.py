@@ -1,4 +1,4 @@
-"""Plain nn.Modules; the LightningModule in ..module wraps them."""
+"""Plain nn.Modules and their parts (no Lightning); the LightningModule in ..module wraps them."""
 
 from .cnn import LeakCNN
 

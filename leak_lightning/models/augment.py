@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torchaudio
 from torch import nn
 
 
@@ -30,6 +31,9 @@ class Augmentation:
         background_snr_db: (low, high) level of the main segment above the added one, in dB.
         mixup_p: share of segments blended with another segment of the batch, labels blended alike.
         mixup_alpha: the Beta(alpha, alpha) of the blend weight.
+        freq_mask: SpecAugment: up to this many adjacent mel bins of each segment set to the segment's mean
+            level ("average energy", not a loud or a silent band).
+        time_mask: the same over up to this many frames (segments of more than one frame only).
     """
 
     warp: float = 0.2
@@ -40,20 +44,24 @@ class Augmentation:
     background_snr_db: tuple[float, float] = (0.0, 15.0)
     mixup_p: float = 0.2
     mixup_alpha: float = 0.4
+    freq_mask: int = 8
+    time_mask: int = 0
 
     def __post_init__(self) -> None:
         checks = [(0 <= self.warp < 1, "warp must be in [0, 1)"),
                   (min(self.gain_db, self.tilt_db, self.eq_db) >= 0, "gain_db, tilt_db and eq_db must be >= 0"),
                   (0 <= self.background_p <= 1 and 0 <= self.mixup_p <= 1, "probabilities must be in [0, 1]"),
                   (self.background_snr_db[0] <= self.background_snr_db[1], "background_snr_db must be (low, high)"),
-                  (self.mixup_alpha > 0, "mixup_alpha must be > 0")]
+                  (self.mixup_alpha > 0, "mixup_alpha must be > 0"),
+                  (min(self.freq_mask, self.time_mask) >= 0, "freq_mask and time_mask must be >= 0")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"Augmentation: {message} (got {self})")
 
     @classmethod
     def off(cls) -> Augmentation:
-        return cls(0.0, 0.0, 0.0, 0.0, 0.0, (0.0, 0.0), 0.0)
+        return cls(warp=0.0, gain_db=0.0, tilt_db=0.0, eq_db=0.0, background_p=0.0, background_snr_db=(0.0, 0.0),
+                   mixup_p=0.0, freq_mask=0, time_mask=0)
 
 
 def _mel(hz: torch.Tensor) -> torch.Tensor:
@@ -83,7 +91,7 @@ class SpectrumAugment(nn.Module):
     @property
     def active(self) -> bool:
         a = self.aug
-        return any((a.warp, a.gain_db, a.tilt_db, a.eq_db, a.background_p, a.mixup_p))
+        return any((a.warp, a.gain_db, a.tilt_db, a.eq_db, a.background_p, a.mixup_p, a.freq_mask, a.time_mask))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.training or not self.active:
@@ -98,7 +106,20 @@ class SpectrumAugment(nn.Module):
             x = x + self._level(len(x), x.device)[:, :, None]
         if a.mixup_p:
             x, y = self._mixup(x, y)
+        if a.freq_mask or (a.time_mask and x.shape[2] > 1):
+            x = self._masks(x)
         return x, y
+
+    def _masks(self, x: torch.Tensor) -> torch.Tensor:
+        """SpecAugment's iid masks (torchaudio's), filled with each segment's mean dB: torchaudio fills with
+        one number, so the masked bins are marked NaN there and given the segment's mean here."""
+        a, marked = self.aug, x[:, None]
+        if a.freq_mask:
+            marked = torchaudio.functional.mask_along_axis_iid(marked, a.freq_mask, float("nan"), axis=2)
+        if a.time_mask and x.shape[2] > 1:
+            marked = torchaudio.functional.mask_along_axis_iid(marked, min(a.time_mask, x.shape[2]), float("nan"),
+                                                              axis=3)
+        return torch.where(marked[:, 0].isnan(), x.mean((1, 2), keepdim=True), x)
 
     def warp(self, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
         """Move every frequency f to factor·f (per segment), by linear interpolation along the mel axis."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torchaudio
 from torch import nn
 
 
@@ -32,13 +31,21 @@ def _block(c_in: int, c_out: int, k_time: int) -> nn.Sequential:
 class LeakCNN(nn.Module):
     """(B, n_mels, T) dB patches → (B, num_classes) logits; ~0.6M parameters with the defaults.
 
-    Input batch-norm standardises the dB scale, so SpecAugment masks (value 0 after it) read as
-    "average energy" rather than as a loud band. Masks apply only in training mode.
+    Input batch-norm standardises the dB scale. Augmentations (SpecAugment masks included) are applied
+    to the batch before it, by models/augment.py.
+
+    Args:
+        num_classes, n_mels, t_frames: the output and input sizes (linked from the data by the CLI).
+        channels: the convolution blocks' widths; each block halves the mel axis.
+        hidden: the head's hidden width.
+        dropout: in the head.
+        layout: "1d" runs the (3, 1) convolutions of one-frame segments (T = 1) as Conv1d over the mel
+            axis: the same function, other kernels (scripts/benchmark_fit.py --layout compares them).
     """
 
     def __init__(self, num_classes: int, n_mels: int = 64, t_frames: int = 1,
                  channels: tuple[int, ...] = (48, 96, 192, 256), hidden: int = 256, dropout: float = 0.3,
-                 freq_mask: int = 8, time_mask: int = 0, layout: str = "2d") -> None:
+                 layout: str = "2d") -> None:
         super().__init__()
         if layout not in ("2d", "1d") or (layout == "1d" and t_frames != 1):
             raise ValueError(f"layout {layout!r}: use '2d', or '1d' for segments of one frame (T = 1, got T = "
@@ -49,10 +56,6 @@ class LeakCNN(nn.Module):
                              "the mel axis; use fewer --model.channels")
         k_time = 3 if t_frames > 1 else 1  # a 3-wide kernel over T=1 would multiply padding zeros
         self.norm = nn.BatchNorm2d(1)
-        masks = [torchaudio.transforms.FrequencyMasking(freq_mask, iid_masks=True)] if freq_mask else []
-        if time_mask and t_frames > 1:
-            masks.append(torchaudio.transforms.TimeMasking(min(time_mask, t_frames), iid_masks=True))
-        self.augment = nn.Sequential(*masks)
         widths = (1, *channels)
         self.features = nn.Sequential(*(_block_1d(a, b) if layout == "1d" else _block(a, b, k_time)
                                         for a, b in zip(widths[:-1], widths[1:])))
@@ -61,8 +64,6 @@ class LeakCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(x.unsqueeze(1).float())  # (B, 1, n_mels, T)
-        if self.training and len(self.augment):
-            x = self.augment(x)
         if self.layout == "1d":
             x = self.features(x[..., 0])  # (B, C, n_mels / 2^blocks)
             return self.head(x.mean(dim=2, keepdim=True))

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import lightning as L
 
-from leak_lightning.callbacks.checkpointing import AtomicCheckpointIO
 from leak_lightning.callbacks.interrupt import GracefulInterrupt
+from leak_lightning.checkpoint_io import AtomicCheckpointIO
 
 
 def _announce_and_wait(trainer: L.Trainer, ready: str, timeout: float = 60.0) -> None:

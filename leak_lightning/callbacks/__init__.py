@@ -1,0 +1,1 @@
+"""Lightning callbacks: console logging, graceful interrupt, checkpoint callbacks, reports, predictions."""
