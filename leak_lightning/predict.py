@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import math
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,95 @@ def write_csv(path: Path, predictions: list[Prediction], class_names: list[str])
                         f"{p.decision_cutoff:.6f}" if scored else "",
                         p.top_class or "", *[f"{p.class_scores[n]:.6f}" if scored else "" for n in class_names],
                         ";".join("" if math.isnan(s) else f"{s:.4f}" for s in p.window_scores)])
+
+    write_atomic(path, write)
+
+
+@dataclass(frozen=True)
+class SensorRule:
+    """A sensor is reported as leaking when at least `k` of its last `n` scored recordings (by the time in
+    their names) were decided leak: a leak persists night after night, a passing noise does not."""
+
+    k: int = 2
+    n: int = 3
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.k <= self.n:
+            raise ValueError(f"sensor rule {self.k} of {self.n}: use 1 <= k <= n (e.g. --predictions.sensor_k 2 "
+                             "--predictions.sensor_n 3)")
+
+    def __str__(self) -> str:
+        return f"leak when {self.k} of the last {self.n} scored recordings are leaks"
+
+
+@dataclass(frozen=True)
+class SensorSummary:
+    """One sensor's recordings (or one recording whose name holds no sensor id: sensor "")."""
+
+    sensor: str
+    recordings: int
+    scored: int  # with a decision (ok or flagged)
+    leaks: int  # decided leak
+    first_leak: str  # the time (or, without one, the name) of the first and last recording decided leak
+    last_leak: str
+    last_n: str  # the decisions the rule read, oldest first: "1" leak, "0" no leak
+    decision: str  # "leak", "no leak", "too few scored recordings", or "" for a recording without sensor id
+    note: str = ""
+
+
+def _name_parts(path: str) -> tuple[str, str]:
+    """`S0012~R0003~20251119T101500~g12.wav` → ('S0012', '2025-11-19 10:15:00'); ('', '') without a sensor id,
+    (sensor, '') when the time field is not a time."""
+    stem = Path(path).name.rsplit(".", 1)[0]
+    parts = stem.split("~")
+    if len(parts) != 4 or not parts[0]:
+        return "", ""
+    try:
+        when = datetime.strptime(parts[2], "%Y%m%dT%H%M%S").strftime("%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        when = ""
+    return parts[0], when
+
+
+def summarise_sensors(predictions: list[Prediction], rule: SensorRule = SensorRule()) -> list[SensorSummary]:
+    """Per sensor (its id from the file names), its recordings in time order and a decision by `rule`."""
+    groups: dict[str, list[tuple[str, Prediction]]] = {}
+    alone = []
+    for p in predictions:
+        sensor, when = _name_parts(p.path)
+        if sensor:
+            groups.setdefault(sensor, []).append((when, p))
+        else:
+            alone.append(p)
+    out = []
+    for sensor, items in sorted(groups.items()):
+        items.sort(key=lambda item: (item[0] == "", item[0], item[1].path))  # timed first, by time; then by name
+        decided = [(when or p.path, bool(p.leak)) for when, p in items if p.leak is not None]
+        leaks = [when for when, leak in decided if leak]
+        recent = decided[-rule.n:]
+        if len(decided) < rule.k:
+            verdict = "too few scored recordings"
+        else:
+            verdict = "leak" if sum(leak for _, leak in recent) >= rule.k else "no leak"
+        untimed = sum(1 for when, _ in items if not when)
+        out.append(SensorSummary(sensor, len(items), len(decided), len(leaks), leaks[0] if leaks else "",
+                                 leaks[-1] if leaks else "", "".join("1" if leak else "0" for _, leak in recent),
+                                 verdict, f"{untimed} recording(s) without a time in the name: ordered by name"
+                                 if untimed else ""))
+    for p in sorted(alone, key=lambda p: p.path):
+        out.append(SensorSummary("", 1, int(p.leak is not None), int(bool(p.leak)), "", "", "", "",
+                                 f"no sensor id in the name: {p.path}"))
+    return out
+
+
+def write_sensor_csv(path: Path, sensors: list[SensorSummary], rule: SensorRule) -> None:
+    def write(f) -> None:
+        w = csv.writer(f)
+        w.writerow(["sensor", "recordings", "scored", "leak_recordings", "first_leak", "last_leak",
+                    f"last_{rule.n}_decisions", "sensor_decision", "rule", "note"])
+        for s in sensors:
+            w.writerow([s.sensor, s.recordings, s.scored, s.leaks, s.first_leak, s.last_leak, s.last_n, s.decision,
+                        str(rule) if s.sensor else "", s.note])
 
     write_atomic(path, write)
 

@@ -10,6 +10,7 @@ import soundfile as sf
 from helpers.files import REPO, cli_exit, data_args, one_error, tone, write_wav
 
 from leak_lightning.cli import main
+from leak_lightning.predict import Prediction, SensorRule, summarise_sensors
 
 
 def predict(h5, run, target, out_dir, *extra) -> dict[str, dict]:
@@ -88,3 +89,55 @@ def test_a_read_only_place_for_the_csv_is_one_line_before_scoring(small_h5, trai
                          "--data.predict_path", str(tmp_path / "wavs"), "--output", str(point / "p.csv"),
                          "--trainer.default_root_dir", str(tmp_path / "run"), "--console.log_file", "null")
     assert "cannot write there (Read-only file system)" in one_error(code, err) and "predicted" not in err
+
+
+def _p(path: str, leak: bool | None) -> Prediction:
+    return Prediction(path, "ok" if leak is not None else "silent", leak=leak,
+                      leak_probability=None if leak is None else 0.5)
+
+
+def test_a_sensors_recordings_are_read_in_time_order_by_its_rule():
+    nights = [("S1~R01~20251103T020000~g12.wav", True), ("S1~R02~20251101T020000~g12.wav", False),
+              ("S1~R03~20251102T020000~g12.wav", True), ("S1~R04~20251104T020000~g12.wav", None),  # silent
+              ("S2~R01~20251101T020000~g12.wav", True), ("S2~R02~20251102T020000~g12.wav", False),
+              ("S2~R03~20251103T020000~g12.wav", False),
+              ("S3~R01~20251101T020000~g12.wav", True),
+              ("clip.wav", True), ("S4~R01~notatime~g12.wav", False), ("S4~R02~20251101T000000~g0.wav", True)]
+    predictions = [_p(path, leak) for path, leak in nights]
+    rows = {s.sensor or s.note: s for s in summarise_sensors(predictions, SensorRule(2, 3))}
+    # S1 in time order: 11-01 no, 11-02 leak, 11-03 leak (11-04 silent: no decision) → 2 of the last 3
+    s1 = rows["S1"]
+    assert (s1.recordings, s1.scored, s1.leaks, s1.last_n, s1.decision) == (4, 3, 2, "011", "leak")
+    assert (s1.first_leak, s1.last_leak) == ("2025-11-02 02:00:00", "2025-11-03 02:00:00")
+    assert (rows["S2"].last_n, rows["S2"].decision) == ("100", "no leak")  # a leak that did not persist
+    assert rows["S3"].decision == "too few scored recordings"
+    assert rows["S4"].last_n == "10" and "without a time" in rows["S4"].note  # timed first, then by name
+    alone = rows["no sensor id in the name: clip.wav"]
+    assert (alone.sensor, alone.recordings, alone.leaks, alone.decision) == ("", 1, 1, "")
+    assert [s.sensor for s in summarise_sensors(predictions)] == ["S1", "S2", "S3", "S4", ""]
+    one_of_one = {s.sensor: s.decision for s in summarise_sensors(predictions, SensorRule(1, 1))}
+    assert one_of_one["S1"] == "leak" and one_of_one["S2"] == "no leak"  # only the last night counts
+
+
+def test_an_impossible_sensor_rule_is_refused(small_h5, trained_run, tmp_path, capsys):
+    code, err = cli_exit(capsys, "predict", "--ckpt_path", trained_run / "checkpoints/best.ckpt",
+                         "--data.predict_path", tmp_path, "--predictions.sensor_k", "4",
+                         "--predictions.sensor_n", "3", "--trainer.default_root_dir", tmp_path)
+    assert "sensor rule 4 of 3: use 1 <= k <= n" in one_error(code, err)
+
+
+def test_predict_writes_the_sensor_summary_beside_the_csv(small_h5, trained_run, tmp_path):
+    folder = tmp_path / "wavs"
+    for night in range(3):
+        write_wav(folder / f"S0012~R{night:04d}~2025111{night}T021500~g12.wav", tone(500, 10, 4096, seed=night))
+    write_wav(folder / "loose.wav", tone(500, 10, 4096))
+    rows = predict(small_h5, trained_run, folder, tmp_path / "run")
+    sensors = list(csv.DictReader((tmp_path / "run" / "predictions_sensors.csv").open(encoding="utf-8")))
+    assert [s["sensor"] for s in sensors] == ["S0012", ""]
+    leaks = [rows[f"S0012~R{n:04d}~2025111{n}T021500~g12.wav"]["leak_decision"] for n in range(3)]
+    s = sensors[0]
+    assert s["recordings"] == "3" and s["leak_recordings"] == str(leaks.count("1")) and s["last_3_decisions"] == \
+        "".join(leaks)
+    assert s["sensor_decision"] == ("leak" if leaks.count("1") >= 2 else "no leak")
+    assert s["rule"] == "leak when 2 of the last 3 scored recordings are leaks"
+    assert sensors[1]["note"] == "no sensor id in the name: loose.wav"

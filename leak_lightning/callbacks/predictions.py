@@ -8,7 +8,7 @@ from pathlib import Path
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from ..audio.scan import printable
-from ..predict import Prediction, summarise, write_csv
+from ..predict import Prediction, SensorRule, summarise, summarise_sensors, write_csv, write_sensor_csv
 
 log = logging.getLogger("leak_lightning.predict")
 
@@ -16,13 +16,20 @@ log = logging.getLogger("leak_lightning.predict")
 class PredictionWriter(BasePredictionWriter):
     """`predict`: a row for every recording (and every unusable name) in a CSV.
 
+    Beside it, `<name>_sensors.csv`: per sensor (the id in `S0012~R0003~20251119T101500~g12.wav` names) its
+    recordings, how many were decided leak, the first and last of them, and a decision over the sensor by the
+    rule `sensor_k` of the last `sensor_n` scored recordings; recordings without a sensor id are listed as such.
+
     Args:
         output: the CSV to write; None: `<run dir>/predictions.csv`.
+        sensor_k: a sensor is a leak when this many ...
+        sensor_n: ... of its last this many scored recordings (by the time in their names) are leaks.
     """
 
-    def __init__(self, output: str | None = None) -> None:
+    def __init__(self, output: str | None = None, sensor_k: int = 2, sensor_n: int = 3) -> None:
         super().__init__(write_interval="batch")
         self.output = output
+        self.rule = SensorRule(sensor_k, sensor_n)
         self.predictions: list[Prediction] = []
 
     def on_predict_start(self, trainer, pl_module) -> None:
@@ -51,9 +58,24 @@ class PredictionWriter(BasePredictionWriter):
         path = Path(self.output) if self.output else Path(trainer.default_root_dir) / "predictions.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         write_csv(path, self.predictions, pl_module.class_names)
+        self.sensors = summarise_sensors(self.predictions, self.rule)
+        sensor_path = sensors_csv(path)
+        write_sensor_csv(sensor_path, self.sensors, self.rule)
         counts = {s: sum(p.status.split(":")[0] == s for p in self.predictions)
                   for s in ("ok", "flagged", "silent", "unscored", "skipped")}
         log.info("predicted %d recordings: %d leak, %d ok, %d flagged, %d silent, %d unscored, %d skipped "
                  "(threshold %.2f): %s", len(self.predictions), sum(bool(p.leak) for p in self.predictions),
                  counts["ok"], counts["flagged"], counts["silent"], counts["unscored"], counts["skipped"],
                  float(pl_module.decision.threshold), path, extra={"colour": "success"})
+        named = [s for s in self.sensors if s.sensor]
+        log.info("%d sensor(s): %d leak (%s), %d too few scored; %d recording(s) without a sensor id in the name: %s",
+                 len(named), sum(s.decision == "leak" for s in named), self.rule,
+                 sum(s.decision.startswith("too few") for s in named), len(self.sensors) - len(named), sensor_path,
+                 extra={"colour": "success"})
+
+
+def sensors_csv(predictions: Path) -> Path:
+    """The sensor summary beside the predictions CSV: `<stem>_sensors.csv`, its stem shortened to fit a name."""
+    suffix = b"_sensors.csv"
+    stem = predictions.stem.encode()[: 255 - len(suffix)].decode(errors="ignore")
+    return predictions.with_name(f"{stem}_sensors.csv")
