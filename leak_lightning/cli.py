@@ -25,6 +25,7 @@ SUBCOMMANDS = {
     "test": "score a checkpoint on the test split: report, per-file CSV, plots",
     "predict": "score recordings (a file, a folder or a list) with a checkpoint alone → predictions CSV",
     "export": "write a checkpoint's network (and frontend) as ONNX or TorchScript with a JSON sidecar",
+    "adapt": "re-fit a checkpoint's threshold and calibration to a new site from its labelled recordings",
 }
 
 
@@ -50,6 +51,39 @@ def build_parser():
                         help="DEBUG, INFO, WARNING or ERROR (default: $TRAINER_LOG_LEVEL or INFO)")
     parser.add_function_arguments(build_dataset, as_positional=False)
     return parser
+
+
+def adapt_parser():
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    from .adapt import adapt_checkpoint
+
+    parser = ArgumentParser(prog="python -m leak_lightning adapt", exit_on_error=False,
+                            description="Adapt a trained detector's decision rule to a new site.")
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML with any of the options below")
+    parser.add_argument("--log_level", type=str | None, default=None,
+                        help="DEBUG, INFO, WARNING or ERROR (default: $TRAINER_LOG_LEVEL or INFO)")
+    parser.add_function_arguments(adapt_checkpoint, as_positional=False)
+    return parser
+
+
+def run_adapt(argv: list[str]) -> int:
+    from argparse import ArgumentError
+
+    parser = adapt_parser()
+    try:
+        cfg = parser.parse_args(argv)
+        setup_logging(cfg.pop("log_level"))
+    except (ArgumentError, ValueError) as err:
+        return fail_line(f"{_one_line(err, argv)}; see `python -m leak_lightning adapt --help` for the options")
+    cfg.pop("config", None)
+    from .adapt import adapt_checkpoint
+
+    try:
+        adapt_checkpoint(**cfg.as_dict())
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        return fail_line(str(err))
+    return 0
 
 
 def _raise_interrupt(signum, frame) -> None:
@@ -112,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
         from .export import run_export
 
         sys.exit(run_export(args[1:]))
+    if args[0] == "adapt":
+        sys.exit(run_adapt(args[1:]))
     if args[0] not in SUBCOMMANDS:
         setup_logging("INFO")
         log.error("unknown subcommand %r; one of %s (see python -m leak_lightning --help)", args[0],

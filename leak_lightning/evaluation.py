@@ -23,9 +23,13 @@ def window_probs(segment_probs: torch.Tensor, num_long: int, num_short: int) -> 
     return segment_probs.reshape(-1, num_long, num_short).mean(dim=-1)
 
 
-def file_decisions(windows: torch.Tensor, thresholds: torch.Tensor, mode: Aggregation,
+def file_decisions(windows: torch.Tensor | list[torch.Tensor], thresholds: torch.Tensor, mode: Aggregation,
                    vote_fraction: float = 0.5) -> torch.Tensor:
-    """(F, L) windows, (K,) thresholds → (K, F) bool leak decisions, one row per threshold."""
+    """(F, L) windows, (K,) thresholds → (K, F) bool leak decisions, one row per threshold. Recordings of
+    different lengths come as a list of F 1-D tensors (all windows of each): decided one by one."""
+    if isinstance(windows, (list, tuple)):
+        columns = [file_decisions(w.reshape(1, -1), thresholds, mode, vote_fraction)[:, 0] for w in windows]
+        return torch.stack(columns, 1) if columns else torch.zeros(len(thresholds), 0, dtype=torch.bool)
     t = thresholds.to(windows)
     if mode == "vote":
         votes = (windows[None] >= t[:, None, None]).float().mean(dim=-1)  # (K, F)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Iterable
 from typing import Literal
 
@@ -70,7 +71,9 @@ class LeakClassifier(L.LightningModule):
         super().__init__()
         # From LightningCLI the hyper-parameters are the config (net, optimizer and scheduler as class_path and
         # init_args): a checkpoint rebuilds the same module from them.
-        self.save_hyperparameters()
+        with warnings.catch_warnings():  # a net built in Python is saved by its weights (state_dict); that is enough
+            warnings.filterwarnings("ignore", message=r"Attribute 'net' is an instance of `nn.Module`")
+            self.save_hyperparameters()
         if not class_names or feature_config is None:
             raise ValueError("class_names and feature_config come from the data (LeakDataModule) or a checkpoint")
         if leak_class_name not in class_names:
@@ -95,6 +98,7 @@ class LeakClassifier(L.LightningModule):
         self.scored = SegmentTable(len(class_names), spf)  # an evaluation's probabilities, by row
         self.compiled: CompiledNet | None = None
         self.last_results: dict | None = None  # test/validate results for reports
+        self.site: dict | None = None  # the site a checkpoint was adapted to (`adapt`), when it was
         self._warned_small_val = False
 
     # ---- forward, through torch.compile when asked --------------------------------------------
@@ -357,6 +361,17 @@ class LeakClassifier(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         migrate_state(checkpoint)
+        self.site = (checkpoint.get(SECTION) or {}).get("site")
+
+    def site_line(self) -> str | None:
+        """One line on the site this checkpoint was adapted to, or None."""
+        s = self.site
+        if not s:
+            return None
+        before, after = s["before"]["f1"], s["after_cross_validated"]["f1"]
+        rule = "its base rule kept" if s.get("kept_base_rule") else f"threshold {float(self.decision.threshold):.2f}"
+        return (f"checkpoint adapted to site {s['name']!r} on {s['recordings']} recordings ({s['leaks']} leaks; "
+                f"leak F1 {before:.3f} with the base rule, {after:.3f} adapted, cross-validated; {rule})")
 
     # ---- prediction: raw recordings through the same frontend as the builder ----------------
     def prepare_predict(self) -> None:

@@ -45,10 +45,11 @@ def decision_counts(decisions: torch.Tensor, truth: torch.Tensor) -> tuple[int, 
     return int((d & t).sum()), int((~d & t).sum()), int((d & ~t).sum()), int((~d & ~t).sum())
 
 
-def decision_summary(decisions: torch.Tensor, truth: torch.Tensor) -> str:
-    """'10 of 12 leaks found, 1 false alarm among 40 recordings without a leak'."""
+def decision_summary(decisions: torch.Tensor, truth: torch.Tensor, sep: str = " ") -> str:
+    """'10 of 12 leaks found, 1 false alarm among 40 recordings without a leak' (`sep` after the comma: a line
+    break in a title that must fit above a small matrix)."""
     found, missed, alarms, clear = decision_counts(decisions, truth)
-    return (f"{found} of {_plural(found + missed, 'leak')} found, {_plural(alarms, 'false alarm')} "
+    return (f"{found} of {_plural(found + missed, 'leak')} found,{sep}{_plural(alarms, 'false alarm')} "
             f"among {_plural(alarms + clear, 'recording')} without a leak")
 
 
@@ -129,7 +130,7 @@ def confusion(decisions: torch.Tensor, truth: torch.Tensor, class_scores: torch.
             cells=np.array([["found", "missed"], ["false alarm", "rightly clear"]]))
     where = STAGE_WORDS.get(stage, stage)
     leak_ax.set(xlabel="decided by the model", ylabel="true state of the recording",
-                title=f"Leak decisions on the {where} recordings:\n{decision_summary(decisions, truth)}")
+                title=f"Leak decisions on the {where} recordings:\n{decision_summary(decisions, truth, sep=chr(10))}")
     matrix = np.zeros((n, n), dtype=int)
     np.add.at(matrix, (targets.argmax(-1).numpy(), class_scores.argmax(-1).numpy()), 1)
     _matrix(class_ax, matrix, names, names)
@@ -143,7 +144,14 @@ def score_histograms(decision_scores: torch.Tensor, cutoff: float, truth: torch.
                      targets: torch.Tensor, names: list[str], aggregation: str, threshold: float) -> Figure:
     """First: the number each leak decision is made from, leaks against the rest, and the cutoff it is
     compared with. Then per class: the class's mean probability on its own recordings and on the others."""
-    fig, axes = _figure(3.4 * (len(names) + 1), 3.4, cols=len(names) + 1)
+    cols = 3  # rows of three: every title and axis label keeps its width
+    rows = -(-(len(names) + 1) // cols)
+    fig = Figure(figsize=(4.2 * cols, 3.6 * rows), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    grid = fig.subplots(rows, cols, squeeze=False).flatten()
+    for spare in grid[len(names) + 1:]:
+        spare.remove()
+    axes = grid[: len(names) + 1]
     bins = np.linspace(0, 1, 21)
     ax, t = axes[0], truth.bool()
     ax.hist(decision_scores[~t].numpy(), bins=bins, alpha=0.6, color="tab:grey",
@@ -158,7 +166,7 @@ def score_histograms(decision_scores: torch.Tensor, cutoff: float, truth: torch.
                 label=f"other recordings ({int((~own).sum())})")
         ax.hist(class_scores[own, k].numpy(), bins=bins, alpha=0.7, color="tab:orange",
                 label=f"{name} recordings ({int(own.sum())})")
-        ax.set(title=f"How sure the model is of {name}", xlabel=f"mean {name} probability of the recording",
+        ax.set(title=f"How sure the model is of {name}", xlabel=f"mean {name} probability\nof the recording",
                xlim=(0, 1))
     for ax in axes:
         _integer_counts(ax)

@@ -8,6 +8,7 @@ numbers for the same recording.
 from __future__ import annotations
 
 import csv
+import logging
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -196,6 +197,7 @@ class LeakDetector:
         self.model, self.device, self.windows_per_batch = model, device, windows_per_batch
         self.spec = ClipSpec.of(model.features)
         self.class_names: list[str] = list(model.class_names)
+        self.site: dict | None = model.site  # the site the checkpoint was adapted to (`adapt`), or None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto") -> LeakDetector:
@@ -207,6 +209,8 @@ class LeakDetector:
                            "cpu" if device == "auto" else device)
         model = LeakClassifier.for_inference(ckpt, dev)
         model.prepare_predict()
+        if line := model.site_line():
+            logging.getLogger(__name__).info("%s", line)
         return cls(model, dev)
 
     @torch.no_grad()
@@ -216,6 +220,9 @@ class LeakDetector:
         return torch.cat([w for w, _ in out]).cpu(), torch.cat([c for _, c in out]).cpu()
 
     def _run(self, name: str, reader) -> Prediction:
+        return self._scored(name, reader)[0]
+
+    def _scored(self, name: str, reader) -> tuple[Prediction, torch.Tensor | None]:
         try:
             scored = []
             for windows, silent in reader:
@@ -223,8 +230,16 @@ class LeakDetector:
                 first = len(scored)
                 scored += [(first + k, bool(s), leak[k], classes[k]) for k, s in enumerate(silent)]
         except Exception as err:  # one recording: a reason, not a crash
-            return summarise(name, [], (), self.model, reason_of(err))
-        return summarise(name, scored, reader.flags, self.model)
+            return summarise(name, [], (), self.model, reason_of(err)), None
+        prediction = summarise(name, scored, reader.flags, self.model)
+        live = [w for _, silent, w, _ in scored if not silent]
+        decided = prediction.leak is not None
+        return prediction, torch.cat([w.reshape(-1) for w in live]) if decided else None
+
+    def leak_windows(self, path: str | Path) -> tuple[Prediction, torch.Tensor | None]:
+        """A recording's Prediction and the leak probabilities of all its long windows that took part in its
+        decision (what the decision rule reads; None when it got no decision): what `adapt` fits a site on."""
+        return self._scored(printable(path), WindowReader(path, self.spec))
 
     def predict(self, path: str | Path) -> Prediction:
         """One recording file (any format libsndfile reads), cut into clip-long windows."""

@@ -14,7 +14,7 @@ except ImportError:  # run as `python scripts/make_synthetic_dataset.py` from a 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from leak_lightning.logs import setup_logging  # noqa: E402
-from leak_lightning.synthetic import make_dataset  # noqa: E402
+from leak_lightning.synthetic import Conditions, make_dataset  # noqa: E402
 
 log = logging.getLogger("leak_lightning.synthetic")
 
@@ -31,6 +31,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--channels", type=int, default=1)
     p.add_argument("--subtype", default="PCM_16", help="PCM_16, PCM_24, PCM_32 or FLOAT")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per clip")
+    p.add_argument("--labels", nargs="+", default=None, help="the classes to write (default: all five)")
+    p.add_argument("--resonance-scale", type=float, default=1.0,
+                   help="another site: every pipe mode moves by this factor (material, diameter)")
+    p.add_argument("--gain-db", type=float, default=0.0, help="another site: every clip this much louder")
+    p.add_argument("--background", choices=("standard", "machinery"), default="standard",
+                   help="another site: machinery replaces the pump hum by a generator's whine")
     return p.parse_args(argv)
 
 
@@ -42,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         paths = make_dataset(args.output, layout=args.layout, files_per_label=args.files_per_label,
                              sensors_per_label=args.sensors_per_label, seed=args.seed,
                              sample_rate=args.sample_rate, duration_sec=args.duration,
-                             channels=args.channels, subtype=args.subtype)
+                             channels=args.channels, subtype=args.subtype,
+                             conditions=Conditions(args.resonance_scale, args.gain_db, args.background),
+                             **({"labels": tuple(args.labels)} if args.labels else {}))
     except ValueError as err:
         log.error("%s", err)
         return 2

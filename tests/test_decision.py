@@ -9,6 +9,7 @@ import pytest
 import torch
 from helpers.models import classifier
 
+from leak_lightning.evaluation import fit_platt
 from leak_lightning.models.decision import DecisionOptions, DecisionRule
 
 # 8 recordings × 4 windows; the first 4 leak. Chosen so that every rule below picks another threshold.
@@ -23,6 +24,8 @@ WINDOWS = torch.tensor([
     [0.75, 0.05, 0.05, 0.05],
 ])
 TRUTH = torch.tensor([True, True, True, True, False, False, False, False])
+# 0.01 … 0.99 as float32, as the windows are: a window equal to a grid value compares equal, as in the code
+GRID = torch.linspace(0.01, 0.99, 99).tolist()
 RULES = [("vote", 0.25), ("vote", 0.5), ("vote", 0.75), ("vote", 1.0), ("mean", 0.5)]
 
 
@@ -37,7 +40,7 @@ def reference_decisions(windows: torch.Tensor, t: float, aggregation: str, fract
 
 
 def reference_threshold(windows, truth, aggregation, fraction) -> float:
-    grid = [round(0.01 * k, 2) for k in range(1, 100)]
+    grid = GRID
     f1s = []
     for t in grid:
         d = reference_decisions(windows, t, aggregation, fraction)
@@ -65,6 +68,27 @@ def test_the_rule_fits_and_decides_as_its_definition(aggregation, fraction):
     basis, cutoff = rule.basis(WINDOWS)
     assert cutoff == pytest.approx(fraction if aggregation == "vote" else float(rule.threshold))
     assert ((basis >= cutoff).tolist() == rule.decide(WINDOWS).tolist())
+    # the calibration maps a recording's mean window probability (what predict reports as leak_score)
+    mean_fit, max_fit = fit_platt(WINDOWS.mean(-1), TRUTH), fit_platt(WINDOWS.max(-1).values, TRUTH)
+    assert rule.calibration.tolist() == pytest.approx(list(mean_fit)) and mean_fit != pytest.approx(max_fit)
+
+
+@pytest.mark.parametrize("aggregation, fraction", RULES)
+def test_recordings_of_different_lengths_are_decided_one_by_one(aggregation, fraction):
+    ragged = [WINDOWS[0], WINDOWS[1, :2], torch.cat([WINDOWS[2], WINDOWS[2]]), WINDOWS[3, :1], WINDOWS[4],
+              WINDOWS[5, :3], WINDOWS[6], torch.cat([WINDOWS[7], WINDOWS[7, :1]])]
+    rule = DecisionRule(DecisionOptions(aggregation, fraction))
+    t = rule.fit(ragged, TRUTH)
+    grid = GRID
+    f1s = []
+    for g in grid:
+        d = [reference_decisions(w[None], g, aggregation, fraction)[0] for w in ragged]
+        tp = sum(a and b for a, b in zip(d, TRUTH.tolist()))
+        wrong = sum(a != b for a, b in zip(d, TRUTH.tolist()))
+        f1s.append(2 * tp / (2 * tp + wrong) if tp else 0.0)
+    ties = [g for g, f in zip(grid, f1s) if f >= max(f1s) - 1e-12]
+    assert t == pytest.approx(ties[len(ties) // 2], abs=1e-6)
+    assert rule.decide(ragged).tolist() == [reference_decisions(w[None], t, aggregation, fraction)[0] for w in ragged]
 
 
 @pytest.mark.parametrize("aggregation, fraction", RULES)

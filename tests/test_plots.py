@@ -69,7 +69,7 @@ def test_confusion_counts_the_leak_decisions_not_the_top_class():
     assert cells(leak_ax).tolist() == [[2, 1], [1, 2]]
     assert (leak_ax.images[0].get_array() == np.array([[2, 1], [1, 2]])).all()
     assert leak_ax.get_title() == ("Leak decisions on the test recordings:\n"
-                                   "2 of 3 leaks found, 1 false alarm among 3 recordings without a leak")
+                                   "2 of 3 leaks found,\n1 false alarm among 3 recordings without a leak")
     assert [t.get_text() for t in leak_ax.get_xticklabels()] == ["leak", "no leak"]
     # the most likely class, kept beside it: rows true, columns scored highest (NO_LEAK, NOISE, LEAK)
     assert cells(class_ax).tolist() == [[1, 0, 1], [0, 1, 0], [1, 1, 1]]

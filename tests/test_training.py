@@ -294,3 +294,15 @@ def test_blocks_of_steps_are_the_same_training_as_single_steps(small_h5, tmp_pat
     for key, value in finals["1"]["state_dict"].items():
         assert torch.equal(value, finals["3"]["state_dict"][key]), key
     assert finals["3"]["lr_schedulers"][0]["T_max"] == 11
+
+
+@pytest.mark.parametrize("enabled, on_cuda, want", [
+    (None, True, {"fit": True, "validate": False, "test": False, "predict": False}),  # by default: training on CUDA
+    (None, False, {"fit": False, "validate": False, "test": False, "predict": False}),
+    (True, False, {"fit": True, "validate": True, "test": True, "predict": True}),
+    (False, True, {"fit": False, "validate": False, "test": False, "predict": False}),
+])
+def test_which_stages_compile(monkeypatch, enabled, on_cuda, want):
+    model = classifier(compile={"enabled": enabled})
+    monkeypatch.setattr(type(model), "_on_cuda", lambda self: on_cuda)
+    assert {stage: model.compiles(stage) for stage in want} == want

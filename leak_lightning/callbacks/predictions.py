@@ -34,6 +34,8 @@ class PredictionWriter(BasePredictionWriter):
 
     def on_predict_start(self, trainer, pl_module) -> None:
         self._scored: dict[int, list] = {}
+        if trainer.is_global_zero and (line := pl_module.site_line()):
+            log.info("%s", line, extra={"colour": "header"})
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
                            dataloader_idx) -> None:

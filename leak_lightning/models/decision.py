@@ -60,11 +60,13 @@ class DecisionRule(nn.Module):
         """The calibrated leak probability of a mean window score."""
         return calibrate(score, *self.calibration.tolist())
 
-    def fit(self, windows: torch.Tensor, truth: torch.Tensor) -> float:
-        """The threshold with the best file F1, and the Platt calibration of the mean score; returns the threshold."""
+    def fit(self, windows: torch.Tensor | list[torch.Tensor], truth: torch.Tensor) -> float:
+        """The threshold with the best file F1, and the Platt calibration of the mean score; returns the threshold.
+        `windows`: (F, L), or a list of F recordings' windows when their lengths differ."""
         t, _ = sweep_threshold(windows, truth, self.options.aggregation, self.options.vote_fraction)
         self.threshold.fill_(t)
-        self.calibration.copy_(torch.tensor(fit_platt(windows.mean(-1).cpu(), truth.cpu())))
+        means = torch.stack([w.mean() for w in windows]) if isinstance(windows, list) else windows.mean(-1)
+        self.calibration.copy_(torch.tensor(fit_platt(means.cpu(), truth.cpu())))
         return t
 
     def record(self, precision: torch.Tensor, recall: torch.Tensor) -> None:

@@ -1,0 +1,201 @@
+"""`adapt`: a trained detector's decision rule re-fitted to a new site from a few labelled recordings of it.
+
+The network's ranking of recordings travels well to pipes and sensors it never heard; its threshold and
+calibration do not (a louder pump, more distant leaks move every score). Here the base checkpoint scores the
+site's recordings as `predict` does, the threshold and the Platt calibration are fitted again on them, and
+the gain is measured by cross-validation: every recording is decided by a rule fitted on the other folds,
+never on itself. When that cross-validated F1 is below the base rule's, the base rule is kept and the log
+says so: adapting never silently makes things worse. The result is a new checkpoint that records the
+site, its recordings, the base checkpoint and the figures before and after.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .audio.scan import AUDIO_SUFFIXES, printable, scan_audio
+from .checkpoint_io import AtomicCheckpointIO, current_hparams, migrate_state, read_checkpoint
+from .contract import CHECKPOINT_FORMAT, SECTION, binding_digest
+from .fileio import file_digest, write_atomic
+from .models.decision import DecisionRule
+
+log = logging.getLogger(__name__)
+MIN_PER_SIDE = 3  # leak and non-leak recordings each: the fewest that cross-validate a threshold at all
+
+
+@dataclass
+class SiteRecording:
+    path: Path
+    label: str
+    leak: bool
+    windows: torch.Tensor  # the leak probabilities of its long windows (what the decision rule reads)
+    digest: str  # sha256 of the file's bytes (first 16 hex digits)
+
+
+def _counts(decided: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+    """Leak precision, recall and F1 of decisions against the truth (NaN where a denominator is empty)."""
+    tp = int((decided & truth).sum())
+    fp, fn = int((decided & ~truth).sum()), int((~decided & truth).sum())
+    nan = float("nan")
+    return {"f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else nan,
+            "precision": tp / (tp + fp) if tp + fp else nan, "recall": tp / (tp + fn) if tp + fn else nan,
+            "false_alarms": fp, "missed": fn, "found": tp}
+
+
+def folds_of(truth: torch.Tensor, folds: int, seed: int) -> torch.Tensor:
+    """(N,) fold number per recording: leaks and non-leaks each dealt round the folds in a seeded order."""
+    g = torch.Generator().manual_seed(seed)
+    fold = torch.empty(len(truth), dtype=torch.long)
+    for side in (truth, ~truth):
+        members = torch.nonzero(side).flatten()
+        members = members[torch.randperm(len(members), generator=g)]
+        fold[members] = torch.arange(len(members)) % folds
+    return fold
+
+
+def cross_validated(windows: list[torch.Tensor], truth: torch.Tensor, fold: torch.Tensor,
+                    make_rule) -> torch.Tensor:
+    """Each recording decided by a rule fitted on the other folds only → (N,) decisions."""
+    decided = torch.zeros(len(truth), dtype=torch.bool)
+    for k in range(int(fold.max()) + 1):
+        held = fold == k
+        rule = make_rule()
+        rule.fit([w for w, h in zip(windows, held) if not h], truth[~held])
+        decided[held] = rule.decide([w for w, h in zip(windows, held) if h])
+    return decided
+
+
+def keeps_base_rule(before_f1: float, after_f1: float) -> bool:
+    """Whether the base rule stays: the adapted one's cross-validated F1 is below it, or undefined (NaN)
+    where the base rule's is defined. A base F1 of NaN (no leak found and none falsely flagged) loses to
+    any defined F1."""
+    if math.isnan(after_f1):
+        return True
+    return not math.isnan(before_f1) and after_f1 < before_f1
+
+
+def find_site_recordings(root: Path, class_names: list[str]) -> list[tuple[Path, str]]:
+    """`root/<LABEL>/...` audio files (any container predict reads), each label one of the checkpoint's classes."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"--input {root}: no such folder; give the site's recordings as <LABEL>/*.wav")
+    labels = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    unknown = [p.name for p in labels if p.name not in class_names]
+    if unknown:
+        raise ValueError(f"--input {root}: label folder(s) {unknown} are not classes of the checkpoint "
+                         f"{class_names}; name the folders after its classes")
+    found = []
+    for folder in labels:
+        paths, problems = scan_audio(folder, AUDIO_SUFFIXES)
+        for problem in problems:
+            log.warning("skipped %s: %s", printable(problem.path), problem.reason)
+        found += [(p, folder.name) for p in paths]
+    return found
+
+
+def adapt_checkpoint(ckpt_path: str, input: str, site: str, output: str | None = None, folds: int = 5,
+                     seed: int = 0, overwrite: bool = False, device: str = "auto") -> dict:
+    """Re-fit the decision rule of `ckpt_path` to the site whose labelled recordings are under `input`.
+
+    Args:
+        ckpt_path: the base checkpoint (written by `fit`, or by an earlier `adapt`).
+        input: the site's recordings as `<LABEL>/*` (the build layout; labels are the checkpoint's classes).
+        site: the site's name, kept in the checkpoint and shown by `predict` and `LeakDetector`.
+        output: the adapted checkpoint (default: `<base run dir>/sites/<site>.ckpt`); its report beside it.
+        folds: cross-validation folds (at most the number of leak and of non-leak recordings).
+        seed: the folds' shuffle.
+        overwrite: replace an existing `output`.
+        device: "auto" (CUDA when there is one), "cpu" or "cuda".
+    """
+    from .predict import LeakDetector
+
+    if not re.fullmatch(r"[\w.-]+", site or ""):
+        raise ValueError(f"--site {site!r}: use letters, digits, '.', '-' or '_' (it names the checkpoint file)")
+    if folds < 2:
+        raise ValueError(f"--folds {folds}: cross-validation needs 2 or more")
+    base = Path(ckpt_path)
+    ckpt, contract = read_checkpoint(base)
+    run_dir = base.parent.parent if base.parent.name == "checkpoints" else base.parent
+    out = Path(output) if output else run_dir / "sites" / f"{site}.ckpt"
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"--output {out} exists: pass --overwrite true to replace it, or another --output")
+
+    det = LeakDetector.from_checkpoint(base, device)
+    names, leak_name = list(contract.class_names), contract.leak_class_name
+    found = find_site_recordings(Path(input), names)
+    recordings, skipped = [], []
+    for path, label in found:
+        prediction, windows = det.leak_windows(path)
+        if windows is None:
+            skipped.append({"path": printable(path), "status": prediction.status})
+            log.warning("not used: %s (%s)", printable(path), prediction.status)
+            continue
+        recordings.append(SiteRecording(path, label, label == leak_name, windows, file_digest(path)[:16]))
+    truth = torch.tensor([r.leak for r in recordings], dtype=torch.bool)
+    leaks, others = int(truth.sum()), int((~truth).sum())
+    if leaks < MIN_PER_SIDE or others < MIN_PER_SIDE:
+        raise ValueError(f"--input {input}: {leaks} {leak_name} and {others} other recording(s) of the site were "
+                         f"scored; adapting needs at least {MIN_PER_SIDE} of each to cross-validate the threshold "
+                         f"(record {max(0, MIN_PER_SIDE - leaks)} more {leak_name} and "
+                         f"{max(0, MIN_PER_SIDE - others)} more other recording(s))")
+    k = min(folds, leaks, others)
+    windows = [r.windows for r in recordings]
+    base_rule = det.model.decision
+    options = base_rule.options
+    before = _counts(base_rule.decide(windows), truth)
+    fold = folds_of(truth, k, seed)
+    after = _counts(cross_validated(windows, truth, fold, lambda: DecisionRule(options)), truth)
+    kept = keeps_base_rule(before["f1"], after["f1"])
+    rule = DecisionRule(options)
+    if kept:
+        rule.load_state_dict(base_rule.state_dict())
+        log.warning("site %s: the cross-validated leak F1 after adapting (%.3f) is below the base rule's (%.3f): "
+                    "the base threshold and calibration are kept", site, after["f1"], before["f1"])
+    else:
+        rule.fit(windows, truth)
+        rule.record(torch.tensor(after["precision"]), torch.tensor(after["recall"]))
+
+    adapted = copy.deepcopy(ckpt)
+    adapted["hyper_parameters"] = current_hparams(adapted.get("hyper_parameters") or {})
+    migrate_state(adapted)
+    for name, value in rule.state_dict().items():
+        adapted["state_dict"][f"decision.{name}"] = value.clone()
+    section = adapted[SECTION]
+    a, b = rule.calibration.tolist()
+    precision, recall = rule.threshold_stats.tolist()
+    section.update(format_version=CHECKPOINT_FORMAT, threshold=float(rule.threshold),
+                   threshold_validation={"precision": precision, "recall": recall})
+    section["calibration"] = {**section.get("calibration", {}), "a": a, "b": b, "method": "platt"}
+    figures = {"before": before, "after_cross_validated": after}
+    section["site"] = {
+        "name": site, "recordings": len(recordings), "leaks": leaks, "folds": k, "seed": seed,
+        "digests": [r.digest for r in recordings], "digest_kind": "sha256 of the file, first 16 hex digits",
+        "base_checkpoint": {"path": str(base), "sha256": file_digest(base)},
+        "base_threshold": float(base_rule.threshold), "kept_base_rule": kept, **figures,
+    }
+    section.pop("binding", None)
+    section["binding"] = binding_digest(adapted)
+    AtomicCheckpointIO().save_checkpoint(adapted, out)
+
+    report = {"site": site, "checkpoint": str(out), "base_checkpoint": str(base), "recordings": len(recordings),
+              "leaks": leaks, "folds": k, "kept_base_rule": kept, "threshold": float(rule.threshold),
+              "base_threshold": float(base_rule.threshold), "calibration": {"a": a, "b": b}, **figures,
+              "skipped": skipped,
+              "rows": [{"path": printable(r.path), "label": r.label, "score": float(r.windows.mean()),
+                        "fold": int(f)} for r, f in zip(recordings, fold)]}
+    report_path = out.with_name(f"{out.stem}_adapt_report.json")
+    write_atomic(report_path, lambda f: json.dump(report, f, indent=2, default=float))
+    log.info("site %s: %d recordings (%d %s), %d-fold cross-validation", site, len(recordings), leaks, leak_name, k)
+    for name, m in (("base rule", before), ("adapted (cross-validated)", after)):
+        log.info("  %-26s leak F1 %.3f, precision %.3f, recall %.3f (%d found, %d missed, %d false alarms)", name,
+                 m["f1"], m["precision"], m["recall"], m["found"], m["missed"], m["false_alarms"])
+    log.info("threshold %.2f → %.2f%s; adapted checkpoint: %s (report %s)", float(base_rule.threshold),
+             float(rule.threshold), " (base kept)" if kept else "", out, report_path, extra={"colour": "success"})
+    return report

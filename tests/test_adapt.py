@@ -1,0 +1,125 @@
+"""`adapt`: a checkpoint's decision rule re-fitted to a new site, measured by cross-validation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers.files import cli_exit, one_error
+
+from leak_lightning import LeakDetector, adapt
+from leak_lightning.checkpoint_io import read_checkpoint
+from leak_lightning.fileio import file_digest
+from leak_lightning.models.decision import DecisionOptions, DecisionRule
+from leak_lightning.synthetic import Conditions, make_dataset
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    root = tmp_path_factory.mktemp("site") / "district"
+    make_dataset(root, layout="pool", labels=("LEAK", "NORMAL", "BACKGROUND"), files_per_label=4,
+                 sensors_per_label=2, seed=5, conditions=Conditions(resonance_scale=1.3, background="machinery"))
+    return root
+
+
+def test_folds_deal_leaks_and_others_round_the_folds():
+    truth = torch.tensor([True] * 5 + [False] * 7)
+    fold = adapt.folds_of(truth, 3, seed=1)
+    assert [int((fold[truth] == k).sum()) for k in range(3)] == [2, 2, 1]
+    assert [int((fold[~truth] == k).sum()) for k in range(3)] == [3, 2, 2]
+    assert torch.equal(fold, adapt.folds_of(truth, 3, seed=1)) and not torch.equal(fold, adapt.folds_of(truth, 3, 2))
+
+
+def test_no_recording_is_decided_by_a_rule_fitted_on_it():
+    torch.manual_seed(0)
+    windows = [torch.rand(4) for _ in range(9)]
+    truth = torch.tensor([True, False, True, False, True, False, False, True, False])
+    fold = adapt.folds_of(truth, 3, seed=0)
+    seen = []
+
+    class Spy(DecisionRule):
+        def fit(self, w, t):
+            seen.append({id(x) for x in w})
+            return super().fit(w, t)
+
+        def decide(self, w):
+            assert not {id(x) for x in w} & seen[-1]  # held out from this rule's fit
+            return super().decide(w)
+
+    decided = adapt.cross_validated(windows, truth, fold, lambda: Spy(DecisionOptions()))
+    assert len(seen) == 3 and decided.shape == truth.shape
+    for k in range(3):  # each rule saw exactly the other folds
+        assert seen[k] == {id(w) for w, f in zip(windows, fold) if f != k}
+
+
+@pytest.mark.parametrize("before, after, kept", [(0.8, 0.7, True), (0.8, 0.8, False), (0.8, 0.9, False),
+                                                  (float("nan"), 0.5, False), (0.5, float("nan"), True)])
+def test_the_base_rule_stays_unless_adapting_is_no_worse(before, after, kept):
+    assert adapt.keeps_base_rule(before, after) is kept
+
+
+def test_adapt_writes_a_checkpoint_for_the_site(trained_run, site, tmp_path, capsys):
+    base = trained_run / "checkpoints" / "best.ckpt"
+    out = tmp_path / "d.ckpt"
+    report = adapt.adapt_checkpoint(str(base), str(site), "district-9", output=str(out), folds=3)
+    ckpt, _ = read_checkpoint(out)  # its integrity digest holds
+    s = ckpt["leak_lightning"]["site"]
+    assert (s["name"], s["recordings"], s["leaks"], s["folds"]) == ("district-9", 12, 4, 3)
+    assert s["base_checkpoint"]["sha256"] == file_digest(base) and len(s["digests"]) == 12
+    assert sorted(s["digests"]) == sorted(file_digest(p)[:16] for p in site.rglob("*.wav"))
+    assert s["before"] == report["before"] and s["after_cross_validated"] == report["after_cross_validated"]
+    threshold = float(ckpt["state_dict"]["decision.threshold"])
+    assert ckpt["leak_lightning"]["threshold"] == pytest.approx(threshold) == report["threshold"]
+    assert json.loads((tmp_path / "d_adapt_report.json").read_text())["site"] == "district-9"
+    # the "before" figures are the base checkpoint's own answers on the site's recordings
+    det = LeakDetector.from_checkpoint(base, device="cpu")
+    answers = [(det.predict(p).leak, p.parent.name == "LEAK") for p in site.rglob("*.wav")]
+    assert s["before"]["found"] == sum(a and t for a, t in answers)
+    assert s["before"]["false_alarms"] == sum(a and not t for a, t in answers)
+    adapted = LeakDetector.from_checkpoint(out, device="cpu")
+    assert adapted.site["name"] == "district-9"
+    if not s["kept_base_rule"]:  # the adapted rule is the one fitted on all the site's recordings
+        rule = DecisionRule(det.model.decision.options)
+        rule.fit([det.leak_windows(p)[1] for p in sorted(site.rglob("*.wav"))],
+                 torch.tensor([p.parent.name == "LEAK" for p in sorted(site.rglob("*.wav"))]))
+        assert threshold == pytest.approx(float(rule.threshold))
+
+
+def test_a_worse_adaptation_keeps_the_base_rule(trained_run, site, tmp_path, monkeypatch, ll_records):
+    base = trained_run / "checkpoints" / "best.ckpt"
+    monkeypatch.setattr(adapt, "cross_validated", lambda w, truth, fold, make: torch.zeros_like(truth))
+    report = adapt.adapt_checkpoint(str(base), str(site), "worse", output=str(tmp_path / "w.ckpt"), folds=3)
+    ckpt, _ = read_checkpoint(tmp_path / "w.ckpt")
+    base_ckpt, _ = read_checkpoint(base)
+    assert report["before"]["found"] > 0  # the base rule finds leaks here: an adapted rule finding none is worse
+    assert report["kept_base_rule"] and ckpt["leak_lightning"]["site"]["kept_base_rule"]
+    assert torch.equal(ckpt["state_dict"]["decision.threshold"], base_ckpt["state_dict"]["decision.threshold"])
+    assert any("the base threshold and calibration are kept" in r.getMessage() for r in ll_records)
+
+
+@pytest.mark.parametrize("keep, fragment", [
+    ({"LEAK": 2, "NORMAL": 4}, "2 LEAK and 4 other recording(s) of the site were scored; adapting needs at least 3 "
+                               "of each to cross-validate the threshold (record 1 more LEAK and 0 more other"),
+    ({"LEAK": 4, "FOO": 4}, "label folder(s) ['FOO'] are not classes of the checkpoint"),
+])
+def test_too_few_recordings_or_a_foreign_label_is_one_line(trained_run, site, tmp_path, capsys, keep, fragment):
+    import shutil
+
+    for label, n in keep.items():
+        source = site / ("NORMAL" if label == "FOO" else label)
+        (tmp_path / "in" / label).mkdir(parents=True)
+        for p in sorted(source.glob("*.wav"))[:n]:
+            shutil.copy(p, tmp_path / "in" / label / p.name)
+    code, err = cli_exit(capsys, "adapt", "--ckpt_path", trained_run / "checkpoints/best.ckpt", "--input",
+                         tmp_path / "in", "--site", "x", "--output", tmp_path / "x.ckpt")
+    assert fragment in one_error(code, err)
+    assert not (tmp_path / "x.ckpt").exists()
+
+
+def test_an_existing_output_needs_overwrite(trained_run, site, tmp_path, capsys):
+    (tmp_path / "x.ckpt").write_bytes(b"mine")
+    code, err = cli_exit(capsys, "adapt", "--ckpt_path", trained_run / "checkpoints/best.ckpt", "--input", site,
+                         "--site", "x", "--output", tmp_path / "x.ckpt")
+    assert "exists: pass --overwrite true" in one_error(code, err)
+    assert (tmp_path / "x.ckpt").read_bytes() == b"mine"
