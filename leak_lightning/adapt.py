@@ -87,10 +87,17 @@ def find_site_recordings(root: Path, class_names: list[str]) -> list[tuple[Path,
     if not root.is_dir():
         raise FileNotFoundError(f"--input {root}: no such folder; give the site's recordings as <LABEL>/*.wav")
     labels = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not labels:
+        raise ValueError(f"--input {root}: no <LABEL>/ folders in it; put the site's recordings in folders named "
+                         f"after the checkpoint's classes ({', '.join(class_names)}), e.g. {root}/LEAK/*.wav")
     unknown = [p.name for p in labels if p.name not in class_names]
     if unknown:
         raise ValueError(f"--input {root}: label folder(s) {unknown} are not classes of the checkpoint "
                          f"{class_names}; name the folders after its classes")
+    loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES]
+    if loose:
+        log.warning("%d recording(s) directly in %s are not in a <LABEL>/ folder and are not used (%s, ...)",
+                    len(loose), root, printable(loose[0].name))
     found = []
     for folder in labels:
         paths, problems = scan_audio(folder, AUDIO_SUFFIXES)

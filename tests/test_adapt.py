@@ -102,13 +102,16 @@ def test_a_worse_adaptation_keeps_the_base_rule(trained_run, site, tmp_path, mon
     ({"LEAK": 2, "NORMAL": 4}, "2 LEAK and 4 other recording(s) of the site were scored; adapting needs at least 3 "
                                "of each to cross-validate the threshold (record 1 more LEAK and 0 more other"),
     ({"LEAK": 4, "FOO": 4}, "label folder(s) ['FOO'] are not classes of the checkpoint"),
+    ({}, "no <LABEL>/ folders in it; put the site's recordings in folders named after the checkpoint's classes"),
 ])
 def test_too_few_recordings_or_a_foreign_label_is_one_line(trained_run, site, tmp_path, capsys, keep, fragment):
     import shutil
 
+    (tmp_path / "in").mkdir()
+    shutil.copy(next(site.rglob("*.wav")), tmp_path / "in" / "loose.wav")  # not in a label folder: not used
     for label, n in keep.items():
         source = site / ("NORMAL" if label == "FOO" else label)
-        (tmp_path / "in" / label).mkdir(parents=True)
+        (tmp_path / "in" / label).mkdir()
         for p in sorted(source.glob("*.wav"))[:n]:
             shutil.copy(p, tmp_path / "in" / label / p.name)
     code, err = cli_exit(capsys, "adapt", "--ckpt_path", trained_run / "checkpoints/best.ckpt", "--input",

@@ -275,7 +275,7 @@ def test_a_damaged_last_falls_back_to_best_and_resumes_to_the_end(small_h5, tmp_
 def test_early_stopping_waits_for_an_epoch_with_validation_but_not_for_a_misspelt_monitor():
     from types import SimpleNamespace
 
-    from leak_lightning.checkpoint_io import LeakEarlyStopping
+    from leak_lightning.callbacks.checkpointing import LeakEarlyStopping
 
     es = LeakEarlyStopping(monitor="val/loss", mode="min")
     trainer = SimpleNamespace(callback_metrics={})
