@@ -82,6 +82,23 @@ def keeps_base_rule(before_f1: float, after_f1: float) -> bool:
     return not math.isnan(before_f1) and after_f1 < before_f1
 
 
+def refit_rule(windows: list[torch.Tensor], truth: torch.Tensor, base_rule: DecisionRule, folds: int, seed: int):
+    """The decision rule for a site's labelled recordings → (rule, base figures, cross-validated adapted figures,
+    whether the base rule was kept, the folds). The rule is fitted on all of them unless that is worse."""
+    options = base_rule.options
+    before = _counts(base_rule.decide(windows), truth)
+    fold = folds_of(truth, folds, seed)
+    after = _counts(cross_validated(windows, truth, fold, lambda: DecisionRule(options)), truth)
+    kept = keeps_base_rule(before["f1"], after["f1"])
+    rule = DecisionRule(options)
+    if kept:
+        rule.load_state_dict(base_rule.state_dict())
+    else:
+        rule.fit(windows, truth)
+        rule.record(torch.tensor(after["precision"]), torch.tensor(after["recall"]))
+    return rule, before, after, kept, fold
+
+
 def find_site_recordings(root: Path, class_names: list[str]) -> list[tuple[Path, str]]:
     """`root/<LABEL>/...` audio files (any container predict reads), each label one of the checkpoint's classes."""
     if not root.is_dir():
@@ -155,19 +172,10 @@ def adapt_checkpoint(ckpt_path: str, input: str, site: str, output: str | None =
     k = min(folds, leaks, others)
     windows = [r.windows for r in recordings]
     base_rule = det.model.decision
-    options = base_rule.options
-    before = _counts(base_rule.decide(windows), truth)
-    fold = folds_of(truth, k, seed)
-    after = _counts(cross_validated(windows, truth, fold, lambda: DecisionRule(options)), truth)
-    kept = keeps_base_rule(before["f1"], after["f1"])
-    rule = DecisionRule(options)
+    rule, before, after, kept, fold = refit_rule(windows, truth, base_rule, k, seed)
     if kept:
-        rule.load_state_dict(base_rule.state_dict())
         log.warning("site %s: the cross-validated leak F1 after adapting (%.3f) is below the base rule's (%.3f): "
                     "the base threshold and calibration are kept", site, after["f1"], before["f1"])
-    else:
-        rule.fit(windows, truth)
-        rule.record(torch.tensor(after["precision"]), torch.tensor(after["recall"]))
 
     adapted = copy.deepcopy(ckpt)
     adapted["hyper_parameters"] = current_hparams(adapted.get("hyper_parameters") or {})

@@ -19,6 +19,17 @@ gain −12/+12 dB, a background noise the training corpus never has (machinery),
 rate and bit depth (44.1 kHz PCM_24). Each recording is scored through LeakDetector (the same path
 as `predict`); the table gives file-level leak F1, precision, recall (at the checkpoint's
 threshold), AUROC and the calibrated probability's ECE.
+
+    python scripts/benchmark_robustness.py --sites --train-files 60 --epochs 12 --test-files 40 --train-seeds 0 1
+
+`--sites` measures `adapt` instead, on sites further from the training corpus than the augmentation
+reaches (resonances x0.7 and x1.35 where it warps up to ±20 %, +18 dB where it shifts up to ±12 dB, a
+machinery background it never mixes in, and resonances x1.3 with machinery). Per site the augmented
+model scores every recording once; then, per draw, n labelled recordings (n = 10, 20, 50: a fifth of
+them leaks, at least 3) adapt its decision rule exactly as `adapt` does (leak_lightning.adapt.refit_rule:
+cross-validated, the base rule kept when adapting is worse), and the leak F1 of the base rule and of the
+adapted one are measured on the site's other recordings. The table gives medians over training seeds
+and draws, with their range.
 """
 
 from __future__ import annotations
@@ -56,6 +67,14 @@ CONDITIONS: dict[str, dict] = {
     "machinery background": {"conditions": Conditions(background="machinery")},
     "44.1 kHz PCM_24": {"sample_rate": 44100, "subtype": "PCM_24"},
 }
+SITES: dict[str, dict] = {
+    "resonances x0.7": {"conditions": Conditions(resonance_scale=0.7)},
+    "resonances x1.35": {"conditions": Conditions(resonance_scale=1.35)},
+    "gain +18 dB": {"conditions": Conditions(gain_db=18.0)},
+    "machinery background": {"conditions": Conditions(background="machinery")},
+    "x1.3 and machinery": {"conditions": Conditions(resonance_scale=1.3, background="machinery")},
+}
+CONDITIONS.update({k: v for k, v in SITES.items() if k not in CONDITIONS})
 AUGMENTATION_OFF = ["--model.augment.warp", "0", "--model.augment.gain_db", "0", "--model.augment.tilt_db", "0",
                     "--model.augment.eq_db", "0", "--model.augment.background_p", "0", "--model.augment.mixup_p", "0"]
 
@@ -116,6 +135,9 @@ def main() -> None:
     ap.add_argument("--retrain", action="store_true", help="train again even if the runs exist")
     ap.add_argument("--extra", action="append", default=[], help="one more fit option for both models (repeat), e.g. "
                     "--extra=--checkpoint.monitor=val/loss")
+    ap.add_argument("--sites", action="store_true", help="measure `adapt` on the sites instead (see above)")
+    ap.add_argument("--labelled", type=int, nargs="+", default=[10, 20, 50], help="--sites: labelled recordings")
+    ap.add_argument("--draws", type=int, default=5, help="--sites: labelled sets drawn per size and training seed")
     args = ap.parse_args()
     setup_logging("WARNING")
     torch.manual_seed(0)
@@ -125,6 +147,8 @@ def main() -> None:
         make_dataset(wav, layout="origin", files_per_label=args.train_files,
                      sensors_per_label=max(12, args.train_files // 5), seed=0)
         build_dataset(wav, train_h5(work, args), overwrite=True, progress=False)
+    if args.sites:
+        return sites(work, args)
     table: dict[str, dict[str, list[dict]]] = {}
     for train_seed in args.train_seeds:
         detectors = {kind: LeakDetector.from_checkpoint(train(work, args, kind == "with", train_seed), device="cpu")
@@ -137,6 +161,60 @@ def main() -> None:
                     table.setdefault(name, {}).setdefault(kind, []).append(row)
             print(f"  scored {name} (training seed {train_seed})", file=sys.stderr, flush=True)
     report(table, args)
+
+
+def _f1(decided: torch.Tensor, truth: torch.Tensor) -> float:
+    tp, wrong = int((decided & truth).sum()), int((decided != truth).sum())
+    return 2 * tp / (2 * tp + wrong) if tp + wrong else float("nan")
+
+
+def sites(work: Path, args) -> None:
+    """Leak F1 out of the box and after `adapt` with n labelled recordings, on each site's other recordings."""
+    from leak_lightning.adapt import MIN_PER_SIDE, refit_rule
+
+    rows: dict[str, dict[str, list[float]]] = {}
+    for train_seed in args.train_seeds:
+        det = LeakDetector.from_checkpoint(train(work, args, True, train_seed), device="cpu")
+        for name in ("in-domain", *SITES):
+            scored = [(det.leak_windows(p)[1], leak) for p, leak in corpus(work, name, 0, args.test_files)]
+            windows = [w for w, _ in scored if w is not None]
+            truth = torch.tensor([leak for w, leak in scored if w is not None])
+            site = rows.setdefault(name, {})
+            site.setdefault("all: base rule", []).append(_f1(det.model.decision.decide(windows), truth))
+            g = torch.Generator().manual_seed(train_seed)
+            for n in args.labelled:
+                want_leaks = max(MIN_PER_SIDE, round(n / 5))
+                for draw in range(args.draws):
+                    leaks = torch.nonzero(truth).flatten()
+                    others = torch.nonzero(~truth).flatten()
+                    pick = torch.cat([leaks[torch.randperm(len(leaks), generator=g)[:want_leaks]],
+                                      others[torch.randperm(len(others), generator=g)[: n - want_leaks]]])
+                    held = torch.ones(len(truth), dtype=torch.bool)
+                    held[pick] = False
+                    rule, *_ = refit_rule([windows[i] for i in pick.tolist()], truth[pick], det.model.decision,
+                                          min(5, want_leaks, n - want_leaks), draw)
+                    rest = [w for w, h in zip(windows, held) if h]
+                    site.setdefault(f"{n}: base rule", []).append(_f1(det.model.decision.decide(rest), truth[held]))
+                    site.setdefault(f"{n}: adapted", []).append(_f1(rule.decide(rest), truth[held]))
+            print(f"  {name} (training seed {train_seed}): {len(windows)} recordings scored", file=sys.stderr,
+                  flush=True)
+
+    def cell(values: list[float]) -> str:
+        return f"{statistics.median(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
+
+    print(f"\nleak F1 per site: the augmented model (configs/demo.yaml, {args.train_files} training recordings per "
+          f"class) out of the box and after `adapt` with n labelled recordings of the site, measured on the site's "
+          f"other recordings; median [min, max] over training seeds {args.train_seeds} x {args.draws} draws; "
+          f"{args.test_files} recordings per class and site")
+    head = ["out of the box"] + [f"adapted, n={n}" for n in args.labelled]
+    print(f"| site | {' | '.join(head)} |")
+    print("|---|" + "---|" * len(head))
+    for name, site in rows.items():
+        cells = [cell(site["all: base rule"])] + [cell(site[f"{n}: adapted"]) for n in args.labelled]
+        print(f"| {name} | {' | '.join(cells)} |")
+    print("\nthe same draws' held-out recordings under the base rule (the comparison for each adapted column):")
+    for name, site in rows.items():
+        print(f"  {name}: " + ", ".join(f"n={n} {cell(site[f'{n}: base rule'])}" for n in args.labelled))
 
 
 def report(table: dict, args) -> None:
