@@ -99,6 +99,40 @@ def refit_rule(windows: list[torch.Tensor], truth: torch.Tensor, base_rule: Deci
     return rule, before, after, kept, fold
 
 
+def reestimate_norms(det, paths: list[Path]) -> int:
+    """Unlabelled adaptation: every batch-norm layer of the network gets the statistics of the site's audio
+    (a cumulative average over its recordings' non-silent windows) in place of the training corpus's; nothing
+    else changes. What a model can honestly learn from a site without labels: where its levels and spectra
+    sit. Returns the number of segments read."""
+    from .audio.decode import WindowReader
+
+    net = det.model.net
+    norms = [m for m in net.modules() if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))]
+    if not norms:
+        raise ValueError("--unlabelled: the checkpoint's network has no batch-norm layer to re-estimate")
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average: every recording counts alike, in any order
+        m.train()
+    segments = 0
+    try:
+        with torch.no_grad():
+            for path in paths:
+                for windows, silent in WindowReader(path, det.spec):
+                    live = windows[~silent]
+                    if len(live):
+                        seg = det.model._frontend(torch.from_numpy(live).to(det.device)).half()
+                        x = seg.reshape(-1, *seg.shape[-2:])
+                        net(x)
+                        segments += len(x)
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+            m.eval()
+    return segments
+
+
 def find_site_recordings(root: Path, class_names: list[str]) -> list[tuple[Path, str]]:
     """`root/<LABEL>/...` audio files (any container predict reads), each label one of the checkpoint's classes."""
     if not root.is_dir():
@@ -125,16 +159,19 @@ def find_site_recordings(root: Path, class_names: list[str]) -> list[tuple[Path,
 
 
 def adapt_checkpoint(ckpt_path: str, input: str, site: str, output: str | None = None, folds: int = 5,
-                     seed: int = 0, overwrite: bool = False, device: str = "auto") -> dict:
-    """Re-fit the decision rule of `ckpt_path` to the site whose labelled recordings are under `input`.
+                     seed: int = 0, unlabelled: bool = False, overwrite: bool = False, device: str = "auto") -> dict:
+    """Adapt `ckpt_path` to the site whose recordings are under `input`.
 
     Args:
         ckpt_path: the base checkpoint (written by `fit`, or by an earlier `adapt`).
-        input: the site's recordings as `<LABEL>/*` (the build layout; labels are the checkpoint's classes).
+        input: the site's recordings as `<LABEL>/*` (the build layout; labels are the checkpoint's classes);
+            with --unlabelled, any folder of recordings.
         site: the site's name, kept in the checkpoint and shown by `predict` and `LeakDetector`.
         output: the adapted checkpoint (default: `<base run dir>/sites/<site>.ckpt`); its report beside it.
         folds: cross-validation folds (at most the number of leak and of non-leak recordings).
         seed: the folds' shuffle.
+        unlabelled: no labels: re-estimate the network's batch-norm statistics on the site's audio instead
+            (the threshold stays; the log gives the share of recordings decided leak before and after).
         overwrite: replace an existing `output`.
         device: "auto" (CUDA when there is one), "cpu" or "cuda".
     """
@@ -150,67 +187,115 @@ def adapt_checkpoint(ckpt_path: str, input: str, site: str, output: str | None =
     out = Path(output) if output else run_dir / "sites" / f"{site}.ckpt"
     if out.exists() and not overwrite:
         raise FileExistsError(f"--output {out} exists: pass --overwrite true to replace it, or another --output")
-
     det = LeakDetector.from_checkpoint(base, device)
-    names, leak_name = list(contract.class_names), contract.leak_class_name
-    found = find_site_recordings(Path(input), names)
-    recordings, skipped = [], []
-    for path, label in found:
-        prediction, windows = det.leak_windows(path)
-        if windows is None:
-            skipped.append({"path": printable(path), "status": prediction.status})
-            log.warning("not used: %s (%s)", printable(path), prediction.status)
-            continue
-        recordings.append(SiteRecording(path, label, label == leak_name, windows, file_digest(path)[:16]))
-    truth = torch.tensor([r.leak for r in recordings], dtype=torch.bool)
-    leaks, others = int(truth.sum()), int((~truth).sum())
-    if leaks < MIN_PER_SIDE or others < MIN_PER_SIDE:
-        raise ValueError(f"--input {input}: {leaks} {leak_name} and {others} other recording(s) of the site were "
-                         f"scored; adapting needs at least {MIN_PER_SIDE} of each to cross-validate the threshold "
-                         f"(record {max(0, MIN_PER_SIDE - leaks)} more {leak_name} and "
-                         f"{max(0, MIN_PER_SIDE - others)} more other recording(s))")
-    k = min(folds, leaks, others)
-    windows = [r.windows for r in recordings]
-    base_rule = det.model.decision
-    rule, before, after, kept, fold = refit_rule(windows, truth, base_rule, k, seed)
-    if kept:
-        log.warning("site %s: the cross-validated leak F1 after adapting (%.3f) is below the base rule's (%.3f): "
-                    "the base threshold and calibration are kept", site, after["f1"], before["f1"])
-
+    about = {"name": site, "base_checkpoint": {"path": str(base), "sha256": file_digest(base)},
+             "digest_kind": "sha256 of the file, first 16 hex digits"}
+    if unlabelled:
+        site_info, report = _unlabelled(det, Path(input))
+    else:
+        site_info, report = _labelled(det, Path(input), contract, folds, seed)
     adapted = copy.deepcopy(ckpt)
     adapted["hyper_parameters"] = current_hparams(adapted.get("hyper_parameters") or {})
     migrate_state(adapted)
-    for name, value in rule.state_dict().items():
-        adapted["state_dict"][f"decision.{name}"] = value.clone()
+    model = det.model
+    for name, value in model.state_dict().items():  # the decision rule, or the re-estimated norms
+        if name.startswith(("decision.", "net.")):
+            adapted["state_dict"][name] = value.detach().cpu().clone()
+    rule = model.decision
     section = adapted[SECTION]
     a, b = rule.calibration.tolist()
     precision, recall = rule.threshold_stats.tolist()
     section.update(format_version=CHECKPOINT_FORMAT, threshold=float(rule.threshold),
                    threshold_validation={"precision": precision, "recall": recall})
     section["calibration"] = {**section.get("calibration", {}), "a": a, "b": b, "method": "platt"}
-    figures = {"before": before, "after_cross_validated": after}
-    section["site"] = {
-        "name": site, "recordings": len(recordings), "leaks": leaks, "folds": k, "seed": seed,
-        "digests": [r.digest for r in recordings], "digest_kind": "sha256 of the file, first 16 hex digits",
-        "base_checkpoint": {"path": str(base), "sha256": file_digest(base)},
-        "base_threshold": float(base_rule.threshold), "kept_base_rule": kept, **figures,
-    }
+    section["site"] = {**about, **site_info}
     section.pop("binding", None)
     section["binding"] = binding_digest(adapted)
     AtomicCheckpointIO().save_checkpoint(adapted, out)
-
-    report = {"site": site, "checkpoint": str(out), "base_checkpoint": str(base), "recordings": len(recordings),
-              "leaks": leaks, "folds": k, "kept_base_rule": kept, "threshold": float(rule.threshold),
-              "base_threshold": float(base_rule.threshold), "calibration": {"a": a, "b": b}, **figures,
-              "skipped": skipped,
-              "rows": [{"path": printable(r.path), "label": r.label, "score": float(r.windows.mean()),
-                        "fold": int(f)} for r, f in zip(recordings, fold)]}
+    report = {"site": site, "checkpoint": str(out), "base_checkpoint": str(base), "threshold": float(rule.threshold),
+              "calibration": {"a": a, "b": b}, **report}
     report_path = out.with_name(f"{out.stem}_adapt_report.json")
     write_atomic(report_path, lambda f: json.dump(report, f, indent=2, default=float))
-    log.info("site %s: %d recordings (%d %s), %d-fold cross-validation", site, len(recordings), leaks, leak_name, k)
+    log.info("adapted checkpoint: %s (report %s)", out, report_path, extra={"colour": "success"})
+    return report
+
+
+def _scored(det, paths: list[tuple[Path, str]]):
+    recordings, skipped = [], []
+    for path, label in paths:
+        prediction, windows = det.leak_windows(path)
+        if windows is None:
+            skipped.append({"path": printable(path), "status": prediction.status})
+            log.warning("not used: %s (%s)", printable(path), prediction.status)
+            continue
+        recordings.append(SiteRecording(path, label, label == det.model.hparams.leak_class_name, windows,
+                                        file_digest(path)[:16]))
+    return recordings, skipped
+
+
+def _labelled(det, root: Path, contract, folds: int, seed: int) -> tuple[dict, dict]:
+    """The decision rule re-fitted on the site's labelled recordings (cross-validated; the model's rule is
+    replaced in place)."""
+    leak_name = contract.leak_class_name
+    recordings, skipped = _scored(det, find_site_recordings(root, list(contract.class_names)))
+    truth = torch.tensor([r.leak for r in recordings], dtype=torch.bool)
+    leaks, others = int(truth.sum()), int((~truth).sum())
+    if leaks < MIN_PER_SIDE or others < MIN_PER_SIDE:
+        raise ValueError(f"--input {root}: {leaks} {leak_name} and {others} other recording(s) of the site were "
+                         f"scored; adapting needs at least {MIN_PER_SIDE} of each to cross-validate the threshold "
+                         f"(record {max(0, MIN_PER_SIDE - leaks)} more {leak_name} and "
+                         f"{max(0, MIN_PER_SIDE - others)} more other recording(s))")
+    k = min(folds, leaks, others)
+    windows = [r.windows for r in recordings]
+    base_rule = det.model.decision
+    base_threshold = float(base_rule.threshold)
+    rule, before, after, kept, fold = refit_rule(windows, truth, base_rule, k, seed)
+    log.info("%d recordings (%d %s), %d-fold cross-validation", len(recordings), leaks, leak_name, k)
     for name, m in (("base rule", before), ("adapted (cross-validated)", after)):
         log.info("  %-26s leak F1 %.3f, precision %.3f, recall %.3f (%d found, %d missed, %d false alarms)", name,
                  m["f1"], m["precision"], m["recall"], m["found"], m["missed"], m["false_alarms"])
-    log.info("threshold %.2f → %.2f%s; adapted checkpoint: %s (report %s)", float(base_rule.threshold),
-             float(rule.threshold), " (base kept)" if kept else "", out, report_path, extra={"colour": "success"})
-    return report
+    if kept:
+        log.warning("the cross-validated leak F1 after adapting (%.3f) is below the base rule's (%.3f): the base "
+                    "threshold and calibration are kept", after["f1"], before["f1"])
+    log.info("threshold %.2f → %.2f%s", base_threshold, float(rule.threshold), " (base kept)" if kept else "")
+    base_rule.load_state_dict(rule.state_dict())
+    figures = {"before": before, "after_cross_validated": after}
+    info = {"recordings": len(recordings), "leaks": leaks, "folds": k, "seed": seed, "unlabelled": False,
+            "digests": [r.digest for r in recordings], "base_threshold": base_threshold, "kept_base_rule": kept,
+            **figures}
+    report = {"recordings": len(recordings), "leaks": leaks, "folds": k, "kept_base_rule": kept,
+              "base_threshold": base_threshold, **figures, "skipped": skipped,
+              "rows": [{"path": printable(r.path), "label": r.label, "score": float(r.windows.mean()),
+                        "fold": int(f)} for r, f in zip(recordings, fold)]}
+    return info, report
+
+
+def _unlabelled(det, root: Path) -> tuple[dict, dict]:
+    """The network's batch-norm statistics re-estimated on the site's recordings (no labels: the rule stays)."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"--input {root}: no such folder of recordings")
+    paths, problems = scan_audio(root, AUDIO_SUFFIXES)
+    for problem in problems:
+        log.warning("skipped %s: %s", printable(problem.path), problem.reason)
+    before, skipped = _scored(det, [(p, "") for p in paths])
+    if len(before) < MIN_PER_SIDE:
+        raise ValueError(f"--input {root}: {len(before)} recording(s) of the site were scored; re-estimating the "
+                         f"network's statistics needs at least {MIN_PER_SIDE} (record more of the site)")
+    segments = reestimate_norms(det, [r.path for r in before])
+    after, _ = _scored(det, [(r.path, "") for r in before])
+    rule = det.model.decision
+    leak_before = int(sum(bool(rule.decide([r.windows])[0]) for r in before))
+    leak_after = int(sum(bool(rule.decide([r.windows])[0]) for r in after))
+    log.info("%d recordings (%d segments) re-estimated the network's batch-norm statistics; decided leak: %d "
+             "with the base checkpoint, %d adapted (most recordings of a site are not leaks: more is more false "
+             "alarms, unless the site leaks)", len(before), segments, leak_before, leak_after)
+    if abs(leak_after - leak_before) > max(2, 0.2 * max(leak_before, leak_after)):
+        log.warning("without labels it cannot be told which is right: %d recordings decided leak before and %d "
+                    "after; check a few of them, or adapt with labelled recordings of the site", leak_before,
+                    leak_after)
+    info = {"recordings": len(before), "unlabelled": True, "segments": segments,
+            "digests": [r.digest for r in before], "decided_leak": {"before": leak_before, "after": leak_after}}
+    report = {**info, "skipped": skipped,
+              "rows": [{"path": printable(b.path), "score_before": float(b.windows.mean()),
+                        "score_after": float(a.windows.mean())} for b, a in zip(before, after)]}
+    return info, report

@@ -368,6 +368,10 @@ class LeakClassifier(L.LightningModule):
         s = self.site
         if not s:
             return None
+        if s.get("unlabelled"):
+            d = s["decided_leak"]
+            return (f"checkpoint adapted to site {s['name']!r} without labels: batch-norm statistics of "
+                    f"{s['recordings']} recordings (decided leak there: {d['before']} before, {d['after']} after)")
         before, after = s["before"]["f1"], s["after_cross_validated"]["f1"]
         rule = "its base rule kept" if s.get("kept_base_rule") else f"threshold {float(self.decision.threshold):.2f}"
         return (f"checkpoint adapted to site {s['name']!r} on {s['recordings']} recordings ({s['leaks']} leaks; "

@@ -170,7 +170,7 @@ def _f1(decided: torch.Tensor, truth: torch.Tensor) -> float:
 
 def sites(work: Path, args) -> None:
     """Leak F1 out of the box and after `adapt` with n labelled recordings, on each site's other recordings."""
-    from leak_lightning.adapt import MIN_PER_SIDE, refit_rule
+    from leak_lightning.adapt import MIN_PER_SIDE, reestimate_norms, refit_rule
 
     rows: dict[str, dict[str, list[float]]] = {}
     for train_seed in args.train_seeds:
@@ -180,7 +180,17 @@ def sites(work: Path, args) -> None:
             windows = [w for w, _ in scored if w is not None]
             truth = torch.tensor([leak for w, leak in scored if w is not None])
             site = rows.setdefault(name, {})
-            site.setdefault("all: base rule", []).append(_f1(det.model.decision.decide(windows), truth))
+            base_decided = det.model.decision.decide(windows)
+            site.setdefault("all: base rule", []).append(_f1(base_decided, truth))
+            site.setdefault("all: false alarms", []).append(int((base_decided & ~truth).sum()))
+            # without labels: the batch-norm statistics re-estimated on all the site's recordings (adapt --unlabelled)
+            fresh = LeakDetector.from_checkpoint(train(work, args, True, train_seed), device="cpu")
+            paths = [p for p, _ in corpus(work, name, 0, args.test_files)]
+            reestimate_norms(fresh, [q for q, (w, _) in zip(paths, scored) if w is not None])
+            again = [fresh.leak_windows(q)[1] for q, (w, _) in zip(paths, scored) if w is not None]
+            unlabelled = fresh.model.decision.decide([w if w is not None else torch.zeros(1) for w in again])
+            site.setdefault("unlabelled", []).append(_f1(unlabelled, truth))
+            site.setdefault("unlabelled: false alarms", []).append(int((unlabelled & ~truth).sum()))
             g = torch.Generator().manual_seed(train_seed)
             for n in args.labelled:
                 want_leaks = max(MIN_PER_SIDE, round(n / 5))
@@ -206,11 +216,14 @@ def sites(work: Path, args) -> None:
           f"class) out of the box and after `adapt` with n labelled recordings of the site, measured on the site's "
           f"other recordings; median [min, max] over training seeds {args.train_seeds} x {args.draws} draws; "
           f"{args.test_files} recordings per class and site")
-    head = ["out of the box"] + [f"adapted, n={n}" for n in args.labelled]
+    head = ["out of the box"] + [f"adapted, n={n}" for n in args.labelled] + ["unlabelled", "false alarms: out of "
+                                                                                "the box / unlabelled"]
     print(f"| site | {' | '.join(head)} |")
     print("|---|" + "---|" * len(head))
     for name, site in rows.items():
         cells = [cell(site["all: base rule"])] + [cell(site[f"{n}: adapted"]) for n in args.labelled]
+        cells += [cell(site["unlabelled"]), f"{statistics.median(site['all: false alarms']):.0f} / "
+                                            f"{statistics.median(site['unlabelled: false alarms']):.0f}"]
         print(f"| {name} | {' | '.join(cells)} |")
     print("\nthe same draws' held-out recordings under the base rule (the comparison for each adapted column):")
     for name, site in rows.items():

@@ -126,3 +126,32 @@ def test_an_existing_output_needs_overwrite(trained_run, site, tmp_path, capsys)
                          "--site", "x", "--output", tmp_path / "x.ckpt")
     assert "exists: pass --overwrite true" in one_error(code, err)
     assert (tmp_path / "x.ckpt").read_bytes() == b"mine"
+
+
+def test_unlabelled_adaptation_gives_the_norms_the_sites_statistics_and_nothing_else(trained_run, site, tmp_path):
+    from leak_lightning.audio.decode import WindowReader
+
+    base = trained_run / "checkpoints" / "best.ckpt"
+    out = tmp_path / "u.ckpt"
+    report = adapt.adapt_checkpoint(str(base), str(site), "quiet-street", output=str(out), unlabelled=True)
+    before, _ = read_checkpoint(base)
+    after, _ = read_checkpoint(out)  # integrity holds
+    changed = {k for k, v in after["state_dict"].items()
+               if not torch.equal(v, before["state_dict"].get(k, before["state_dict"].get(k.split(".", 1)[-1])))}
+    assert changed and all(k.startswith("net.") and k.rsplit(".", 1)[-1] in ("running_mean", "running_var",
+                                                                              "num_batches_tracked") for k in changed)
+    # the input norm by hand: a cumulative average, over the recordings, of each one's segment mean and variance
+    det = LeakDetector.from_checkpoint(base, device="cpu")
+    means, variances = [], []
+    for path in sorted(site.rglob("*.wav")):
+        x = torch.cat([det.model._frontend(torch.from_numpy(w[~s])).half().float().reshape(-1)
+                       for w, s in WindowReader(path, det.spec)])
+        means.append(x.mean())
+        variances.append(x.var())  # unbiased, as batch norm keeps it
+    state = after["state_dict"]
+    assert float(state["net.norm.running_mean"]) == pytest.approx(float(torch.stack(means).mean()), rel=1e-4)
+    assert float(state["net.norm.running_var"]) == pytest.approx(float(torch.stack(variances).mean()), rel=1e-3)
+    s = after["leak_lightning"]["site"]
+    assert s["unlabelled"] and s["recordings"] == 12 and report["decided_leak"] == s["decided_leak"]
+    adapted = LeakDetector.from_checkpoint(out, device="cpu")
+    assert "without labels" in adapted.model.site_line()
