@@ -73,23 +73,26 @@ def cross_validated(windows: list[torch.Tensor], truth: torch.Tensor, fold: torc
     return decided
 
 
-def keeps_base_rule(before_f1: float, after_f1: float) -> bool:
-    """Whether the base rule stays: the adapted one's cross-validated F1 is below it, or undefined (NaN)
-    where the base rule's is defined. A base F1 of NaN (no leak found and none falsely flagged) loses to
-    any defined F1."""
+def keeps_base_rule(before_f1: float, after_f1: float, ties: str = "adapt") -> bool:
+    """Whether the base rule stays: the adapted one's cross-validated F1 is below it (or equal, with
+    ties="keep"), or undefined (NaN) where the base rule's is defined. A base F1 of NaN (no leak found and
+    none falsely flagged) loses to any defined F1."""
     if math.isnan(after_f1):
         return True
-    return not math.isnan(before_f1) and after_f1 < before_f1
+    if math.isnan(before_f1):
+        return False
+    return after_f1 < before_f1 or (ties == "keep" and after_f1 == before_f1)
 
 
-def refit_rule(windows: list[torch.Tensor], truth: torch.Tensor, base_rule: DecisionRule, folds: int, seed: int):
+def refit_rule(windows: list[torch.Tensor], truth: torch.Tensor, base_rule: DecisionRule, folds: int, seed: int,
+               ties: str = "adapt"):
     """The decision rule for a site's labelled recordings → (rule, base figures, cross-validated adapted figures,
     whether the base rule was kept, the folds). The rule is fitted on all of them unless that is worse."""
     options = base_rule.options
     before = _counts(base_rule.decide(windows), truth)
     fold = folds_of(truth, folds, seed)
     after = _counts(cross_validated(windows, truth, fold, lambda: DecisionRule(options)), truth)
-    kept = keeps_base_rule(before["f1"], after["f1"])
+    kept = keeps_base_rule(before["f1"], after["f1"], ties)
     rule = DecisionRule(options)
     if kept:
         rule.load_state_dict(base_rule.state_dict())

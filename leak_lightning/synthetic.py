@@ -48,11 +48,13 @@ class Conditions:
         background: "machinery" replaces the pump hum of ambient and BACKGROUND sounds by a
             generator's harmonic whine (80-200 Hz fundamental, harmonics up to 2 kHz): a noise
             the standard corpus never has.
+        leak_level: a leak's hiss at this share of its level against the ambient noise (distant leaks: 1/3).
     """
 
     resonance_scale: float = 1.0
     gain_db: float = 0.0
     background: Literal["standard", "machinery"] = "standard"
+    leak_level: float = 1.0
 
 
 STANDARD = Conditions()
@@ -272,7 +274,7 @@ def _leak(ctx: _Ctx) -> np.ndarray:
     rng = ctx.rng
     env = _slow_envelope(ctx, rng.uniform(0.2, 1.5), rng.uniform(0.1, 0.35))
     # Small or distant leaks are faint: some sit barely above the sensor floor and the ambient.
-    level = np.exp(rng.uniform(np.log(0.2), np.log(1.0)))
+    level = np.exp(rng.uniform(np.log(0.2), np.log(1.0))) * ctx.conditions.leak_level
     return level * _leak_hiss(ctx) * env + _ambient(ctx, 0.6)
 
 
