@@ -27,7 +27,7 @@ reaches (resonances x0.7 and x1.35 where it warps up to ±20 %, +18 dB where it 
 machinery background it never mixes in, and resonances x1.3 with machinery). Per site the augmented
 model scores every recording once; then, per draw, n labelled recordings (n = 10, 20, 50: a fifth of
 them leaks, at least 3) adapt its decision rule exactly as `adapt` does (leak_lightning.adapt.refit_rule:
-cross-validated, the base rule kept when adapting is worse), and the leak F1 of the base rule and of the
+cross-validated, the base rule kept unless adapting is better), and the leak F1 of the base rule and of the
 adapted one are measured on the site's other recordings. The table gives medians over training seeds
 and draws, with their range.
 """
@@ -207,7 +207,7 @@ def sites(work: Path, args) -> None:
                     for ties in ("adapt", "keep"):  # an adapted rule only as good as the base one: taken, or not
                         rule, *_ = refit_rule([windows[i] for i in pick.tolist()], truth[pick], det.model.decision,
                                               min(5, want_leaks, n - want_leaks), draw, ties)
-                        key = f"{n}: adapted" + ("" if ties == "adapt" else ", ties keep")
+                        key = f"{n}: adapted" + ("" if ties == "keep" else ", ties adapt")
                         site.setdefault(key, []).append(_f1(rule.decide(rest), truth[held]))
             print(f"  {name} (training seed {train_seed}): {len(windows)} recordings scored", file=sys.stderr,
                   flush=True)
@@ -228,9 +228,9 @@ def sites(work: Path, args) -> None:
         cells += [cell(site["unlabelled"]), f"{statistics.median(site['all: false alarms']):.0f} / "
                                             f"{statistics.median(site['unlabelled: false alarms']):.0f}"]
         print(f"| {name} | {' | '.join(cells)} |")
-    print("\nthe same, when a cross-validated tie keeps the base rule:")
+    print("\nadapted, when a cross-validated tie takes the adapted rule (adapt keeps the base rule on a tie):")
     for name, site in rows.items():
-        print(f"  {name}: " + ", ".join(f"n={n} {cell(site[f'{n}: adapted, ties keep'])}" for n in args.labelled))
+        print(f"  {name}: " + ", ".join(f"n={n} {cell(site[f'{n}: adapted, ties adapt'])}" for n in args.labelled))
     print("\nthe same draws' held-out recordings under the base rule (the comparison for each adapted column):")
     for name, site in rows.items():
         print(f"  {name}: " + ", ".join(f"n={n} {cell(site[f'{n}: base rule'])}" for n in args.labelled))
