@@ -304,7 +304,8 @@ def adapt_checkpoint(ckpt_path: str, input: str, site: str, output: str | None =
               "calibration": {"a": a, "b": b}, **report}
     report_path = out.with_name(f"{out.stem}_adapt_report.json")
     write_atomic(report_path, lambda f: json.dump(report, f, indent=2, default=float))
-    log.info("adapted checkpoint: %s (report %s)", out, report_path, extra={"colour": "success"})
+    kept = " (the base rule and weights kept: adapting was no better)" if report.get("kept_base_rule") else ""
+    log.info("checkpoint for site %s: %s%s (report %s)", site, out, kept, report_path, extra={"colour": "success"})
     return report
 
 
