@@ -57,7 +57,7 @@ def leak_windows_of(model, segments: torch.Tensor) -> torch.Tensor:
     model.eval()
     w, n_long, n_short = segments.shape[:3]
     probs = torch.sigmoid(model(segments.reshape(-1, *segments.shape[-2:])).float())
-    return probs[:, model.leak_index].reshape(w, n_long, n_short).mean(2).reshape(-1)
+    return probs[:, model.leak_index].reshape(w, n_long, n_short).mean(2).reshape(-1).cpu()  # as truth is
 
 
 def finetune_head(model, recordings: list[SiteRecording], steps: int, seed: int, lr: float = 1e-3,
@@ -76,6 +76,13 @@ def finetune_head(model, recordings: list[SiteRecording], steps: int, seed: int,
     model.eval()
     model.augment.train()
     head.train()  # its dropout, as in training
+    devices = [x.device] if x.is_cuda else []
+    with torch.random.fork_rng(devices=devices):  # the augmentation's and dropout's draws: the same for a seed
+        torch.manual_seed(seed)
+        _steps(model, optimizer, x, y, steps, batch, g)
+
+
+def _steps(model, optimizer, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int, g: torch.Generator) -> None:
     try:
         for _ in range(steps):
             idx = torch.randint(len(x), (min(batch, len(x)),), generator=g).to(x.device)
@@ -171,8 +178,9 @@ def reestimate_norms(det, paths: list[Path], batch: int = 1024, seed: int = 0) -
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)).to(x.device)
     try:
         with torch.no_grad():
-            for i in range(0, len(x), batch):
-                net(x[order[i: i + batch]])
+            # batches of (nearly) equal size: momentum None averages the batches' statistics with equal weights
+            for part in order.chunk(max(1, -(-len(x) // batch))):
+                net(x[part])
     finally:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
@@ -267,11 +275,13 @@ def adapt_checkpoint(ckpt_path: str, input: str, site: str, output: str | None =
         raise ValueError(f"--site {site!r}: use letters, digits, '.', '-' or '_' (it names the checkpoint file)")
     if folds < 2:
         raise ValueError(f"--folds {folds}: cross-validation needs 2 or more")
+    if device not in ("auto", "cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
+        raise ValueError(f"--device {device}: use auto, cpu, or cuda on a machine with CUDA")
     if finetune_steps < 0 or (finetune_steps and unlabelled):
         raise ValueError(f"--finetune_steps {finetune_steps}: use 0 or more, and only with labelled recordings")
     base = Path(ckpt_path)
     ckpt, contract = read_checkpoint(base)
-    run_dir = base.parent.parent if base.parent.name == "checkpoints" else base.parent
+    run_dir = base.parent.parent if base.parent.name in ("checkpoints", "sites") else base.parent
     out = Path(output) if output else run_dir / "sites" / f"{site}.ckpt"
     if out.exists() and not overwrite:
         raise FileExistsError(f"--output {out} exists: pass --overwrite true to replace it, or another --output")
@@ -310,15 +320,26 @@ def adapt_checkpoint(ckpt_path: str, input: str, site: str, output: str | None =
 
 
 def _scored(det, paths: list[tuple[Path, str]]):
-    recordings, skipped = [], []
+    """The recordings scored once each: the same file twice (a copy, another name) would be held out in one
+    fold and fitted in another, and the same file under two labels cannot be both."""
+    recordings, skipped, seen = [], [], {}
     for path, label in paths:
+        digest = file_digest(path)[:16]
+        if digest in seen:
+            first, first_label = seen[digest]
+            if first_label != label:
+                raise ValueError(f"{printable(path)} ({label}) is the same file as {printable(first)} "
+                                 f"({first_label}): one recording cannot be both; keep it under one label")
+            log.warning("not used: %s is the same file as %s", printable(path), printable(first))
+            skipped.append({"path": printable(path), "status": f"the same file as {printable(first)}"})
+            continue
+        seen[digest] = (path, label)
         prediction, windows = det.leak_windows(path)
         if windows is None:
             skipped.append({"path": printable(path), "status": prediction.status})
             log.warning("not used: %s (%s)", printable(path), prediction.status)
             continue
-        recordings.append(SiteRecording(path, label, label == det.model.hparams.leak_class_name, windows,
-                                        file_digest(path)[:16]))
+        recordings.append(SiteRecording(path, label, label == det.model.hparams.leak_class_name, windows, digest))
     return recordings, skipped
 
 

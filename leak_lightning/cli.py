@@ -83,6 +83,10 @@ def run_adapt(argv: list[str]) -> int:
         adapt_checkpoint(**cfg.as_dict())
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         return fail_line(str(err))
+    except (OSError, RuntimeError) as err:  # a full disk, a GPU out of memory: the base checkpoint is untouched
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else _one_line(err, argv)
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        return fail_line(f"adapt stopped: {where}{reason}; the base checkpoint is untouched")
     return 0
 
 

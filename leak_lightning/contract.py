@@ -40,7 +40,14 @@ def binding_digest(ckpt: dict) -> str:
                "decision": {k: v.tolist() for k in DECISION_BUFFERS
                             if (v := state.get(f"decision.{k}", state.get(k))) is not None},
                "training": training}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=repr).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=_stable).encode()).hexdigest()
+
+
+def _stable(value) -> str:
+    """What the digest reads of a hyper-parameter that is not plain data: a function or class by its name (its
+    repr holds a memory address, another in every process), anything else by its repr."""
+    name = getattr(value, "__qualname__", None) if callable(value) else None
+    return f"{value.__module__}.{name}" if isinstance(name, str) else repr(value)
 
 
 def check_integrity(ckpt: dict, source: str | Path) -> None:

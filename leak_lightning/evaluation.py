@@ -184,11 +184,12 @@ def expected_calibration_error(probs: torch.Tensor, truth: torch.Tensor, bins: i
     """
     if not len(probs):
         return float("nan")
-    p = probs.detach().flatten()
+    # on the CPU: bincount with weights has no deterministic CUDA kernel (--trainer.deterministic true)
+    p = probs.detach().flatten().cpu()
     p = p if p.is_floating_point() else p.double()
     edges = (torch.arange(1, bins, dtype=torch.float64, device=p.device) / bins).to(p.dtype)
     which = torch.bucketize(p, edges, right=True)  # 0 .. bins - 1; p = 1.0 (and above) in the last bin
     confidence = torch.bincount(which, weights=p.double(), minlength=bins)  # per bin: Σ p
-    leaks = torch.bincount(which, weights=truth.detach().flatten().double(), minlength=bins)  # per bin: Σ truth
+    leaks = torch.bincount(which, weights=truth.detach().flatten().cpu().double(), minlength=bins)  # per bin: Σ truth
     # Σ_k (n_k / n) · |Σp/n_k − Σt/n_k| = Σ_k |Σp − Σt| / n (empty bins add 0)
     return float((confidence - leaks).abs().sum() / len(p))

@@ -139,7 +139,7 @@ class LeakCLI(LightningCLI):
         """The run directory, writable; predict from a checkpoint alone uses the checkpoint's own."""
         if sub == "predict" and cfg["trainer"]["default_root_dir"] == DEFAULT_RUN_DIR and cfg.get("ckpt_path"):
             ckpt = Path(cfg["ckpt_path"])  # not ./runs of wherever one stands
-            if ckpt.parent.name == "checkpoints" and ckpt.is_file():
+            if ckpt.parent.name in ("checkpoints", "sites") and ckpt.is_file():  # sites/: adapt's checkpoints
                 cfg["trainer"]["default_root_dir"] = str(ckpt.parent.parent)
         root = cfg["trainer"]["default_root_dir"]
         _fill_run_dir(cfg["trainer"].get("logger"), root)

@@ -37,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gain-db", type=float, default=0.0, help="another site: every clip this much louder")
     p.add_argument("--background", choices=("standard", "machinery"), default="standard",
                    help="another site: machinery replaces the pump hum by a generator's whine")
+    p.add_argument("--leak-level", type=float, default=1.0,
+                   help="another site: leaks this much fainter against the ambient noise (distant leaks: 0.33)")
     return p.parse_args(argv)
 
 
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                              sensors_per_label=args.sensors_per_label, seed=args.seed,
                              sample_rate=args.sample_rate, duration_sec=args.duration,
                              channels=args.channels, subtype=args.subtype,
-                             conditions=Conditions(args.resonance_scale, args.gain_db, args.background),
+                             conditions=Conditions(args.resonance_scale, args.gain_db, args.background, args.leak_level),
                              **({"labels": tuple(args.labels)} if args.labels else {}))
     except ValueError as err:
         log.error("%s", err)

@@ -103,6 +103,7 @@ def test_a_worse_adaptation_keeps_the_base_rule(trained_run, site, tmp_path, mon
                                "of each to cross-validate the threshold (record 1 more LEAK and 0 more other"),
     ({"LEAK": 4, "FOO": 4}, "label folder(s) ['FOO'] are not classes of the checkpoint"),
     ({}, "no <LABEL>/ folders in it; put the site's recordings in folders named after the checkpoint's classes"),
+    ({"LEAK": 4, "NORMAL": 4, "BACKGROUND": 1}, "is the same file as"),  # BACKGROUND/ holds a copy of a NORMAL one
 ])
 def test_too_few_recordings_or_a_foreign_label_is_one_line(trained_run, site, tmp_path, capsys, keep, fragment):
     import shutil
@@ -110,7 +111,7 @@ def test_too_few_recordings_or_a_foreign_label_is_one_line(trained_run, site, tm
     (tmp_path / "in").mkdir()
     shutil.copy(next(site.rglob("*.wav")), tmp_path / "in" / "loose.wav")  # not in a label folder: not used
     for label, n in keep.items():
-        source = site / ("NORMAL" if label == "FOO" else label)
+        source = site / ("NORMAL" if label in ("FOO", "BACKGROUND") else label)
         (tmp_path / "in" / label).mkdir()
         for p in sorted(source.glob("*.wav"))[:n]:
             shutil.copy(p, tmp_path / "in" / label / p.name)
@@ -193,3 +194,65 @@ def test_finetuning_changes_only_the_head_and_never_on_the_recordings_it_decides
 
 def test_a_tie_is_adapted_only_when_asked():
     assert adapt.keeps_base_rule(0.8, 0.8, ties="adapt") is False and adapt.keeps_base_rule(0.8, 0.79, "adapt")
+
+
+def test_a_copy_under_the_same_label_is_used_once(trained_run, site, tmp_path, ll_records):
+    import shutil
+
+    shutil.copytree(site, tmp_path / "in")
+    first = sorted((tmp_path / "in" / "LEAK").glob("*.wav"))[0]
+    shutil.copy(first, first.with_name("copy.wav"))
+    report = adapt.adapt_checkpoint(str(trained_run / "checkpoints/best.ckpt"), str(tmp_path / "in"), "dup",
+                                    output=str(tmp_path / "d.ckpt"), folds=3)
+    assert report["recordings"] == 12 and [s["status"] for s in report["skipped"]] == [
+        f"the same file as {first}"]
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda"])
+def test_an_impossible_device_is_one_line(trained_run, site, tmp_path, capsys, device):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, err = cli_exit(capsys, "adapt", "--ckpt_path", trained_run / "checkpoints/best.ckpt", "--input", site,
+                         "--site", "x", "--output", tmp_path / "x.ckpt", "--device", device)
+    assert f"--device {device}: use auto, cpu, or cuda on a machine with CUDA" in one_error(code, err)
+
+
+def test_the_same_seed_fine_tunes_the_same_head(trained_run, site):
+    det = LeakDetector.from_checkpoint(trained_run / "checkpoints/best.ckpt", device="cpu")
+    paths = sorted(site.rglob("*.wav"))[:4]
+    recordings = [adapt.SiteRecording(p, p.parent.name, p.parent.name == "LEAK", torch.zeros(1), "",
+                                      adapt.site_segments(det, p)) for p in paths]
+    base = {k: v.clone() for k, v in det.model.net.head.state_dict().items()}
+    heads = []
+    for _ in range(2):
+        det.model.net.head.load_state_dict(base)
+        torch.manual_seed(123 + len(heads))  # whatever the global RNG holds, the seed decides
+        adapt.finetune_head(det.model, recordings, steps=3, seed=7)
+        heads.append({k: v.clone() for k, v in det.model.net.head.state_dict().items()})
+    assert all(torch.equal(heads[0][k], heads[1][k]) for k in base)
+    assert any(not torch.equal(heads[0][k], base[k]) for k in base)
+
+
+def test_norms_average_equal_batches(trained_run, site):
+    from leak_lightning.audio.decode import WindowReader
+
+    det = LeakDetector.from_checkpoint(trained_run / "checkpoints/best.ckpt", device="cpu")
+    paths = sorted(site.rglob("*.wav"))
+    n = adapt.reestimate_norms(det, paths, batch=400)  # 960 segments: 3 batches of 320, not 400 + 400 + 160
+    x = torch.cat([det.model._frontend(torch.from_numpy(w[~s])).half().float().reshape(-1)
+                   for path in paths for w, s in WindowReader(path, det.spec)])
+    assert n == 960
+    assert float(det.model.net.norm.running_mean) == pytest.approx(float(x.mean()), rel=1e-6, abs=1e-6)
+
+
+def test_a_site_checkpoint_predicts_into_its_run_directory(trained_run, site, tmp_path):
+    import shutil
+
+    from leak_lightning.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run / "checkpoints", run / "checkpoints")
+    adapt.adapt_checkpoint(str(run / "checkpoints/best.ckpt"), str(site), "north", folds=3)
+    assert (run / "sites" / "north.ckpt").is_file()  # the default place
+    main(["predict", "--ckpt_path", str(run / "sites" / "north.ckpt"), "--data.predict_path", str(site / "LEAK")])
+    assert (run / "predictions.csv").is_file() and (run / "predictions_sensors.csv").is_file()

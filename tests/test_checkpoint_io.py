@@ -75,3 +75,19 @@ def test_an_old_checkpoint_is_tested_with_its_own_decision_rule(small_h5, tmp_pa
     report = json.loads((tmp_path / "test_report.json").read_text())
     assert report["threshold"] == pytest.approx(float(ckpt["state_dict"]["threshold"]))
     assert "--model.decision.vote_fraction 0.9 is not used" in err  # the checkpoint's rule, and said so
+
+
+def test_the_digest_names_a_function_not_its_address():
+    import subprocess
+    import sys
+
+    from leak_lightning.contract import binding_digest
+    from leak_lightning.module import default_optimizer
+
+    ckpt = {"hyper_parameters": {"optimizer": default_optimizer, "net": torch.nn.Linear(2, 3)}}
+    code = ("import torch; from leak_lightning.contract import binding_digest; "
+            "from leak_lightning.module import default_optimizer; "
+            "print(binding_digest({'hyper_parameters': {'optimizer': default_optimizer, "
+            "'net': torch.nn.Linear(2, 3)}}))")
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert binding_digest(ckpt) == other  # another process, other addresses: the same digest
