@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
                              sensors_per_label=args.sensors_per_label, seed=args.seed,
                              sample_rate=args.sample_rate, duration_sec=args.duration,
                              channels=args.channels, subtype=args.subtype,
-                             conditions=Conditions(args.resonance_scale, args.gain_db, args.background, args.leak_level),
+                             conditions=Conditions(args.resonance_scale, args.gain_db, args.background,
+                                                   args.leak_level),
                              **({"labels": tuple(args.labels)} if args.labels else {}))
     except ValueError as err:
         log.error("%s", err)
