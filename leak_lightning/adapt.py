@@ -4,7 +4,7 @@ The network's ranking of recordings travels well to pipes and sensors it never h
 calibration do not (a louder pump, more distant leaks move every score). Here the base checkpoint scores the
 site's recordings as `predict` does, the threshold and the Platt calibration are fitted again on them, and
 the gain is measured by cross-validation: every recording is decided by a rule fitted on the other folds,
-never on itself. When that cross-validated F1 is below the base rule's, the base rule is kept and the log
+never on itself. Unless that cross-validated F1 is above the base rule's, the base rule is kept and the log
 says so: adapting never silently makes things worse. The result is a new checkpoint that records the
 site, its recordings, the base checkpoint and the figures before and after.
 """
@@ -24,6 +24,7 @@ import torch
 from .audio.scan import AUDIO_SUFFIXES, printable, scan_audio
 from .checkpoint_io import AtomicCheckpointIO, current_hparams, migrate_state, read_checkpoint
 from .contract import CHECKPOINT_FORMAT, SECTION, binding_digest
+from .evaluation import decision_counts
 from .fileio import file_digest, write_atomic
 from .models.decision import DecisionRule
 
@@ -52,12 +53,9 @@ def site_segments(det, path: Path) -> torch.Tensor:
 
 @torch.no_grad()
 def leak_windows_of(model, segments: torch.Tensor) -> torch.Tensor:
-    """A recording's long-window leak probabilities from its segments (LeakClassifier.score_windows, past the
-    frontend): what the decision rule reads."""
+    """A recording's long-window leak probabilities from its segments: what the decision rule reads."""
     model.eval()
-    w, n_long, n_short = segments.shape[:3]
-    probs = torch.sigmoid(model(segments.reshape(-1, *segments.shape[-2:])).float())
-    return probs[:, model.leak_index].reshape(w, n_long, n_short).mean(2).reshape(-1).cpu()  # as truth is
+    return model.score_segments(segments)[0].reshape(-1).cpu()  # on the CPU, as the truth is
 
 
 def finetune_head(model, recordings: list[SiteRecording], steps: int, seed: int, lr: float = 1e-3,
@@ -77,27 +75,23 @@ def finetune_head(model, recordings: list[SiteRecording], steps: int, seed: int,
     model.augment.train()
     head.train()  # its dropout, as in training
     devices = [x.device] if x.is_cuda else []
-    with torch.random.fork_rng(devices=devices):  # the augmentation's and dropout's draws: the same for a seed
+    # the augmentation's and dropout's draws come from the global RNG: the same for a seed, and left as they were
+    with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        _steps(model, optimizer, x, y, steps, batch, g)
+        try:
+            for _ in range(steps):
+                idx = torch.randint(len(x), (min(batch, len(x)),), generator=g).to(x.device)
+                loss = model.step_loss(x[idx], y[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        finally:
+            model.eval()
 
 
-def _steps(model, optimizer, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int, g: torch.Generator) -> None:
-    try:
-        for _ in range(steps):
-            idx = torch.randint(len(x), (min(batch, len(x)),), generator=g).to(x.device)
-            loss = model.step_loss(x[idx], y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    finally:
-        model.eval()
-
-
-def _counts(decided: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+def leak_figures(decided: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
     """Leak precision, recall and F1 of decisions against the truth (NaN where a denominator is empty)."""
-    tp = int((decided & truth).sum())
-    fp, fn = int((decided & ~truth).sum()), int((~decided & truth).sum())
+    tp, fn, fp, _ = decision_counts(decided, truth)
     nan = float("nan")
     return {"f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else nan,
             "precision": tp / (tp + fp) if tp + fp else nan, "recall": tp / (tp + fn) if tp + fn else nan,
@@ -115,15 +109,18 @@ def folds_of(truth: torch.Tensor, folds: int, seed: int) -> torch.Tensor:
     return fold
 
 
-def cross_validated(windows: list[torch.Tensor], truth: torch.Tensor, fold: torch.Tensor,
-                    make_rule) -> torch.Tensor:
-    """Each recording decided by a rule fitted on the other folds only → (N,) decisions."""
+def cross_validated(windows: list[torch.Tensor], truth: torch.Tensor, fold: torch.Tensor, make_rule,
+                    rescore=None) -> torch.Tensor:
+    """Each recording decided by a rule fitted on the other folds only → (N,) decisions. `rescore(fitting)`, when
+    given, first fits the model itself on the recordings marked in `fitting` (the fine-tune) and returns every
+    recording's windows scored again."""
     decided = torch.zeros(len(truth), dtype=torch.bool)
     for k in range(int(fold.max()) + 1):
         held = fold == k
+        current = rescore(~held) if rescore is not None else windows
         rule = make_rule()
-        rule.fit([w for w, h in zip(windows, held) if not h], truth[~held])
-        decided[held] = rule.decide([w for w, h in zip(windows, held) if h])
+        rule.fit([w for w, h in zip(current, held) if not h], truth[~held])
+        decided[held] = rule.decide([w for w, h in zip(current, held) if h])
     return decided
 
 
@@ -141,19 +138,20 @@ def keeps_base_rule(before_f1: float, after_f1: float, ties: str = "keep") -> bo
 
 
 def refit_rule(windows: list[torch.Tensor], truth: torch.Tensor, base_rule: DecisionRule, folds: int, seed: int,
-               ties: str = "keep"):
+               ties: str = "keep", rescore=None):
     """The decision rule for a site's labelled recordings → (rule, base figures, cross-validated adapted figures,
-    whether the base rule was kept, the folds). The rule is fitted on all of them unless that is worse."""
+    whether the base rule was kept, the folds). The rule is fitted on all of them unless that is no better.
+    `rescore`: see `cross_validated`; it is called once more on all the recordings when the adaptation is kept."""
     options = base_rule.options
-    before = _counts(base_rule.decide(windows), truth)
+    before = leak_figures(base_rule.decide(windows), truth)
     fold = folds_of(truth, folds, seed)
-    after = _counts(cross_validated(windows, truth, fold, lambda: DecisionRule(options)), truth)
+    after = leak_figures(cross_validated(windows, truth, fold, lambda: DecisionRule(options), rescore), truth)
     kept = keeps_base_rule(before["f1"], after["f1"], ties)
     rule = DecisionRule(options)
     if kept:
         rule.load_state_dict(base_rule.state_dict())
     else:
-        rule.fit(windows, truth)
+        rule.fit(rescore(torch.ones_like(truth)) if rescore is not None else windows, truth)
         rule.record(torch.tensor(after["precision"]), torch.tensor(after["recall"]))
     return rule, before, after, kept, fold
 
@@ -188,39 +186,17 @@ def reestimate_norms(det, paths: list[Path], batch: int = 1024, seed: int = 0) -
     return len(x)
 
 
-def refit_with_finetune(model, recordings: list[SiteRecording], truth: torch.Tensor, folds: int, seed: int,
-                        steps: int):
-    """As `refit_rule`, with the head fine-tuned first: each fold's recordings are decided by a head and a rule
-    fitted on the other folds only. Returns (head state, rule, base figures, cross-validated figures, kept, folds);
-    `model` ends with the base head when kept, else with the head fine-tuned on all the recordings."""
-    import copy as _copy
+def finetuned(model, recordings: list[SiteRecording], steps: int, seed: int):
+    """`rescore` for `refit_rule`: the head, from the base one, fine-tuned on the marked recordings; then every
+    recording scored again."""
+    base_head = copy.deepcopy(model.net.head.state_dict())
 
-    base_head = _copy.deepcopy(model.net.head.state_dict())
-    base_rule = model.decision
-    options = base_rule.options
-    windows = [r.windows for r in recordings]
-    before = _counts(base_rule.decide(windows), truth)
-    fold = folds_of(truth, folds, seed)
-    decided = torch.zeros(len(truth), dtype=torch.bool)
-    for k in range(int(fold.max()) + 1):
-        held = fold == k
-        train = [r for r, h in zip(recordings, held) if not h]
+    def rescore(fitting: torch.Tensor) -> list[torch.Tensor]:
         model.net.head.load_state_dict(base_head)
-        finetune_head(model, train, steps, seed + k)
-        rule = DecisionRule(options)
-        rule.fit([leak_windows_of(model, r.segments) for r in train], truth[~held])
-        decided[held] = rule.decide([leak_windows_of(model, r.segments) for r, h in zip(recordings, held) if h])
-    after = _counts(decided, truth)
-    kept = keeps_base_rule(before["f1"], after["f1"])
-    model.net.head.load_state_dict(base_head)
-    rule = DecisionRule(options)
-    if kept:
-        rule.load_state_dict(base_rule.state_dict())
-    else:
-        finetune_head(model, recordings, steps, seed)
-        rule.fit([leak_windows_of(model, r.segments) for r in recordings], truth)
-        rule.record(torch.tensor(after["precision"]), torch.tensor(after["recall"]))
-    return rule, before, after, kept, fold
+        finetune_head(model, [r for r, f in zip(recordings, fitting) if f], steps, seed)
+        return [leak_windows_of(model, r.segments) for r in recordings]
+
+    return rescore, base_head
 
 
 def find_site_recordings(root: Path, class_names: list[str]) -> list[tuple[Path, str]]:
@@ -362,7 +338,10 @@ def _labelled(det, root: Path, contract, folds: int, seed: int, finetune_steps: 
     if finetune_steps:
         for r in recordings:
             r.segments = site_segments(det, r.path)
-        rule, before, after, kept, fold = refit_with_finetune(det.model, recordings, truth, k, seed, finetune_steps)
+        rescore, base_head = finetuned(det.model, recordings, finetune_steps, seed)
+        rule, before, after, kept, fold = refit_rule(windows, truth, base_rule, k, seed, rescore=rescore)
+        if kept:
+            det.model.net.head.load_state_dict(base_head)
     else:
         rule, before, after, kept, fold = refit_rule(windows, truth, base_rule, k, seed)
     log.info("%d recordings (%d %s), %d-fold cross-validation", len(recordings), leaks, leak_name, k)

@@ -39,52 +39,40 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-def build_parser():
-    from jsonargparse import ActionConfigFile, ArgumentParser
-
-    from .builder.build import build_dataset
-
-    parser = ArgumentParser(prog="python -m leak_lightning build", exit_on_error=False,
-                            description="Build TRAINING/VALIDATION/TESTING_DATASET.H5 from WAV folders.")
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML with any of the options below")
-    parser.add_argument("--log_level", type=str | None, default=None,
-                        help="DEBUG, INFO, WARNING or ERROR (default: $TRAINER_LOG_LEVEL or INFO)")
-    parser.add_function_arguments(build_dataset, as_positional=False)
-    return parser
-
-
-def adapt_parser():
-    from jsonargparse import ActionConfigFile, ArgumentParser
-
-    from .adapt import adapt_checkpoint
-
-    parser = ArgumentParser(prog="python -m leak_lightning adapt", exit_on_error=False,
-                            description="Adapt a trained detector's decision rule to a new site.")
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML with any of the options below")
-    parser.add_argument("--log_level", type=str | None, default=None,
-                        help="DEBUG, INFO, WARNING or ERROR (default: $TRAINER_LOG_LEVEL or INFO)")
-    parser.add_function_arguments(adapt_checkpoint, as_positional=False)
-    return parser
-
-
-def run_adapt(argv: list[str]) -> int:
+def function_command(name: str, fn, description: str, argv: list[str]):
+    """A subcommand that calls one function with its arguments (`build`, `adapt`): the parsed keyword arguments,
+    with logging set up, or the exit status 2 after one error line."""
     from argparse import ArgumentError
 
-    parser = adapt_parser()
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(prog=f"python -m leak_lightning {name}", exit_on_error=False, description=description)
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML with any of the options below")
+    parser.add_argument("--log_level", type=str | None, default=None,
+                        help="DEBUG, INFO, WARNING or ERROR (default: $TRAINER_LOG_LEVEL or INFO)")
+    parser.add_function_arguments(fn, as_positional=False)
     try:
         cfg = parser.parse_args(argv)
         setup_logging(cfg.pop("log_level"))
     except (ArgumentError, ValueError) as err:
-        return fail_line(f"{_one_line(err, argv)}; see `python -m leak_lightning adapt --help` for the options")
+        return fail_line(f"{_one_line(err, argv)}; see `python -m leak_lightning {name} --help` for the options")
     cfg.pop("config", None)
+    return parser.instantiate_classes(cfg).as_dict()
+
+
+def run_adapt(argv: list[str]) -> int:
     from .adapt import adapt_checkpoint
 
+    kwargs = function_command("adapt", adapt_checkpoint, "Adapt a trained detector's decision rule to a new site.",
+                              argv)
+    if isinstance(kwargs, int):
+        return kwargs
     try:
-        adapt_checkpoint(**cfg.as_dict())
+        adapt_checkpoint(**kwargs)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         return fail_line(str(err))
     except (OSError, RuntimeError) as err:  # a full disk, a GPU out of memory: the base checkpoint is untouched
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else _one_line(err, argv)
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else _first_line(err)
         where = f"{err.filename}: " if getattr(err, "filename", None) else ""
         return fail_line(f"adapt stopped: {where}{reason}; the base checkpoint is untouched")
     return 0
@@ -95,32 +83,26 @@ def _raise_interrupt(signum, frame) -> None:
 
 
 def run_build(argv: list[str]) -> int:
-    from argparse import ArgumentError
-
-    parser = build_parser()
-    try:
-        cfg = parser.parse_args(argv)
-        setup_logging(cfg.pop("log_level"))
-    except (ArgumentError, ValueError) as err:
-        setup_logging("INFO")
-        log.error("%s; see `python -m leak_lightning build --help` for the options", _one_line(err, argv))
-        return 2
-    cfg.pop("config", None)
     from .builder.build import build_dataset
+
+    kwargs = function_command("build", build_dataset,
+                              "Build TRAINING/VALIDATION/TESTING_DATASET.H5 from WAV folders.", argv)
+    if isinstance(kwargs, int):
+        return kwargs
 
     # SIGTERM unwinds like Ctrl-C so the temporary files are removed on the way out.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        build_dataset(**parser.instantiate_classes(cfg).as_dict())
+        build_dataset(**kwargs)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         log.error("%s", err)
         return 2
     except (OSError, RuntimeError) as err:  # a full disk, a lost mount: discarded, the old dataset untouched
-        reason = _write_failure(err, cfg.get("output"))
+        reason = _write_failure(err, kwargs.get("output"))
         log.debug("details", exc_info=True)
         log.error("%s: %s while writing the dataset; nothing was replaced (an earlier dataset there is intact) "
                   "and the temporary files were removed; free space or choose another --output",
-                  cfg.get("output"), reason)
+                  kwargs.get("output"), reason)
         from .builder.writer import UNCLOSED
 
         if UNCLOSED:  # h5py would crash freeing the half-closed file at exit: leave without freeing it
@@ -192,6 +174,10 @@ def _write_failure(err: OSError | RuntimeError, output) -> str:
     except OSError:
         pass
     return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def _raised_here(err: BaseException) -> bool:

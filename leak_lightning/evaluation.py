@@ -47,6 +47,12 @@ def decision_basis(windows: torch.Tensor, threshold: float, mode: Aggregation,
     return windows.mean(dim=-1), float(threshold)
 
 
+def decision_counts(decisions: torch.Tensor, truth: torch.Tensor) -> tuple[int, int, int, int]:
+    """(leaks found, leaks missed, false alarms, recordings rightly left clear)."""
+    d, t = decisions.bool(), truth.bool()
+    return int((d & t).sum()), int((~d & t).sum()), int((d & ~t).sum()), int((~d & ~t).sum())
+
+
 def f1_per_threshold(decisions: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     """(K, F) decisions, (F,) bool truth → (K,) F1 (0 where it is undefined)."""
     truth = truth.bool()[None]

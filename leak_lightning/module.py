@@ -387,7 +387,10 @@ class LeakClassifier(L.LightningModule):
 
     def score_windows(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(W, num_samples) clip-long windows → leak probability per long window (W, L), class probabilities (W, C)."""
-        seg = self._frontend(wave).half()  # stored as float16 by the builder: the model saw those values
+        return self.score_segments(self._frontend(wave).half())  # float16, as the builder stores them
+
+    def score_segments(self, seg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W, L, S, n_mels, T) segments → leak probability per long window (W, L), class probabilities (W, C)."""
         n_windows, n_long, n_short = seg.shape[:3]
         logits = self(seg.reshape(-1, *seg.shape[-2:])).float()
         probs = torch.sigmoid(logits).reshape(n_windows, n_long, n_short, -1)

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc
 
-from .evaluation import DEFAULT_GRID, f1_per_threshold, file_decisions
+from .evaluation import DEFAULT_GRID, decision_counts, f1_per_threshold, file_decisions
 from .fileio import replacing
 
 STAGE_WORDS = {"val": "validation", "test": "test"}
@@ -37,12 +37,6 @@ def _integer_counts(ax) -> None:
     """Counts of recordings: whole-number ticks only (no 0.5 recording), never in 1e+01 notation."""
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.ticklabel_format(axis="y", style="plain", useOffset=False)
-
-
-def decision_counts(decisions: torch.Tensor, truth: torch.Tensor) -> tuple[int, int, int, int]:
-    """(leaks found, leaks missed, false alarms, recordings rightly left clear)."""
-    d, t = decisions.bool(), truth.bool()
-    return int((d & t).sum()), int((~d & t).sum()), int((d & ~t).sum()), int((~d & ~t).sum())
 
 
 def decision_summary(decisions: torch.Tensor, truth: torch.Tensor, sep: str = " ") -> str:

@@ -165,8 +165,9 @@ def main() -> None:
 
 
 def _f1(decided: torch.Tensor, truth: torch.Tensor) -> float:
-    tp, wrong = int((decided & truth).sum()), int((decided != truth).sum())
-    return 2 * tp / (2 * tp + wrong) if tp + wrong else float("nan")
+    from leak_lightning.adapt import leak_figures
+
+    return leak_figures(decided, truth)["f1"]
 
 
 def sites(work: Path, args) -> None:

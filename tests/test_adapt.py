@@ -88,7 +88,7 @@ def test_adapt_writes_a_checkpoint_for_the_site(trained_run, site, tmp_path, cap
 
 def test_a_worse_adaptation_keeps_the_base_rule(trained_run, site, tmp_path, monkeypatch, ll_records):
     base = trained_run / "checkpoints" / "best.ckpt"
-    monkeypatch.setattr(adapt, "cross_validated", lambda w, truth, fold, make: torch.zeros_like(truth))
+    monkeypatch.setattr(adapt, "cross_validated", lambda w, truth, fold, make, rescore=None: torch.zeros_like(truth))
     report = adapt.adapt_checkpoint(str(base), str(site), "worse", output=str(tmp_path / "w.ckpt"), folds=3)
     ckpt, _ = read_checkpoint(tmp_path / "w.ckpt")
     base_ckpt, _ = read_checkpoint(base)
@@ -166,14 +166,14 @@ def test_finetuning_changes_only_the_head_and_never_on_the_recordings_it_decides
     monkeypatch.setattr(adapt, "finetune_head", lambda model, recs, steps, seed: (
         trained_on.append({r.path for r in recs}), real(model, recs, steps, seed))[1])
     decided_with = []
-    real_cv = adapt.refit_with_finetune
+    real_refit = adapt.refit_rule
 
-    def spy(model, recordings, truth, folds, seed, steps):
-        result = real_cv(model, recordings, truth, folds, seed, steps)
+    def spy(*args, **kw):
+        result = real_refit(*args, **kw)
         decided_with.append(result[4])  # the folds
         return result
 
-    monkeypatch.setattr(adapt, "refit_with_finetune", spy)
+    monkeypatch.setattr(adapt, "refit_rule", spy)
     report = adapt.adapt_checkpoint(str(base), str(site), "ft", output=str(tmp_path / "f.ckpt"), folds=3,
                                     finetune_steps=3)
     fold = decided_with[0]
