@@ -158,9 +158,11 @@ def test_unlabelled_adaptation_gives_the_norms_the_sites_statistics_and_nothing_
     assert "without labels" in adapted.model.site_line()
 
 
+@pytest.mark.parametrize("kept", [False, True])
 def test_finetuning_changes_only_the_head_and_never_on_the_recordings_it_decides(trained_run, site, tmp_path,
-                                                                                 monkeypatch):
+                                                                                 monkeypatch, kept):
     base = trained_run / "checkpoints" / "best.ckpt"
+    monkeypatch.setattr(adapt, "keeps_base_rule", lambda *args, **kw: kept)  # both outcomes, whatever the data
     trained_on = []
     real = adapt.finetune_head
     monkeypatch.setattr(adapt, "finetune_head", lambda model, recs, steps, seed: (
@@ -184,11 +186,20 @@ def test_finetuning_changes_only_the_head_and_never_on_the_recordings_it_decides
     after, _ = read_checkpoint(tmp_path / "f.ckpt")
     changed = {k for k in after["state_dict"] if k.startswith("net.")
                and not torch.equal(after["state_dict"][k], before["state_dict"][k])}
-    if report["kept_base_rule"]:
+    assert report["kept_base_rule"] is kept
+    if kept:
         assert not changed
+        assert torch.equal(after["state_dict"]["decision.threshold"], before["state_dict"]["decision.threshold"])
     else:
         assert changed and all(k.startswith("net.head.") for k in changed)
         assert len(trained_on) == 4 and len(trained_on[-1]) == 12  # then once more on all of them
+        # the rule is fitted on the fine-tuned network's scores, not the base network's
+        det = LeakDetector.from_checkpoint(tmp_path / "f.ckpt", device="cpu")
+        recordings = sorted(site.rglob("*.wav"))
+        rule = DecisionRule(det.model.decision.options)
+        truth = torch.tensor([p.parent.name == "LEAK" for p in recordings])
+        rule.fit([det.leak_windows(p)[1] for p in recordings], truth)
+        assert float(after["state_dict"]["decision.threshold"]) == pytest.approx(float(rule.threshold))
     assert after["leak_lightning"]["site"]["finetune_steps"] == 3
 
 
