@@ -47,6 +47,14 @@ USED: tuple[Private, ...] = (
     # --- checkpoint_io.py: atomic saves ---------------------------------------------------------------
     Private("lightning.fabric.plugins.io.torch_io", "",
             "TorchCheckpointIO is the base of AtomicCheckpointIO (its public re-export moved between versions)"),
+    # --- distributed.py: a lost DDP rank is reported in one line, exit 2 ------------------------------
+    Private("lightning.fabric.strategies.launchers.subprocess_script:_ChildProcessObserver", "_terminate_all",
+            "Lightning SIGKILLs rank 0 when a child rank dies (exit -9, no words); replaced by a one-line "
+            "report with the resume command (distributed._lost_rank)"),
+    Private("lightning.fabric.strategies.launchers.subprocess_script:_ChildProcessObserver", "_child_processes",
+            "the child ranks' Popen objects, read in _lost_rank"),
+    Private("lightning.fabric.strategies.launchers.subprocess_script:_ChildProcessObserver", "_termination_signal",
+            "the signal Lightning stops the other children with, kept"),
     # --- torch: the compile wrapper tells compile errors from runtime errors by type ------------------
     Private("torch._dynamo.exc", "TorchDynamoException",
             "models/compiled.py falls back to eager on these (compile failures) and on nothing else"),
@@ -75,6 +83,8 @@ def _resolve(owner: str):
         import torch
 
         obj = obj(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1))
+    if cls == "_ChildProcessObserver":  # its attributes too (a thread object, never started)
+        obj = obj(main_pid=0, child_processes=[])
     return obj
 
 

@@ -20,6 +20,7 @@ from .checkpoint_io import (
     resolve_ckpt_path,
 )
 from .contract import ModelContract
+from .distributed import claim_report, watch_ranks
 from .fileio import check_writable_file, remove_stale_temporaries
 from .logs import LEVELS, process_rank, setup_logging
 from .rundir import DEFAULT_RUN_DIR, FolderLock, check_writable, checkpoint_dir
@@ -160,9 +161,12 @@ class LeakCLI(LightningCLI):
 
     def _run_subcommand(self, subcommand: str) -> None:
         # Lightning re-raises what stopped a run; the ones a user can act on become one line here
+        watch_ranks(self.trainer.default_root_dir, subcommand)
         try:
             super()._run_subcommand(subcommand)
         except (RuntimeError, OSError) as err:
+            if self.trainer.world_size > 1 and isinstance(err, RuntimeError):
+                claim_report()  # not twice: Lightning's observer of the child ranks may be reporting it
             # only a fit has a run to resume; validate/test/predict are simply run again
             note = f"; {last_checkpoint_note(self.trainer.default_root_dir)}" if subcommand == "fit" else ""
             if self.trainer.world_size > 1 and isinstance(err, RuntimeError):
