@@ -8,7 +8,6 @@ import logging
 import os
 import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +23,17 @@ from ..fileio import remove_stale_temporaries, temp_sibling, write_atomic
 from ..rundir import DataLock, FolderLock
 from .discover import SPLITS, discover, label_mapping
 from .pipeline import BatchBuilder, SplitResult
+from .shards import (
+    Shard,
+    corpus_id,
+    events_of,
+    finished_record,
+    record_path,
+    shard_folder,
+    shard_paths,
+    try_join,
+    write_record,
+)
 from .writer import SplitWriter, publish
 
 log = logging.getLogger(__name__)
@@ -74,6 +84,9 @@ def build_dataset(
     device: Literal["auto", "cpu", "cuda"] = "auto",
     progress: bool = True,
     duplicates: Literal["error", "first"] = "error",
+    num_shards: int | None = None,
+    shard_index: int | None = None,
+    copy: bool = False,
 ) -> BuildSummary:
     """Build the three HDF5 splits from WAV folders.
 
@@ -87,6 +100,11 @@ def build_dataset(
         duplicates: the same audio (by content) in two splits: "error" stops the build listing them;
             "first" keeps each only in its first split (TRAINING, VALIDATION, TESTING). Copies within a
             split are skipped; the same audio under two labels is skipped in both places.
+        num_shards, shard_index: build only this share of the corpus (worker shard_index of num_shards); the
+            last worker to finish joins the shards into the three splits. Under torchrun or a SLURM array both
+            are read from the launcher's environment. The output must be a folder every worker sees.
+        copy: when joining shards, copy their segments into the split files and remove the shards (default:
+            the splits are HDF5 virtual datasets over <output>/shards/<build id>/, nothing copied).
     """
     t0 = time.perf_counter()
     output = Path(output)
@@ -99,6 +117,12 @@ def build_dataset(
         if not items:
             raise ValueError(f"{input}: split {split} received no files; add recordings/sensors "
                              f"or change --split_ratios {list(split_ratios)}")
+    build_id = corpus_id(splits, class_names, features, duplicates)
+    manifest = {"format_version": schema.FORMAT_VERSION, "build_id": build_id, "classes": list(class_names),
+                "features": json.loads(features.to_json())}
+    if (shard := Shard.resolve(num_shards, shard_index)) is not None:
+        return _build_shard(output, shard, splits, unusable, input, features, class_names, manifest,
+                            (device, batch_size, num_workers, progress, duplicates), copy, t0)
     output.mkdir(parents=True, exist_ok=True)
     with FolderLock(output, "--output"), _building(output):  # two builds into one folder would mix their splits
         if stale := remove_stale_temporaries(output):
@@ -114,22 +138,82 @@ def build_dataset(
         batch_size = batch_size or (64 if on_cpu else 512)
         log.info("Building %s → %s on %s: %s files, %d decoder processes, batch %d",
                  input, output, dev, {s: len(v) for s, v in splits.items()}, workers, batch_size)
-        threads = torch.get_num_threads()
-        if on_cpu:
-            torch.set_num_threads(max(1, cores - workers))
-        try:
-            results = _run_splits(splits, targets, features, class_names, dev, batch_size, workers, progress,
-                                   duplicates)
-        finally:
-            torch.set_num_threads(threads)
-        skipped = [{"split": None, "path": printable(e.path.relative_to(input)), "label": None,
-                    "reason": e.reason} for e in unusable] + [s for r in results.values() for s in r.skipped]
+        results = _with_threads(on_cpu, cores - workers, lambda: _run_splits(
+            splits, targets, features, class_names, dev, batch_size, workers, progress, duplicates, build_id,
+            commit=lambda writers, results, events: publish(writers, output, {
+                **manifest, "created_at_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")})))
+        skipped = _unusable_entries(unusable, input) + [s for r in results.values() for s in r.skipped]
         flagged = [s for r in results.values() for s in r.flagged]
-        write_atomic(output / schema.SKIP_REPORT, lambda f: json.dump(skipped, f, indent=2))
-        write_atomic(output / schema.FLAG_REPORT, lambda f: json.dump(flagged, f, indent=2))
+        _write_reports(output, skipped, flagged)
     summary = BuildSummary(targets, {s: r.files for s, r in results.items()},
                            {s: r.files * features.num_long * features.num_short for s, r in results.items()},
                            skipped, time.perf_counter() - t0, flagged)
+    _log_summary(summary)
+    return summary
+
+
+def _with_threads(on_cpu: bool, threads: int, run):
+    before = torch.get_num_threads()
+    if on_cpu:
+        torch.set_num_threads(max(1, threads))
+    try:
+        return run()
+    finally:
+        torch.set_num_threads(before)
+
+
+def _unusable_entries(unusable, input: Path) -> list[dict]:
+    return [{"split": None, "path": printable(e.path.relative_to(input)), "label": None, "reason": e.reason}
+            for e in unusable]
+
+
+def _write_reports(output: Path, skipped: list[dict], flagged: list[dict]) -> None:
+    write_atomic(output / schema.SKIP_REPORT, lambda f: json.dump(skipped, f, indent=2))
+    write_atomic(output / schema.FLAG_REPORT, lambda f: json.dump(flagged, f, indent=2))
+
+
+def _build_shard(output: Path, shard: Shard, splits, unusable, input: Path, features: FeatureConfig,
+                 class_names: list[str], manifest: dict, options: tuple, copy: bool, t0: float) -> BuildSummary:
+    """This worker's share into <output>/shards/<build id>/, then the join if every shard is done."""
+    device, batch_size, num_workers, progress, duplicates = options
+    build_id = manifest["build_id"]
+    folder = shard_folder(output, build_id)
+    share = {split: shard.share(items) for split, items in splits.items()}
+    if finished_record(output, build_id, shard) is not None:
+        log.info("shard %d of %d of build %s is already built (%s): not built again", shard.index, shard.count,
+                 build_id[:12], record_path(output, build_id, shard))
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        with FolderLock(folder, "--shard_index", name=f".lock-{shard.tag}"):  # one worker per shard
+            remove_stale_temporaries(folder)
+            _check_free_space(folder, sum(map(len, share.values())), features)
+            dev = _resolve_device(device)
+            cores = os.cpu_count() or 1
+            workers = num_workers or (max(1, cores // 2) if dev.type == "cpu" else cores)
+            log.info("Building shard %d of %d of %s → %s on %s: %s files, %d decoder processes", shard.index,
+                     shard.count, input, folder, dev, {s: len(v) for s, v in share.items()}, workers)
+            unusable_here = _unusable_entries(unusable, input) if shard.index == 0 else []  # listed once
+            _with_threads(dev.type == "cpu", cores - workers, lambda: _run_splits(
+                share, shard_paths(output, build_id, shard), features, class_names, dev,
+                batch_size or (64 if dev.type == "cpu" else 512), workers, progress, duplicates, build_id,
+                need_files=False, commit=lambda writers, results, events: write_record(writers, output, build_id,
+                                                                                     shard, {
+                    "skipped": unusable_here + [s for r in results.values() for s in r.skipped],
+                    "flagged": [s for r in results.values() for s in r.flagged],
+                    "events": events_of(events)})))
+    joined = try_join(output, build_id, shard, manifest, duplicates, copy)
+    targets = {s: output / name for s, name in schema.SPLIT_FILES.items()}
+    if joined is None:
+        record = finished_record(output, build_id, shard) or {"files": {s: {"rows": 0} for s in SPLITS}}
+        rows = {s: record["files"][s]["rows"] for s in SPLITS}
+        return BuildSummary({}, rows, {s: n * features.num_long * features.num_short for s, n in rows.items()},
+                            record.get("skipped", []), time.perf_counter() - t0, record.get("flagged", []))
+    _write_reports(output, joined["skipped"], joined["flagged"])
+    rows = joined["rows"]
+    summary = BuildSummary(targets, rows, {s: n * features.num_long * features.num_short for s, n in rows.items()},
+                           joined["skipped"], time.perf_counter() - t0, joined["flagged"])
+    log.info("joined %d shards of build %s%s", shard.count, build_id[:12],
+             " (segments copied, shards removed)" if copy else f" (virtual datasets over {folder})")
     _log_summary(summary)
     return summary
 
@@ -157,14 +241,15 @@ def _check_free_space(output: Path, files: int, cfg: FeatureConfig) -> None:
                          f"for {files} files, {bytes_human(free)} free; free some space or choose another --output")
 
 
-def _run_splits(splits, targets, cfg, class_names, dev, batch_size, workers,
-                progress, duplicates: str = "error") -> dict[str, SplitResult]:
+def _run_splits(splits, targets, cfg, class_names, dev, batch_size, workers, progress, duplicates: str,
+                build_id: str, commit, need_files: bool = True) -> dict[str, SplitResult]:
+    """Each split through the pipeline into a temporary file; `commit(writers, results, content events)` puts
+    them into place (or, on any error, every temporary is removed)."""
     label_ids = {name: i for i, name in enumerate(class_names)}
     writers: list[SplitWriter] = []
     results: dict[str, SplitResult] = {}
     builder = BatchBuilder(cfg, label_ids, dev, batch_size, workers, duplicates=duplicates)
     total = sum(len(v) for v in splits.values())
-    build_id = uuid.uuid4().hex
     try:
         with tqdm(total=total, unit="file", desc="build", disable=None if progress else True) as bar:
             for split in SPLITS:
@@ -175,16 +260,13 @@ def _run_splits(splits, targets, cfg, class_names, dev, batch_size, workers,
             raise builder.index.leak_error()
         for writer, split in zip(writers, SPLITS):
             _drop_conflicts(writer, results[split], builder.index.drop.get(split, {}))
-            if results[split].files == 0:
+            if results[split].files == 0 and need_files:
                 raise ValueError(f"no usable file in split {split}: all {len(splits[split])} were "
                                  f"skipped (see the warnings above); fix or replace those recordings")
         for writer in writers:
             writer.finish(build_id)
         # all three appear together with dataset.json, or none (a reader refuses a mix)
-        publish(writers, targets["TRAINING"].parent, {
-            "format_version": schema.FORMAT_VERSION, "build_id": build_id,
-            "created_at_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "classes": list(class_names), "features": json.loads(cfg.to_json())})
+        commit(writers, results, builder.events)
     except BaseException:
         for writer in writers:
             writer.discard()

@@ -136,6 +136,9 @@ class BatchBuilder:
                  batch_size: int, num_workers: int, prefetch: int = 3, duplicates: str = "error") -> None:
         self.cfg, self.label_ids, self.device = cfg, label_ids, device
         self.index = ContentIndex(duplicates)
+        # a shard of a build records every recording it checked by content, stored or not: the join replays
+        # them in the one-process order (builder/shards.py), so copies across shards are decided the same way
+        self.events: list[tuple[str, int, str, str, bool]] = []
         self.batch_size, self.prefetch = batch_size, prefetch
         self.frontend = LogMelFrontend(cfg).to(device)
         self.decoders = DecoderPool(num_workers, batch_size, ClipSpec.of(cfg), prefetch)
@@ -191,9 +194,10 @@ class BatchBuilder:
                 item, digest = batch.items[k], decoded[k][2]
                 if reasons[k] is None:
                     reasons[k] = self.index.check(digest, split, item.rel_path, item.label)
-                if reasons[k] is None:
-                    self.index.add(digest, split, row, item.rel_path, item.label)
-                    row += 1
+                    self.events.append((split, int(digest), item.rel_path, item.label, reasons[k] is None))
+                    if reasons[k] is None:
+                        self.index.add(digest, split, row, item.rel_path, item.label)
+                        row += 1
             if len(stored := [k for k in keep if reasons[k] is None]) < len(keep):
                 mel = mel[[keep.index(k) for k in stored]]
                 keep = stored

@@ -65,18 +65,34 @@ class SplitWriter:
 
     @property
     def _columns(self) -> tuple:
-        return self._seg, self._lab, self._paths, self._sensors, self._digests
+        seg = () if self._seg.is_virtual else (self._seg,)
+        return *seg, self._lab, self._paths, self._sensors, self._digests
 
-    def append(self, segments: np.ndarray, labels: np.ndarray, paths: list[str],
+    def virtual_segments(self, parts: list[tuple[str, int, int, int]]) -> None:
+        """Make /segments_mel an HDF5 virtual dataset over other files (a sharded build's join): `parts` are
+        (file name relative to this file's folder, rows in that file, first row, end row), in order. The rows'
+        other columns are then appended with `segments=None`. HDF5 reads a source's chunks through its own
+        fletcher32 filter, so a virtual split is as checksummed as its sources."""
+        shape = self._seg.shape[1:]
+        layout = h5py.VirtualLayout(shape=(sum(hi - lo for _, _, lo, hi in parts), *shape), dtype=np.float16)
+        at = 0
+        for name, rows, lo, hi in parts:
+            layout[at: at + hi - lo] = h5py.VirtualSource(name, schema.SEGMENTS, shape=(rows, *shape))[lo:hi]
+            at += hi - lo
+        del self._h5[schema.SEGMENTS]
+        self._seg = self._h5.create_virtual_dataset(schema.SEGMENTS, layout, fillvalue=np.nan)
+
+    def append(self, segments: np.ndarray | None, labels: np.ndarray, paths: list[str],
                sensors: list[str], digests: list[int] | None = None) -> None:
-        """Append B rows: segments (B, L, S, n_mels, T) float16, labels (B,), audio digests (B,)."""
+        """Append B rows: segments (B, L, S, n_mels, T) float16 (None when virtual), labels (B,), audio digests."""
         n = len(labels)
         if n == 0:
             return
         start, end = self.rows, self.rows + n
         for ds in self._columns:
             ds.resize(end, axis=0)
-        self._seg[start:end] = segments
+        if segments is not None:
+            self._seg[start:end] = segments
         self._lab[start:end] = labels
         self._paths[start:end] = paths
         self._sensors[start:end] = sensors

@@ -104,13 +104,48 @@ def _read_info(f: h5py.File, path: Path) -> SplitInfo:
     counts = _json_attr(f, path, schema.ATTR_LABEL_COUNTS, required=False)
     # every dataset that can carry a checksum (variable-length strings cannot): /targets, when there, is what
     # training and the metrics read in place of /labels
-    checksummed = all(f[name].fletcher32 for name in (schema.SEGMENTS, schema.LABELS, schema.TARGETS,
-                                                      schema.AUDIO_DIGESTS) if name in f)
+    checksummed = all(f[name].fletcher32 for name in (schema.LABELS, schema.TARGETS, schema.AUDIO_DIGESTS)
+                      if name in f) and (_sources_checksummed(f, path) if seg.is_virtual else seg.fletcher32)
     if shape[2:] != (features.n_mels, features.t_frames):
         _fail(path, f"segments are {shape} but its config_json implies n_mels={features.n_mels}, "
               f"T={features.t_frames}")
     return SplitInfo(path, int(seg.shape[0]), shape, list(classes), features, has_targets, version,
                      str(build_id) if build_id is not None else None, counts, checksummed)
+
+
+def _sources_checksummed(f: h5py.File, path: Path) -> bool:
+    """A joined split's segments (a virtual dataset over shard files, builder/shards.py) are only as good as its
+    sources: HDF5 reads a missing source as fill values without a word, so each must be there, of this build
+    and of the right shape. Whether every source carries fletcher32."""
+    seg, build_id = f[schema.SEGMENTS], f.attrs.get(schema.ATTR_BUILD_ID)
+    checksummed = True
+    for name in sorted({m.file_name for m in seg.virtual_sources()}):
+        source = Path(name) if Path(name).is_absolute() else path.parent / name
+        if not source.is_file():
+            _fail(path, f"its segments are in {source}, which is missing (a sharded build's split reads its shards "
+                  "in place)", "copy the dataset folder with its shards/ folder, or rebuild with --copy")
+        try:
+            with h5py.File(source, "r") as src:
+                ds = src[schema.SEGMENTS]
+                if str(src.attrs.get(schema.ATTR_BUILD_ID)) != str(build_id) or ds.shape[1:] != seg.shape[1:]:
+                    _fail(path, f"its shard {source} is from build {src.attrs.get(schema.ATTR_BUILD_ID)} with "
+                          f"segments {ds.shape[1:]}, not build {build_id} with {seg.shape[1:]}: a mixed dataset",
+                          "rebuild it")
+                checksummed &= ds.fletcher32
+        except OSError as err:
+            raise _damaged(source, err) from None
+    return checksummed
+
+
+def source_row(path: Path, ds: h5py.Dataset, row: int) -> tuple[Path, int] | None:
+    """Where row `row` of a virtual dataset is stored: (source file, row there), or None."""
+    for m in ds.virtual_sources():
+        (lo, *_), (hi, *_) = m.vspace.get_select_bounds()
+        if lo <= row <= hi:
+            (src_lo, *_), _ = m.src_space.get_select_bounds()
+            name = Path(m.file_name)
+            return (name if name.is_absolute() else path.parent / name), src_lo + row - lo
+    return None
 
 
 def check_same(info: SplitInfo, f: h5py.File | None = None) -> None:
@@ -149,6 +184,13 @@ def check_manifest(info: SplitInfo) -> None:
     if size != entry.get("bytes"):
         _fail(info.path, f"is {size} bytes but {manifest_path} says {entry.get('bytes')}: a damaged or "
               "incomplete copy", "copy it again or rebuild it")
+    shards = manifest.get("shards") or {}  # a sharded build's joined splits read their shards in place
+    split = next((s for s, n in schema.SPLIT_FILES.items() if n == info.path.name), None)
+    for name, expected in (shards.get("files") or {}).items():
+        shard = info.path.parent / shards.get("folder", "") / name
+        if name.startswith(f"{split}.") and shard.is_file() and shard.stat().st_size != expected:
+            _fail(shard, f"is {shard.stat().st_size} bytes but {manifest_path} says {expected}: a damaged or "
+                  "incomplete copy", "copy the dataset folder again or rebuild it")
 
 
 def check_compatible(infos: list[SplitInfo]) -> None:
@@ -183,10 +225,24 @@ def read_rows(info: SplitInfo, name: str, lo: int = 0, hi: int | None = None) ->
                 try:
                     ds[row: end + 1]
                 except (OSError, RuntimeError):
-                    what = "a checksum mismatch" if _only_the_checksum_fails(ds, row, end + 1) else "unreadable data"
                     rows = f"row {row}" if end == row else f"rows {row}..{end}"
+                    if ds.is_virtual and (found := source_row(info.path, ds, row)):  # a joined split: the shard
+                        raise _virtual_damage(info, name, rows, *found) from None
+                    what = "a checksum mismatch" if _only_the_checksum_fails(ds, row, end + 1) else "unreadable data"
                     raise _damaged(info.path, err, f"/{name} {rows} ({what})") from None
             raise _damaged(info.path, err, f"/{name} rows {lo}..{hi - 1}") from None
+
+
+def _virtual_damage(info: SplitInfo, name: str, rows: str, source: Path, row: int) -> ValueError:
+    with h5py.File(source, "r") as src:
+        ds = src[name]
+        try:
+            ds[row: row + 1]
+            what = "unreadable data"
+        except (OSError, RuntimeError) as err:
+            what = "a checksum mismatch" if _only_the_checksum_fails(ds, row, row + 1) else "unreadable data"
+            return _damaged(info.path, err, f"/{name} {rows} (stored in {source} row {row}: {what})")
+    return _damaged(info.path, OSError(what), f"/{name} {rows} (stored in {source} row {row})")
 
 
 def _only_the_checksum_fails(ds: h5py.Dataset, lo: int, hi: int) -> bool:
