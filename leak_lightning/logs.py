@@ -100,6 +100,8 @@ def setup_logging(level: str | None = None, stream=None) -> logging.Logger:
     logger.setLevel(resolve_level(level))
     if process_rank() != 0:  # DDP ranks > 0 report errors only; rank 0 tells the story
         logger.setLevel(logging.ERROR)
+        # but a recording predict skips is read by one rank alone: its warning is said where it is found
+        logging.getLogger("leak_lightning.data.recordings").setLevel(max(logging.WARNING, resolve_level(level)))
     for handler in list(logger.handlers):
         if getattr(handler, "_leak_lightning", False):
             logger.removeHandler(handler)

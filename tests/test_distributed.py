@@ -1,12 +1,28 @@
-"""Several processes: a lost DDP rank reported once, in one line, whichever thread of rank 0 sees it first."""
+"""Several processes: a lost DDP rank reported once; a build sharded over workers equals a one-process build;
+predict over ranks writes the rows of one process."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import logging
+import os
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
-from helpers.files import REPO, one_error
+import h5py
+import numpy as np
+import pytest
+from helpers.files import REPO, make_origin, make_pool, one_error, tone, write_wav
+
+from leak_lightning.builder.build import build_dataset
+from leak_lightning.builder.shards import Shard
+from leak_lightning.data import schema
+from leak_lightning.data.h5 import load_segments, read_info
 
 # Rank 0's observer thread, as Lightning's launcher starts it, over two real children: one killed, one alive.
 OBSERVER = textwrap.dedent("""
@@ -45,3 +61,161 @@ def test_the_observer_stands_aside_when_the_main_thread_reports(tmp_path):
     code, out = run_observer(tmp_path, "main-first")
     assert code == 0 and "[ERROR]" not in out, out
     assert f"observer returned; the other child {-9}" in out  # the live child was still stopped
+
+
+# ---- a build over several workers -----------------------------------------------------------------------------
+
+def corpus(root: Path) -> Path:
+    """A pool with copies whose originals land in other shards: one in another split, one in the same split
+    (the same sensor id), and one unreadable name."""
+    make_pool(root, sensors=10, per_sensor=3)
+    shutil.copy(root / "LEAK/SLE000~R00~20251119T101500~g12.wav", root / "LEAK/zcopy.wav")
+    shutil.copy(root / "NORMAL/SNO002~R00~20251119T101500~g12.wav", root / "NORMAL/SNO009~R09~20251119T101509~g12.wav")
+    (root / "LEAK" / "broken.wav").write_bytes(b"RIFF....WAVEjunk")
+    return root
+
+
+def same_build(a: Path, b: Path) -> None:
+    """Every split of two builds: every dataset equal row for row, every attribute but the creation time."""
+    assert json.loads((a / schema.MANIFEST).read_text())["build_id"] == \
+        json.loads((b / schema.MANIFEST).read_text())["build_id"]
+    for name in schema.SPLIT_FILES.values():
+        with h5py.File(a / name) as fa, h5py.File(b / name) as fb:
+            assert sorted(fa) == sorted(fb)
+            for key in fa:
+                assert fa[key].shape == fb[key].shape and np.array_equal(fa[key][()], fb[key][()]), (name, key)
+            attrs = {k for k in fa.attrs if k != schema.ATTR_CREATED}
+            assert attrs == {k for k in fb.attrs if k != schema.ATTR_CREATED}
+            assert all(str(fa.attrs[k]) == str(fb.attrs[k]) for k in attrs), name
+    skipped = [{(e["split"], e["path"].rsplit("/", 2)[-1]) for e in json.loads((x / schema.SKIP_REPORT).read_text())}
+               for x in (a, b)]
+    assert skipped[0] == skipped[1] and len(skipped[0]) == 3
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("one")
+    corpus(root / "in")
+    build_dataset(root / "in", root / "out", progress=False, duplicates="first")
+    return root / "in", root / "out"
+
+
+@pytest.mark.parametrize("copy", [False, True])
+def test_three_shards_join_to_the_one_process_build_row_for_row(one_process, tmp_path, copy, caplog):
+    source, reference = one_process
+    out = tmp_path / "out"
+    for i in (2, 0, 1):  # finishing in any order: the last one joins
+        summary = build_dataset(source, out, progress=False, duplicates="first", num_shards=3, shard_index=i, copy=copy)
+        assert (out / schema.MANIFEST).is_file() == (i == 1)
+    assert summary.files == {s: len(h5py.File(reference / n)[schema.LABELS]) for s, n in schema.SPLIT_FILES.items()}
+    same_build(reference, out)
+    with h5py.File(out / schema.SPLIT_FILES["TRAINING"]) as f:
+        assert f[schema.SEGMENTS].is_virtual != copy
+    assert (out / "shards").exists() != copy  # a copying join leaves no shards behind
+    info = read_info(out / schema.SPLIT_FILES["VALIDATION"])
+    assert info.checksummed  # the shards' fletcher32 guards a virtual split's reads
+    np.testing.assert_array_equal(load_segments(info), load_segments(read_info(reference / info.path.name)))
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+    build_dataset(source, out, progress=False, duplicates="first", num_shards=3, shard_index=0, copy=copy,
+                  overwrite=True)  # run again: a finished shard is not rebuilt
+    if not copy:
+        assert "is already built" in caplog.text and "were joined by another worker" in caplog.text
+
+
+def test_a_joined_split_whose_shard_is_missing_or_damaged_is_refused(one_process, tmp_path):
+    source, _ = one_process
+    out = tmp_path / "out"
+    for i in range(3):
+        build_dataset(source, out, progress=False, duplicates="first", num_shards=3, shard_index=i)
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)  # the folder with its shards travels: still reads
+    split = moved / schema.SPLIT_FILES["TESTING"]
+    assert read_info(split).num_files > 0
+    shard = next((moved / "shards").glob("*/TESTING.00001-of-00003.H5"))
+    shard.rename(shard.with_suffix(".gone"))  # HDF5 alone would read its rows as fill values
+    with pytest.raises(ValueError, match=rf"{split}: its segments are in {shard}, which is missing .* copy the "
+                                         r"dataset folder with its shards/ folder, or rebuild with --copy"):
+        read_info(split)
+    shard.with_suffix(".gone").rename(shard)
+    with h5py.File(shard) as f:
+        first = f[schema.SEGMENTS].id.get_chunk_info(0).byte_offset
+        name = f[schema.FILE_PATHS][0].decode()
+    with h5py.File(split) as f:
+        row = [p.decode() for p in f[schema.FILE_PATHS][()]].index(name)
+    with open(shard, "r+b") as fh:  # one flipped bit in the shard's first row
+        fh.seek(first + 100)
+        byte = fh.read(1)[0]
+        fh.seek(first + 100)
+        fh.write(bytes([byte ^ 1]))
+    with pytest.raises(ValueError, match=rf"{split}: /segments_mel row {row} \(stored in {shard} row 0: a checksum "
+                                         r"mismatch\) cannot be read"):
+        load_segments(read_info(split))
+
+
+def test_a_leak_between_splits_across_shards_stops_the_join_as_it_stops_one_process(tmp_path):
+    made = make_origin(tmp_path / "in", per_label=4)
+    first = sorted(p for p in made if "TRAINING" in p.parts)[0]
+    shutil.copy(first, tmp_path / "in" / "TESTING" / first.parent.name / "zz.wav")  # last of TESTING: shard 1 of 2
+    with pytest.raises(ValueError) as one:
+        build_dataset(tmp_path / "in", tmp_path / "one", progress=False)
+    assert "1 recording(s) hold the same audio as a recording of an earlier split" in str(one.value)
+    out = tmp_path / "out"
+    build_dataset(tmp_path / "in", out, progress=False, num_shards=2, shard_index=0)
+    with pytest.raises(ValueError) as joined:  # each shard alone sees no leak; the join does
+        build_dataset(tmp_path / "in", out, progress=False, num_shards=2, shard_index=1)
+    assert str(joined.value) == str(one.value)
+    assert not (out / schema.MANIFEST).exists() and not list(out.glob("*.H5"))
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"RANK": "2", "WORLD_SIZE": "4"}, (2, 4)),  # torchrun
+    ({"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "5", "SLURM_ARRAY_TASK_COUNT": "3"}, (2, 3)),
+    ({"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_STEP": "2",
+      "SLURM_ARRAY_TASK_COUNT": "3"}, (2, 3)),
+    ({"SLURM_PROCID": "1", "SLURM_NTASKS": "2"}, (1, 2)),
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, None),  # one task: one process
+    ({"RANK": "0", "WORLD_SIZE": "1"}, None),
+    ({}, None),
+])
+def test_a_workers_shard_comes_from_its_launcher(env, expected):
+    shard = Shard.resolve(None, None, env)
+    assert (None if shard is None else (shard.index, shard.count)) == expected
+
+
+def test_shard_options_are_checked():
+    with pytest.raises(ValueError, match="--num_shards and --shard_index go together"):
+        Shard.resolve(3, None, {})
+    with pytest.raises(ValueError, match=r"shard index 3 of 3 \(--num_shards/--shard_index\): the index must be "
+                                         r"0 \.\. 2"):
+        Shard.resolve(3, 3, {})
+    assert [len(Shard(i, 3).share(list(range(10)))) for i in range(3)] == [3, 3, 4]
+    assert sum((Shard(i, 4).share(list(range(10))) for i in range(4)), []) == list(range(10))
+
+
+# ---- predict over several ranks -----------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_predict_on_two_ranks_writes_the_rows_of_one_process(small_h5, trained_run, tmp_path):
+    folder = tmp_path / "wavs"
+    for night in range(3):
+        write_wav(folder / f"S0012~R{night:04d}~2025111{night}T021500~g12.wav", tone(500, 10, 4096, seed=night))
+    for k in range(4):
+        write_wav(folder / f"S0007~R{k:04d}~2025111{k}T021500~g12.wav", tone(900, 10 + 5 * k, 4096, seed=k))
+    write_wav(folder / "loose.wav", tone(500, 10, 4096))
+    (folder / "broken.wav").write_bytes(b"RIFF....WAVEjunk")
+    outputs = {}
+    for ranks in (1, 2):
+        out = tmp_path / f"ranks{ranks}.csv"
+        r = subprocess.run([sys.executable, "-m", "leak_lightning", "predict", "--ckpt_path",
+                            str(trained_run / "checkpoints/best.ckpt"), "--data.predict_path", str(folder), "--output",
+                            str(out), "--trainer.devices", str(ranks), "--trainer.accelerator", "cpu",
+                            *(["--trainer.strategy", "ddp"] if ranks > 1 else []), "--console.log_file", "null"],
+                           cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "NO_COLOR": "1"})
+        assert r.returncode == 0, r.stderr[-3000:]
+        # named once, by the rank that read it (rank 1 of 2: the 8th of 9 in order), never as an error
+        assert r.stderr.count("broken.wav: not readable as audio") == 1 and "[ERROR]" not in r.stderr
+        outputs[ranks] = out.read_bytes(), out.with_name(f"{out.stem}_sensors.csv").read_bytes()
+    assert outputs[1] == outputs[2]
+    rows = list(csv.DictReader(io.StringIO(outputs[2][0].decode())))
+    assert len(rows) == 9 and sum(row["status"].startswith("skipped") for row in rows) == 1

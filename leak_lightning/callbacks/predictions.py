@@ -45,17 +45,24 @@ class PredictionWriter(BasePredictionWriter):
             self._scored.setdefault(owner, []).append((index, silent, windows, classes))
 
     def on_predict_end(self, trainer, pl_module) -> None:
-        if not trainer.is_global_zero:
-            return
         dm = trainer.datamodule
         source, root = dm.predict_input, Path(dm.predict_path)
 
         def name(p: Path) -> str:
             return printable(p.relative_to(root) if root.is_dir() else p)
 
+        # each rank summarises its own recordings (the decision rule is the checkpoint's, the same everywhere)
         predictions = [summarise(name(p), self._scored.get(i, []), source.status[i].flags, pl_module,
                                  source.status[i].reason) for i, p in enumerate(source.paths)]
         predictions += [Prediction(name(e.path), f"skipped: {e.reason}") for e in dm.predict_unusable]
+        if trainer.world_size > 1:  # rows, not windows, travel: a few hundred bytes a recording
+            import torch.distributed as dist
+
+            parts: list = [None] * trainer.world_size
+            dist.all_gather_object(parts, predictions)
+            predictions = [p for part in parts for p in part]
+        if not trainer.is_global_zero:
+            return
         self.predictions = sorted(predictions, key=lambda p: p.path)
         path = Path(self.output) if self.output else Path(trainer.default_root_dir) / "predictions.csv"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -118,6 +118,7 @@ class LeakDataModule(L.LightningDataModule):
         self.predict_path, self.predict_suffixes = predict_path, tuple(predict_suffixes)
         self.predict_input: WindowStream | None = None
         self.predict_unusable: list = []
+        self.predict_index: list[int] = []  # this rank's recordings, as positions in the whole list
         # Metadata only (cheap): the CLI links class names and features into the model from here.
         # A split file that does not exist is an error only for a stage that reads it: `test` with a
         # config whose training/validation paths point elsewhere (another machine, a new site's data).
@@ -362,13 +363,18 @@ class LeakDataModule(L.LightningDataModule):
         if not self.predict_path:
             raise ValueError("predict needs --data.predict_path (an audio file, a folder, or a text file "
                              "listing recordings)")
-        if self._rank_world()[1] > 1:
-            raise ValueError("predict runs on one device; use --trainer.devices 1")
-        found, self.predict_unusable = find_recordings(Path(self.predict_path), self.predict_suffixes)
+        rank, world = self._rank_world()
+        found, unusable = find_recordings(Path(self.predict_path), self.predict_suffixes)  # the same list on every rank
+        self.predict_unusable = unusable if rank == 0 else []  # named once
         for entry in self.predict_unusable:
             log.warning("skipped %s: %s", printable(entry.path), entry.reason)
-        self.predict_input = WindowStream(found, ClipSpec.of(self.features), workers=max(1, self.num_workers))
-        log.info("predict: %d recordings under %s", len(found), self.predict_path)
+        # several ranks: every world-th recording from this rank's on (long and short ones dealt alike); the
+        # PredictionWriter gathers the rows on rank 0, which writes the one CSV
+        self.predict_index = list(range(rank, len(found), world))
+        self.predict_input = WindowStream([found[i] for i in self.predict_index], ClipSpec.of(self.features),
+                                          workers=max(1, self.num_workers))
+        log.info("predict: %d recordings under %s%s", len(found), self.predict_path,
+                 f", {world} ranks" if world > 1 else "")
 
     def predict_dataloader(self):
         return self.predict_input
