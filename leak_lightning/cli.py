@@ -39,9 +39,9 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-def function_command(name: str, fn, description: str, argv: list[str]):
+def function_command(name: str, fn, description: str, argv: list[str], every_rank: bool = False):
     """A subcommand that calls one function with its arguments (`build`, `adapt`): the parsed keyword arguments,
-    with logging set up, or the exit status 2 after one error line."""
+    with logging set up (on every rank of a launcher with `every_rank`), or the exit status 2 after one error line."""
     from argparse import ArgumentError
 
     from jsonargparse import ActionConfigFile, ArgumentParser
@@ -53,7 +53,7 @@ def function_command(name: str, fn, description: str, argv: list[str]):
     parser.add_function_arguments(fn, as_positional=False)
     try:
         cfg = parser.parse_args(argv)
-        setup_logging(cfg.pop("log_level"))
+        setup_logging(cfg.pop("log_level"), every_rank=every_rank)
     except (ArgumentError, ValueError) as err:
         return fail_line(f"{_one_line(err, argv)}; see `python -m leak_lightning {name} --help` for the options")
     cfg.pop("config", None)
@@ -86,7 +86,8 @@ def run_build(argv: list[str]) -> int:
     from .builder.build import build_dataset
 
     kwargs = function_command("build", build_dataset,
-                              "Build TRAINING/VALIDATION/TESTING_DATASET.H5 from WAV folders.", argv)
+                              "Build TRAINING/VALIDATION/TESTING_DATASET.H5 from WAV folders.", argv,
+                              every_rank=True)  # under a launcher each worker builds its own shard
     if isinstance(kwargs, int):
         return kwargs
 

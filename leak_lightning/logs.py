@@ -29,6 +29,22 @@ def bytes_human(n: float) -> str:
     return f"{value:.2f} PB"
 
 
+_UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "KIB": 1024, "M": 1024**2, "MB": 1024**2, "MIB": 1024**2,
+          "G": 1024**3, "GB": 1024**3, "GIB": 1024**3, "T": 1024**4, "TB": 1024**4, "TIB": 1024**4}
+
+
+def parse_bytes(value: int | str, option: str) -> int:
+    """`4GB`, `512 MiB`, `2e9` or 2000000000 → bytes (binary multiples, as bytes_human prints them)."""
+    match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([A-Za-z]*)\s*", str(value))
+    try:
+        number, unit = float(match.group(1)), _UNITS[match.group(2).upper()]
+    except (AttributeError, ValueError, KeyError):
+        raise ValueError(f"{option}={value!r}: not a size; write e.g. 4GB, 512MB or a number of bytes") from None
+    if number <= 0:
+        raise ValueError(f"{option}={value!r}: must be more than 0")
+    return int(number * unit)
+
+
 def use_colour(stream) -> bool:
     """Colour only on an interactive terminal, and never when NO_COLOR is set."""
     if os.environ.get("NO_COLOR"):
@@ -93,12 +109,13 @@ def process_rank() -> int:
     return 0
 
 
-def setup_logging(level: str | None = None, stream=None) -> logging.Logger:
-    """Install the project handler on the `leak_lightning` logger (idempotent)."""
+def setup_logging(level: str | None = None, stream=None, every_rank: bool = False) -> logging.Logger:
+    """Install the project handler on the `leak_lightning` logger (idempotent). `every_rank`: a command whose
+    processes each do their own work (a sharded build) speaks on every rank."""
     stream = stream or sys.stderr
     logger = logging.getLogger("leak_lightning")
     logger.setLevel(resolve_level(level))
-    if process_rank() != 0:  # DDP ranks > 0 report errors only; rank 0 tells the story
+    if process_rank() != 0 and not every_rank:  # DDP ranks > 0 report errors only; rank 0 tells the story
         logger.setLevel(logging.ERROR)
         # but a recording predict skips is read by one rank alone: its warning is said where it is found
         logging.getLogger("leak_lightning.data.recordings").setLevel(max(logging.WARNING, resolve_level(level)))

@@ -1,6 +1,11 @@
-"""Builder throughput versus a naive one-file-at-a-time loop, measured side by side.
+"""Builder throughput versus a naive one-file-at-a-time loop, measured side by side; and per process count.
 
     python scripts/benchmark_build.py --files 2000 --resampled-files 400
+    python scripts/benchmark_build.py --files 2000 --resampled-files 0 --processes 1 2 4
+
+--processes: the same corpus built by N worker processes under torchrun (`--standalone --nproc_per_node N`,
+each a shard; the last joins them), timed from the launch to the published splits (torchrun's start-up
+included), files/s per process count, medians of --repeats.
 
 Each measurement runs in its own process (peak RSS is that process's own); the corpus is read
 once before timing so both contenders see a warm page cache. Reports medians of --repeats.
@@ -9,6 +14,7 @@ once before timing so both contenders see a warm page cache. Reports medians of 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import multiprocessing as mp
 import os
@@ -113,6 +119,29 @@ def bench_corpus(name: str, root: Path, work: Path, args) -> dict:
     return row
 
 
+def bench_processes(root: Path, work: Path, counts: list[int], repeats: int) -> list[dict]:
+    import subprocess
+
+    rows = []
+    for n in counts:
+        walls = []
+        for r in range(repeats):
+            out = work / f"sharded_{n}_{r}"
+            shutil.rmtree(out, ignore_errors=True)
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
+                            "-m", "leak_lightning", "build", "--input", str(root), "--output", str(out),
+                            "--log_level", "WARNING"], check=True, cwd=Path(__file__).resolve().parents[1])
+            walls.append(time.perf_counter() - t0)
+            files = sum(json.loads((out / "dataset.json").read_text())["files"][k]["rows"]
+                        for k in ("TRAINING_DATASET.H5", "VALIDATION_DATASET.H5", "TESTING_DATASET.H5"))
+            shutil.rmtree(out, ignore_errors=True)
+        rows.append({"processes": n, "files": files, "seconds": statistics.median(walls),
+                     "files_per_s": files / statistics.median(walls)})
+        log.info("%s", rows[-1])
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--files", type=int, default=2000)
@@ -124,6 +153,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--processes", type=int, nargs="*", default=[],
+                   help="also build with this many worker processes (torchrun shards), e.g. 1 2 4")
     args = p.parse_args()
     setup_logging()
     corpora = [("4096 Hz mono PCM16", args.files, 4096, 1)]
@@ -142,6 +173,13 @@ def main() -> None:
     for r in rows:
         log.info("%-22s %6d %16.0f %14.1f %6.1fx %12s %14s", r["corpus"], r["files"], r["builder"],
                  r["naive"], r["ratio"], bytes_human(r["rss"]), bytes_human(r["rss_imports"]))
+    if args.processes:
+        sharded = bench_processes(args.workdir / "corpus_4096_1", args.workdir, args.processes, args.repeats)
+        base = sharded[0]["files_per_s"]
+        log.info("%-10s %6s %10s %10s %8s", "processes", "files", "seconds", "files/s", f"vs {sharded[0]['processes']}")
+        for r in sharded:
+            log.info("%-10d %6d %10.1f %10.0f %7.2fx", r["processes"], r["files"], r["seconds"], r["files_per_s"],
+                     r["files_per_s"] / base)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -21,6 +22,7 @@ from helpers.files import REPO, make_origin, make_pool, one_error, tone, write_w
 
 from leak_lightning.builder.build import build_dataset
 from leak_lightning.builder.shards import Shard
+from leak_lightning.cli import main
 from leak_lightning.data import schema
 from leak_lightning.data.h5 import load_segments, read_info
 
@@ -75,7 +77,7 @@ def corpus(root: Path) -> Path:
     return root
 
 
-def same_build(a: Path, b: Path) -> None:
+def same_build(a: Path, b: Path, skipped: int = 3) -> None:
     """Every split of two builds: every dataset equal row for row, every attribute but the creation time."""
     assert json.loads((a / schema.MANIFEST).read_text())["build_id"] == \
         json.loads((b / schema.MANIFEST).read_text())["build_id"]
@@ -87,9 +89,9 @@ def same_build(a: Path, b: Path) -> None:
             attrs = {k for k in fa.attrs if k != schema.ATTR_CREATED}
             assert attrs == {k for k in fb.attrs if k != schema.ATTR_CREATED}
             assert all(str(fa.attrs[k]) == str(fb.attrs[k]) for k in attrs), name
-    skipped = [{(e["split"], e["path"].rsplit("/", 2)[-1]) for e in json.loads((x / schema.SKIP_REPORT).read_text())}
+    reports = [{(e["split"], e["path"].rsplit("/", 2)[-1]) for e in json.loads((x / schema.SKIP_REPORT).read_text())}
                for x in (a, b)]
-    assert skipped[0] == skipped[1] and len(skipped[0]) == 3
+    assert reports[0] == reports[1] and len(reports[0]) == skipped
 
 
 @pytest.fixture(scope="module")
@@ -219,3 +221,44 @@ def test_predict_on_two_ranks_writes_the_rows_of_one_process(small_h5, trained_r
     assert outputs[1] == outputs[2]
     rows = list(csv.DictReader(io.StringIO(outputs[2][0].decode())))
     assert len(rows) == 9 and sum(row["status"].startswith("skipped") for row in rows) == 1
+
+
+# ---- the multi-node recipe, run: two torchrun "nodes" on one machine ------------------------------------------
+
+def on_two_nodes(rdzv_id: str, *args: str) -> list[str]:
+    """The README's torchrun command on two nodes (one process each) with a local c10d rendezvous: both outputs."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend",
+           "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", rdzv_id, "-m", "leak_lightning", *args]
+    nodes = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "NO_COLOR": "1"}) for _ in range(2)]
+    outs = [node.communicate(timeout=900)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(o[-2000:] for o in outs)
+    return outs
+
+
+@pytest.mark.slow
+def test_build_fit_and_predict_across_two_torchrun_nodes(tmp_path):
+    from leak_lightning.synthetic import make_dataset
+
+    make_dataset(tmp_path / "wav", layout="origin", files_per_label=8, sensors_per_label=3, seed=1)
+    build_dataset(tmp_path / "wav", tmp_path / "one", progress=False)
+    outs = on_two_nodes("build", "build", "--input", str(tmp_path / "wav"), "--output", str(tmp_path / "h5"))
+    assert sum("joined 2 shards" in o for o in outs) == 1  # one of the two nodes joined
+    same_build(tmp_path / "one", tmp_path / "h5", skipped=0)
+    splits = [f"--data.{k}_h5={tmp_path / 'h5' / n}" for k, n in zip(("train", "val", "test"),
+                                                                     schema.SPLIT_FILES.values())]
+    nodes = ["--trainer.num_nodes", "2", "--trainer.devices", "1", "--trainer.accelerator", "cpu",
+             "--trainer.strategy", "ddp"]
+    outs = on_two_nodes("fit", "fit", "--config", str(REPO / "configs/demo.yaml"), *splits, "--trainer.max_epochs", "1",
+                        "--trainer.default_root_dir", str(tmp_path / "run"), "--console.log_file", "null", *nodes)
+    assert "device: CPU, 2 process(es)" in outs[0] and "training finished after 1 epochs" in outs[0]
+    best = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    on_two_nodes("predict", "predict", "--ckpt_path", str(best), "--data.predict_path", str(tmp_path / "wav"),
+                 "--output", str(tmp_path / "two.csv"), "--console.log_file", "null", *nodes)
+    main(["predict", "--ckpt_path", str(best), "--data.predict_path", str(tmp_path / "wav"), "--output",
+          str(tmp_path / "one.csv"), "--console.log_file", "null"])
+    assert (tmp_path / "two.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
+    assert len((tmp_path / "one.csv").read_text().splitlines()) == 41

@@ -130,7 +130,7 @@ def build_dataset(
                         ", ".join(p.name for p in stale))
         _check_free_space(output, sum(map(len, splits.values())), features)
         dev = _resolve_device(device)
-        cores = os.cpu_count() or 1
+        cores = _cores()
         on_cpu = dev.type == "cpu"
         # On CPU the cores are shared between decoders and the mel; measured on 2 cores,
         # an intra-op pool on top of the decoders oversubscribes them (~1,000 vs ~1,500 files/s).
@@ -150,6 +150,14 @@ def build_dataset(
                            skipped, time.perf_counter() - t0, flagged)
     _log_summary(summary)
     return summary
+
+
+def _cores() -> int:
+    """The cores this worker may use: those it is allowed to run on (SLURM and taskset restrict them), shared
+    with the other workers torchrun started on this machine."""
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    return max(1, allowed // (int(local) if local.isdigit() and int(local) > 0 else 1))
 
 
 def _with_threads(on_cpu: bool, threads: int, run):
@@ -184,11 +192,12 @@ def _build_shard(output: Path, shard: Shard, splits, unusable, input: Path, feat
                  build_id[:12], record_path(output, build_id, shard))
     else:
         folder.mkdir(parents=True, exist_ok=True)
+        started = time.time()  # wall clock: the joined build's time runs from its first shard's start
         with FolderLock(folder, "--shard_index", name=f".lock-{shard.tag}"):  # one worker per shard
             remove_stale_temporaries(folder)
             _check_free_space(folder, sum(map(len, share.values())), features)
             dev = _resolve_device(device)
-            cores = os.cpu_count() or 1
+            cores = _cores()
             workers = num_workers or (max(1, cores // 2) if dev.type == "cpu" else cores)
             log.info("Building shard %d of %d of %s → %s on %s: %s files, %d decoder processes", shard.index,
                      shard.count, input, folder, dev, {s: len(v) for s, v in share.items()}, workers)
@@ -200,7 +209,7 @@ def _build_shard(output: Path, shard: Shard, splits, unusable, input: Path, feat
                                                                                      shard, {
                     "skipped": unusable_here + [s for r in results.values() for s in r.skipped],
                     "flagged": [s for r in results.values() for s in r.flagged],
-                    "events": events_of(events)})))
+                    "events": events_of(events), "started": started, "finished": time.time()})))
     joined = try_join(output, build_id, shard, manifest, duplicates, copy)
     targets = {s: output / name for s, name in schema.SPLIT_FILES.items()}
     if joined is None:
@@ -211,7 +220,7 @@ def _build_shard(output: Path, shard: Shard, splits, unusable, input: Path, feat
     _write_reports(output, joined["skipped"], joined["flagged"])
     rows = joined["rows"]
     summary = BuildSummary(targets, rows, {s: n * features.num_long * features.num_short for s, n in rows.items()},
-                           joined["skipped"], time.perf_counter() - t0, joined["flagged"])
+                           joined["skipped"], time.time() - joined["started"], joined["flagged"])
     log.info("joined %d shards of build %s%s", shard.count, build_id[:12],
              " (segments copied, shards removed)" if copy else f" (virtual datasets over {folder})")
     _log_summary(summary)

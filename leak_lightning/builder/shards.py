@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -188,7 +189,8 @@ def join(output: Path, build_id: str, count: int, manifest: dict, duplicates: st
             writer.discard()
         raise
     _remove_other_shards(output, keep=None if copy else build_id)
-    return {"rows": {split: len(kept[split]) for split in SPLITS}, "skipped": skipped, "flagged": flagged}
+    return {"rows": {split: len(kept[split]) for split in SPLITS}, "skipped": skipped, "flagged": flagged,
+            "started": min(r.get("started", time.time()) for r in records)}
 
 
 def _replay(records: list[dict], duplicates: str) -> tuple[dict[str, list[_Row]], list[dict], ContentIndex]:
