@@ -271,3 +271,63 @@ def test_a_different_batch_order_restarts_the_epoch_with_a_warning():
         logging.getLogger("leak_lightning.data.batches").removeHandler(handler)
     assert len(list(other)) == len(other)  # the whole epoch again, not a misplaced position
     assert len(records) == 1 and "batch 3" in records[0].getMessage() and "batch 4" in records[0].getMessage()
+
+
+# ---- a memory budget: larger splits are streamed within it ------------------------------------------------------
+
+@pytest.mark.parametrize("text, value", [("4GB", 4 * 2**30), ("512 MiB", 512 * 2**20), ("2e9", 2_000_000_000),
+                                         (1536, 1536), ("1.5k", 1536)])
+def test_sizes_are_read_in_binary_multiples(text, value):
+    from leak_lightning.logs import parse_bytes
+
+    assert parse_bytes(text, "data.max_cache_bytes") == value
+
+
+@pytest.mark.parametrize("text", ["lots", "4 parsecs", "-1GB", "0"])
+def test_a_size_that_is_not_one_is_named(text):
+    from leak_lightning.logs import parse_bytes
+
+    with pytest.raises(ValueError, match=rf"data.max_cache_bytes='?{text}'?: (not a size|must be more than 0)"):
+        parse_bytes(text, "data.max_cache_bytes")
+
+
+def test_the_stream_buffer_fills_the_budget_and_no_more(tmp_path):
+    from leak_lightning.data.datamodule import stream_buffer_files
+
+    info, _ = numbered_split(tmp_path, 23)  # 80 segments of 64x1 float16 a file; 3 classes
+    row = 64 * 2 + 4 * 3  # bytes a segment with its float32 targets
+    batch, file = 1000 * row, 80 * row
+    # 2 streams: (3 * 2 + 2) batches are reserved, the rest holds 3 chunks per stream
+    budget = 8 * batch + 3 * 2 * file * 37 + 5
+    assert stream_buffer_files(info, 3, 1000, 2, budget) == 37
+    assert stream_buffer_files(info, 3, 1000, 2, budget - 6) == 36
+    assert stream_buffer_files(info, 3, 1000, 2, 2**40) == 4096  # the shuffle window's cap
+    # 8 batches and one file a chunk: 8 * 140,000 + 6 * 11,200 = 1,187,200 bytes = 1.13 MB
+    with pytest.raises(ValueError, match=rf"data.max_cache_bytes=1.00 MB is too small to stream {info.path} with "
+                                         r"batches of 1000 segments and 2 stream\(s\): at least 1.13 MB; raise it"):
+        stream_buffer_files(info, 3, 1000, 2, 2**20)
+
+
+def test_a_split_larger_than_the_budget_is_streamed_and_a_forced_cache_is_refused(small_h5):
+    size = read_info(small_h5["train"]).num_segments * 64 * 2  # bytes of its segments
+    fits = LeakDataModule(train_h5=str(small_h5["train"]), val_h5=str(small_h5["val"]), max_cache_bytes=size)
+    over = LeakDataModule(train_h5=str(small_h5["train"]), val_h5=str(small_h5["val"]), max_cache_bytes=size - 1,
+                          batch_size=64, num_workers=1)
+    assert fits._choose_mode(fits.infos["train"], torch.device("cpu")) == "device"
+    assert over._choose_mode(over.infos["train"], torch.device("cpu")) == "stream"
+    over.setup("fit")
+    assert over.modes["train"] == "stream" and over.splits["train"].buffer_files > 16  # more than the default
+    forced = LeakDataModule(train_h5=str(small_h5["train"]), val_h5=str(small_h5["val"]), cache="ram",
+                            max_cache_bytes=size - 1)
+    with pytest.raises(ValueError, match=rf"{small_h5['train']}: its 700.00 KB of segments do not fit "
+                                         r"data.max_cache_bytes=700.00 KB with data.cache ram; use data.cache stream"):
+        forced.setup("fit")
+
+
+def test_stream_workers_are_forked_whatever_the_default(tmp_path, monkeypatch):
+    import multiprocessing as mp
+
+    info, targets = numbered_split(tmp_path, 4)
+    split = StreamSplit(info, targets, batch_size=300, train=True, seed=0, rank=0, world=1, roles=2)
+    monkeypatch.setattr(mp, "get_start_method", lambda allow_none=False: "spawn")
+    assert stream_loader(split, 2, pin_memory=False).multiprocessing_context.get_start_method() == "fork"

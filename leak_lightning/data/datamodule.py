@@ -15,6 +15,7 @@ import torch
 from ..audio.decode import ClipSpec
 from ..audio.scan import AUDIO_SUFFIXES, printable
 from ..contract import ModelContract
+from ..logs import bytes_human, parse_bytes
 from ..rundir import DataLock, command_line
 from .batches import CachedSplit, EvalBatches, TrainBatches, to_cached
 from .h5 import (
@@ -74,6 +75,25 @@ def shared_with_training(info: SplitInfo, trained: dict | None, digests) -> int 
     return int(np.isin(mine[1], theirs.numpy().view(np.uint64)).sum())
 
 
+def stream_buffer_files(info: SplitInfo, classes: int, batch_size: int, workers: int, budget: int) -> int:
+    """Whole files each stream reads at a time so that what streaming holds stays within `budget` bytes.
+
+    Per stream (one per DataLoader worker): the chunk being served, the next one, and a shuffled copy of a
+    chunk while it is made (3 chunks) plus the batch it is cutting; the DataLoader's queue (2 batches a
+    worker); the batch the step holds and its pinned copy. Up to 4096 files: the shuffle window."""
+    streams = max(1, workers)
+    row = info.segment_shape[2] * info.segment_shape[3] * 2 + 4 * classes  # float16 segment + float32 targets
+    batch_bytes, file_bytes = batch_size * row, info.segments_per_file * row
+    room = budget - (3 * streams + 2) * batch_bytes
+    files = room // (3 * streams * file_bytes) if room > 0 else 0
+    if files < 1:
+        need = (3 * streams + 2) * batch_bytes + 3 * streams * file_bytes
+        raise ValueError(f"data.max_cache_bytes={bytes_human(budget)} is too small to stream {info.path} with batches "
+                         f"of {batch_size} segments and {streams} stream(s): at least {bytes_human(need)}; raise it, "
+                         "or lower data.batch_size or data.num_workers")
+    return int(min(files, 4096))
+
+
 def _available_ram() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
@@ -93,6 +113,9 @@ class LeakDataModule(L.LightningDataModule):
         predict_suffixes: file name endings `predict` reads in a folder (libsndfile decodes them).
         num_workers: DataLoader workers when streaming; decoder threads for `predict`.
         max_cache_fraction: share of free device memory / available RAM a cached split may take.
+        max_cache_bytes: a memory budget for a split's segments in this process (e.g. 4GB; null: none): a
+            larger split is streamed, and the stream's buffers are sized to stay within it (the larger the
+            buffer, the better the shuffle). Peak memory is then this budget plus a fixed overhead (README).
         balance: class-balanced sampling of the training split (with replacement, seeded and
             resumable like the plain shuffle); needs a cached split (device or ram).
         steps_per_call: optimizer steps per Lightning step: the loader serves blocks of this many
@@ -103,6 +126,7 @@ class LeakDataModule(L.LightningDataModule):
     def __init__(self, train_h5: str | None = None, val_h5: str | None = None, test_h5: str | None = None,
                  batch_size: int = 8192, eval_batch_size: int | None = None, cache: CacheMode = "auto",
                  seed: int = 0, num_workers: int = 2, max_cache_fraction: float = 0.5,
+                 max_cache_bytes: int | str | None = None,
                  predict_path: str | None = None,
                  predict_suffixes: tuple[str, ...] = AUDIO_SUFFIXES,
                  balance: bool = False, steps_per_call: int = 1) -> None:
@@ -115,6 +139,7 @@ class LeakDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.cache, self.seed, self.num_workers = cache, seed, num_workers
         self.max_cache_fraction, self.balance, self.steps_per_call = max_cache_fraction, balance, steps_per_call
+        self.max_cache_bytes = None if max_cache_bytes is None else parse_bytes(max_cache_bytes, "data.max_cache_bytes")
         self.predict_path, self.predict_suffixes = predict_path, tuple(predict_suffixes)
         self.predict_input: WindowStream | None = None
         self.predict_unusable: list = []
@@ -278,8 +303,15 @@ class LeakDataModule(L.LightningDataModule):
 
     def _choose_mode(self, info: SplitInfo, device: torch.device) -> str:
         nbytes = info.num_segments * info.segment_shape[2] * info.segment_shape[3] * 2
+        budget = self.max_cache_bytes
         if self.cache != "auto":
+            if budget is not None and self.cache != "stream" and nbytes > budget:
+                raise ValueError(f"{info.path}: its {bytes_human(nbytes)} of segments do not fit "
+                                 f"data.max_cache_bytes={bytes_human(budget)} with data.cache {self.cache}; use "
+                                 "data.cache stream (or auto), or a larger budget")
             return self.cache
+        if budget is not None and nbytes > budget:
+            return "stream"
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
             if nbytes < self.max_cache_fraction * free:
@@ -317,15 +349,20 @@ class LeakDataModule(L.LightningDataModule):
                                      "or ram); it is streamed (too large, or data.cache stream)")
                 scan_segments(info)
                 batch = self.batch_size if name == "train" else self.eval_batch_size
+                buffer = 16 if self.max_cache_bytes is None else \
+                    stream_buffer_files(info, targets.shape[1], batch, self.num_workers, self.max_cache_bytes)
                 self.splits[name] = StreamSplit(info, targets, batch, name == "train", self.seed,
-                                                *self._rank_world(), roles=self.num_workers)
+                                                *self._rank_world(), roles=self.num_workers, buffer_files=buffer)
             else:
                 target_device = device if mode == "device" else torch.device("cpu")
                 self.splits[name] = to_cached(load_segments(info), targets, info.segments_per_file,
                                               target_device, pin=mode == "ram" and device.type == "cuda")
             self.modes[name] = mode
-            log.info("%s split: %d files, %d segments, cache=%s%s (%s)", name, info.num_files, info.num_segments,
-                     mode, ", class-balanced sampling" if self.balance and name == "train" else "", info.path)
+            budget = "" if mode != "stream" or self.max_cache_bytes is None else \
+                f", buffers of {self.splits[name].buffer_files} files within data.max_cache_bytes " \
+                f"{bytes_human(self.max_cache_bytes)}"
+            log.info("%s split: %d files, %d segments, cache=%s%s%s (%s)", name, info.num_files, info.num_segments,
+                     mode, budget, ", class-balanced sampling" if self.balance and name == "train" else "", info.path)
 
     def _loader(self, name: str):
         split = self.splits[name]
