@@ -160,7 +160,9 @@ def quiet_lightning() -> None:
                     # validate/test/predict build no checkpoint or early-stopping callbacks on purpose (they only
                     # score), and a resumed fit without early stopping was asked for: their states are not needed
                     r"Be aware that when using `ckpt_path`, callbacks used",
-                    r"LightningCLI's args parameter is intended to run from within"):
+                    r"LightningCLI's args parameter is intended to run from within",
+                    # the epoch's training loss is a MeanMetric, already reduced over the ranks by its compute()
+                    r"It is recommended to use `self.log\('train/loss', ..., sync_dist=True\)`"):
         warnings.filterwarnings("ignore", message=message)
 
 

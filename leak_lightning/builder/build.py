@@ -217,7 +217,6 @@ def _build_shard(output: Path, shard: Shard, splits, unusable, input: Path, feat
         rows = {s: record["files"][s]["rows"] for s in SPLITS}
         return BuildSummary({}, rows, {s: n * features.num_long * features.num_short for s, n in rows.items()},
                             record.get("skipped", []), time.perf_counter() - t0, record.get("flagged", []))
-    _write_reports(output, joined["skipped"], joined["flagged"])
     rows = joined["rows"]
     summary = BuildSummary(targets, rows, {s: n * features.num_long * features.num_short for s, n in rows.items()},
                            joined["skipped"], time.time() - joined["started"], joined["flagged"])

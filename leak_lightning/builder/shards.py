@@ -188,6 +188,8 @@ def join(output: Path, build_id: str, count: int, manifest: dict, duplicates: st
         for writer in writers:
             writer.discard()
         raise
+    write_atomic(output / schema.SKIP_REPORT, lambda f: json.dump(skipped, f, indent=2))
+    write_atomic(output / schema.FLAG_REPORT, lambda f: json.dump(flagged, f, indent=2))
     _remove_other_shards(output, keep=None if copy else build_id)
     return {"rows": {split: len(kept[split]) for split in SPLITS}, "skipped": skipped, "flagged": flagged,
             "started": min(r.get("started", time.time()) for r in records)}
@@ -291,9 +293,10 @@ def try_join(output: Path, build_id: str, shard: Shard, manifest: dict, duplicat
         return None
     try:
         lock = FolderLock(output, "--output").acquire()
-    except ValueError:  # another worker is joining, or a reader has the folder: it ends the build
-        log.info("shard %d of %d done; another process holds %s (joining the shards)", shard.index, shard.count,
-                 output)
+    except ValueError as busy:  # another worker joining (it ends the build), or another build into the output
+        log.info("shard %d of %d done; not joined here: %s. Another worker of this build joins the shards; if it "
+                 "is another build, run this command again once it ends (a finished shard is not built again)",
+                 shard.index, shard.count, str(busy).split(": wait for it")[0])
         return None
     try:
         if _published_build(output) == build_id:
