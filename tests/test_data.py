@@ -83,6 +83,24 @@ def test_nan_features(h5):
         dm.setup("fit")
 
 
+@pytest.mark.parametrize("rows", [4096, 4, 1])
+def test_a_cached_split_is_read_in_blocks_with_every_row_named(h5, rows):
+    from leak_lightning.data.h5 import load_segments
+
+    info = read_info(h5["train"])
+    with h5py.File(h5["train"]) as f:
+        want = f[schema.SEGMENTS][()].reshape(-1, *info.segment_shape[2:])
+    np.testing.assert_array_equal(load_segments(info, rows=rows), want)
+
+    def poison(f):
+        seg = f[schema.SEGMENTS][9]
+        seg[0, 0, 0, 0] = np.inf
+        f[schema.SEGMENTS][9] = seg
+    edit(h5["train"], poison)
+    with pytest.raises(ValueError, match=rf"{h5['train']}: NaN/Inf features in 1 file row.*first at row 9"):
+        load_segments(info, rows=rows)
+
+
 def test_label_sets_and_feature_configs_must_match(h5):
     edit(h5["test"], lambda f: f.attrs.__setitem__(schema.ATTR_LABELS, json.dumps(["A", "B", "C", "D", "E"])))
     setup_fails(h5, f"{h5['test']}: labels .* differ from .*; build all splits in one run")

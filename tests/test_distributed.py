@@ -172,6 +172,30 @@ def test_a_leak_between_splits_across_shards_stops_the_join_as_it_stops_one_proc
     assert not (out / schema.MANIFEST).exists() and not list(out.glob("*.H5"))
 
 
+def test_the_build_id_is_the_corpus_and_its_options(tmp_path):
+    from leak_lightning.builder.discover import discover, label_mapping
+    from leak_lightning.builder.shards import corpus_id
+    from leak_lightning.features import FeatureConfig
+
+    make_pool(tmp_path / "in", sensors=3, per_sensor=1)
+
+    def build_id(**change) -> str:
+        splits, _ = discover(tmp_path / "in", (0.7, 0.2, 0.1), change.get("seed", 0))
+        names = label_mapping({it.label for v in splits.values() for it in v}, change.get("labels"))
+        return corpus_id(splits, names, change.get("features", FeatureConfig()), change.get("duplicates", "error"))
+
+    first = build_id()
+    assert build_id() == first  # what workers that cannot talk rely on
+    changed = [build_id(seed=5), build_id(labels=["NORMAL", "LEAK"]), build_id(features=FeatureConfig(n_mels=32)),
+               build_id(duplicates="first")]
+    wav = next((tmp_path / "in" / "LEAK").iterdir())
+    os.utime(wav, ns=(wav.stat().st_atime_ns, wav.stat().st_mtime_ns + 10**9))  # a recording rewritten
+    changed.append(build_id())
+    wav.rename(wav.parent.parent / "NORMAL" / wav.name)  # relabelled
+    changed.append(build_id())
+    assert len({first, *changed}) == len(changed) + 1
+
+
 @pytest.mark.parametrize("env, expected", [
     ({"RANK": "2", "WORLD_SIZE": "4"}, (2, 4)),  # torchrun
     ({"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "5", "SLURM_ARRAY_TASK_COUNT": "3"}, (2, 3)),
