@@ -21,7 +21,7 @@ import pytest
 from helpers.files import REPO, make_origin, make_pool, one_error, tone, write_wav
 
 from leak_lightning.builder.build import build_dataset
-from leak_lightning.builder.shards import Shard
+from leak_lightning.builder.shards import Shard, finished_record
 from leak_lightning.cli import main
 from leak_lightning.data import schema
 from leak_lightning.data.h5 import load_segments, read_info
@@ -125,6 +125,13 @@ def test_three_shards_join_to_the_one_process_build_row_for_row(one_process, tmp
                   overwrite=True)  # run again: a finished shard is not rebuilt
     if not copy:
         assert "is already built" in caplog.text and "were joined by another worker" in caplog.text
+        with open(next((out / "shards").glob("*/TESTING.00002-of-00003.H5")), "ab") as fh:
+            fh.write(b"\0")  # a shard whose file changed since its record: built again when its command runs again
+        assert finished_record(out, json.loads((out / schema.MANIFEST).read_text())["build_id"], Shard(2, 3)) is None
+        caplog.clear()
+        build_dataset(source, out, progress=False, duplicates="first", num_shards=3, shard_index=2, overwrite=True)
+        assert "Building shard 2 of 3" in caplog.text
+        same_build(reference, out)
 
 
 def test_a_joined_split_whose_shard_is_missing_or_damaged_is_refused(one_process, tmp_path):
@@ -142,6 +149,13 @@ def test_a_joined_split_whose_shard_is_missing_or_damaged_is_refused(one_process
                                          r"dataset folder with its shards/ folder, or rebuild with --copy"):
         read_info(split)
     shard.with_suffix(".gone").rename(shard)
+    intact = shard.read_bytes()
+    with open(shard, "ab") as fh:  # a copy that went wrong (HDF5 itself still opens it)
+        fh.write(b"\0" * 100)
+    with pytest.raises(ValueError, match=rf"{shard}: is {len(intact) + 100} bytes but {moved / 'dataset.json'} says "
+                                         rf"{len(intact)}: a damaged or incomplete copy"):
+        read_info(split)
+    shard.write_bytes(intact)
     with h5py.File(shard) as f:
         first = f[schema.SEGMENTS].id.get_chunk_info(0).byte_offset
         name = f[schema.FILE_PATHS][0].decode()
@@ -222,6 +236,23 @@ def test_shard_options_are_checked():
 
 
 # ---- predict over several ranks -----------------------------------------------------------------------------
+
+def test_each_rank_predicts_a_disjoint_share_that_covers_every_recording(small_h5, tmp_path):
+    from types import SimpleNamespace
+
+    from leak_lightning.data.datamodule import LeakDataModule
+
+    for k in range(7):
+        write_wav(tmp_path / f"r{k}.wav", tone(500, 10, 4096, seed=k))
+    shares = []
+    for rank in range(3):
+        dm = LeakDataModule(test_h5=str(small_h5["test"]), predict_path=str(tmp_path))
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=3)
+        dm._setup_predict()
+        assert [p.name for p in dm.predict_input.paths] == [f"r{i}.wav" for i in dm.predict_index]
+        shares.append(dm.predict_index)
+    assert shares == [[0, 3, 6], [1, 4], [2, 5]]
+
 
 @pytest.mark.slow
 def test_predict_on_two_ranks_writes_the_rows_of_one_process(small_h5, trained_run, tmp_path):
