@@ -162,6 +162,8 @@ class LeakCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         # Lightning re-raises what stopped a run; the ones a user can act on become one line here
         watch_ranks(self.trainer.default_root_dir, subcommand)
+        if subcommand == "predict" and self.datamodule.predict_path:
+            self.datamodule.predict_recordings()  # a bad input is one line before DDP starts ranks that each say it
         try:
             super()._run_subcommand(subcommand)
         except (RuntimeError, OSError) as err:

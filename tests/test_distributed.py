@@ -254,6 +254,17 @@ def test_each_rank_predicts_a_disjoint_share_that_covers_every_recording(small_h
     assert shares == [[0, 3, 6], [1, 4], [2, 5]]
 
 
+def test_predict_on_two_ranks_with_nothing_to_read_is_one_line_before_any_rank_starts(trained_run, tmp_path):
+    (tmp_path / "empty").mkdir()
+    r = subprocess.run([sys.executable, "-m", "leak_lightning", "predict", "--ckpt_path",
+                        str(trained_run / "checkpoints/best.ckpt"), "--data.predict_path", str(tmp_path / "empty"),
+                        "--output", str(tmp_path / "p.csv"), "--trainer.devices", "2", "--trainer.accelerator", "cpu",
+                        "--trainer.strategy", "ddp", "--console.log_file", "null"],
+                       cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "NO_COLOR": "1"})
+    assert f"--data.predict_path {tmp_path / 'empty'}: no audio files" in one_error(r.returncode, r.stderr)
+    assert "Initializing distributed" not in r.stderr  # no rank was started to say it again
+
+
 @pytest.mark.slow
 def test_predict_on_two_ranks_writes_the_rows_of_one_process(small_h5, trained_run, tmp_path):
     folder = tmp_path / "wavs"

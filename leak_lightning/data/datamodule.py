@@ -144,6 +144,7 @@ class LeakDataModule(L.LightningDataModule):
         self.predict_input: WindowStream | None = None
         self.predict_unusable: list = []
         self.predict_index: list[int] = []  # this rank's recordings, as positions in the whole list
+        self._predict_found: tuple[list[Path], list] | None = None
         # Metadata only (cheap): the CLI links class names and features into the model from here.
         # A split file that does not exist is an error only for a stage that reads it: `test` with a
         # config whose training/validation paths point elsewhere (another machine, a new site's data).
@@ -401,7 +402,7 @@ class LeakDataModule(L.LightningDataModule):
             raise ValueError("predict needs --data.predict_path (an audio file, a folder, or a text file "
                              "listing recordings)")
         rank, world = self._rank_world()
-        found, unusable = find_recordings(Path(self.predict_path), self.predict_suffixes)  # the same list on every rank
+        found, unusable = self.predict_recordings()  # the same list on every rank
         self.predict_unusable = unusable if rank == 0 else []  # named once
         for entry in self.predict_unusable:
             log.warning("skipped %s: %s", printable(entry.path), entry.reason)
@@ -412,6 +413,12 @@ class LeakDataModule(L.LightningDataModule):
                                           workers=max(1, self.num_workers))
         log.info("predict: %d recordings under %s%s", len(found), self.predict_path,
                  f", {world} ranks" if world > 1 else "")
+
+    def predict_recordings(self) -> tuple[list[Path], list]:
+        """The recordings `predict` reads and the names it cannot (found once; an error is raised here)."""
+        if self._predict_found is None:
+            self._predict_found = find_recordings(Path(self.predict_path), self.predict_suffixes)
+        return self._predict_found
 
     def predict_dataloader(self):
         return self.predict_input
