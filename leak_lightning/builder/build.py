@@ -100,9 +100,10 @@ def build_dataset(
         duplicates: the same audio (by content) in two splits: "error" stops the build listing them;
             "first" keeps each only in its first split (TRAINING, VALIDATION, TESTING). Copies within a
             split are skipped; the same audio under two labels is skipped in both places.
-        num_shards, shard_index: build only this share of the corpus (worker shard_index of num_shards); the
-            last worker to finish joins the shards into the three splits. Under torchrun or a SLURM array both
+        num_shards: build over this many workers, each building its share (its shard) of the corpus; the last
+            to finish joins the shards into the three splits. Under torchrun or a SLURM array it and shard_index
             are read from the launcher's environment. The output must be a folder every worker sees.
+        shard_index: which share this worker builds: 0 .. num_shards - 1.
         copy: when joining shards, copy their segments into the split files and remove the shards (default:
             the splits are HDF5 virtual datasets over <output>/shards/<build id>/, nothing copied).
     """
@@ -187,13 +188,13 @@ def _build_shard(output: Path, shard: Shard, splits, unusable, input: Path, feat
     build_id = manifest["build_id"]
     folder = shard_folder(output, build_id)
     share = {split: shard.share(items) for split, items in splits.items()}
-    if finished_record(output, build_id, shard) is not None:
-        log.info("shard %d of %d of build %s is already built (%s): not built again", shard.index, shard.count,
-                 build_id[:12], record_path(output, build_id, shard))
-    else:
-        folder.mkdir(parents=True, exist_ok=True)
-        started = time.time()  # wall clock: the joined build's time runs from its first shard's start
-        with FolderLock(folder, "--shard_index", name=f".lock-{shard.tag}"):  # one worker per shard
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.time()  # wall clock: the joined build's time runs from its first shard's start
+    with FolderLock(folder, "--shard_index", name=f".lock-{shard.tag}"):  # one worker per shard
+        if finished_record(output, build_id, shard) is not None:  # checked under the lock: not built twice
+            log.info("shard %d of %d of build %s is already built (%s): not built again", shard.index, shard.count,
+                     build_id[:12], record_path(output, build_id, shard))
+        else:
             remove_stale_temporaries(folder)
             _check_free_space(folder, sum(map(len, share.values())), features)
             dev = _resolve_device(device)

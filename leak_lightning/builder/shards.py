@@ -70,7 +70,9 @@ class Shard:
             if found is None:
                 return None
             source, count, index = found
-        if count < 1 or not 0 <= index < count:
+        if count < 1:
+            raise ValueError(f"{count} shards ({source}): there must be 1 or more")
+        if not 0 <= index < count:
             raise ValueError(f"shard index {index} of {count} ({source}): the index must be 0 .. {count - 1}")
         if count == 1:
             return None
