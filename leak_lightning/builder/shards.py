@@ -167,10 +167,10 @@ def join(output: Path, build_id: str, count: int, manifest: dict, duplicates: st
     if missing := [s.index for s, r in zip(shards, records) if r is None]:
         raise ValueError(f"{output}: shard(s) {missing} of {count} of build {build_id[:12]} are missing or "
                          "damaged; run those shards again (a finished shard is not rebuilt)")
-    kept, skipped, index = _replay(records, duplicates)
+    kept, found, index = _replay(records, duplicates)
     if index.leaks:
         raise index.leak_error()
-    skipped += [s for r in records for s in r["skipped"]]
+    skipped = skip_report(found, records)
     gone = {(e["split"], e["path"]) for e in skipped}
     flagged = [f for r in records for f in r["flagged"] if (f["split"], f["path"]) not in gone]
     for split in SPLITS:
@@ -195,6 +195,18 @@ def join(output: Path, build_id: str, count: int, manifest: dict, duplicates: st
     _remove_other_shards(output, keep=None if copy else build_id)
     return {"rows": {split: len(kept[split]) for split in SPLITS}, "skipped": skipped, "flagged": flagged,
             "started": min(r.get("started", time.time()) for r in records)}
+
+
+def skip_report(found: list[dict], records: list[dict]) -> list[dict]:
+    """What the join found skipped, then what each shard skipped, each recording once (a shard that found two
+    copies in conflict lists the first, which the replay finds again)."""
+    seen: set = set()
+    report = []
+    for entry in [*found, *(s for r in records for s in r["skipped"])]:
+        if (key := (entry["split"], entry["path"])) not in seen:
+            seen.add(key)
+            report.append(entry)
+    return report
 
 
 def _replay(records: list[dict], duplicates: str) -> tuple[dict[str, list[_Row]], list[dict], ContentIndex]:
