@@ -59,6 +59,7 @@ def test_a_dead_child_rank_seen_by_the_observer_is_one_line_and_exit_2(tmp_path)
     assert "observer returned" not in out
 
 
+@pytest.mark.slow
 def test_the_observer_stands_aside_when_the_main_thread_reports(tmp_path):
     code, out = run_observer(tmp_path, "main-first")
     assert code == 0 and "[ERROR]" not in out, out
@@ -269,6 +270,7 @@ def test_each_rank_predicts_a_disjoint_share_that_covers_every_recording(small_h
     assert shares == [[0, 3, 6], [1, 4], [2, 5]]
 
 
+@pytest.mark.slow
 def test_predict_on_two_ranks_with_nothing_to_read_is_one_line_before_any_rank_starts(trained_run, tmp_path):
     (tmp_path / "empty").mkdir()
     r = subprocess.run([sys.executable, "-m", "leak_lightning", "predict", "--ckpt_path",
