@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import statistics
 import sys
@@ -28,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmark_build import measure  # noqa: E402 (a fresh spawned process per measurement)
 
 from leak_lightning.logs import bytes_human, parse_bytes  # noqa: E402
 
@@ -107,16 +108,6 @@ def _serve(train: str, val: str, cache: str, budget: int | None, batch: int, wor
            "base": base, "buffer": getattr(dm.splits["train"], "buffer_files", None)})
 
 
-def run(*args) -> dict:
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    proc = ctx.Process(target=_serve, args=(*args, q))
-    proc.start()
-    out = q.get()
-    proc.join()
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--files", type=int, default=100_000)
@@ -138,7 +129,7 @@ def main() -> None:
     rows = []
     for cache, budget in cases:
         for cold in (False, True):
-            runs = [run(str(train), str(val), cache, budget, args.batch_size, args.num_workers, cold)
+            runs = [measure(_serve, str(train), str(val), cache, budget, args.batch_size, args.num_workers, cold)
                     for _ in range(args.repeats)]
             med = {k: statistics.median(r[k] for r in runs) for k in ("setup_s", "seg_per_s", "peak", "base")}
             rows.append({"cache": cache, "budget": budget, "cold": cold, "segments": runs[0]["segments"],

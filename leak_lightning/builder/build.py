@@ -19,7 +19,7 @@ from tqdm import tqdm
 from ..audio.scan import printable
 from ..data import schema
 from ..features import FeatureConfig
-from ..fileio import remove_stale_temporaries, temp_sibling, write_atomic
+from ..fileio import remove_stale_temporaries, temp_sibling
 from ..rundir import DataLock, FolderLock
 from .discover import SPLITS, discover, label_mapping
 from .pipeline import BatchBuilder, SplitResult
@@ -34,7 +34,7 @@ from .shards import (
     try_join,
     write_record,
 )
-from .writer import SplitWriter, publish
+from .writer import SplitWriter, publish, write_reports
 
 log = logging.getLogger(__name__)
 
@@ -130,27 +130,36 @@ def build_dataset(
             log.warning("removed %d temporary file(s) left by a killed build: %s", len(stale),
                         ", ".join(p.name for p in stale))
         _check_free_space(output, sum(map(len, splits.values())), features)
-        dev = _resolve_device(device)
-        cores = _cores()
-        on_cpu = dev.type == "cpu"
-        # On CPU the cores are shared between decoders and the mel; measured on 2 cores,
-        # an intra-op pool on top of the decoders oversubscribes them (~1,000 vs ~1,500 files/s).
-        workers = num_workers or (max(1, cores // 2) if on_cpu else cores)
-        batch_size = batch_size or (64 if on_cpu else 512)
+        dev, cores, workers, batch_size = _pipeline(device, num_workers, batch_size)
         log.info("Building %s → %s on %s: %s files, %d decoder processes, batch %d",
                  input, output, dev, {s: len(v) for s, v in splits.items()}, workers, batch_size)
-        results = _with_threads(on_cpu, cores - workers, lambda: _run_splits(
+        results = _with_threads(dev.type == "cpu", cores - workers, lambda: _run_splits(
             splits, targets, features, class_names, dev, batch_size, workers, progress, duplicates, build_id,
             commit=lambda writers, results, events: publish(writers, output, {
                 **manifest, "created_at_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")})))
         skipped = _unusable_entries(unusable, input) + [s for r in results.values() for s in r.skipped]
         flagged = [s for r in results.values() for s in r.flagged]
-        _write_reports(output, skipped, flagged)
-    summary = BuildSummary(targets, {s: r.files for s, r in results.items()},
-                           {s: r.files * features.num_long * features.num_short for s, r in results.items()},
-                           skipped, time.perf_counter() - t0, flagged)
+        write_reports(output, skipped, flagged)
+    summary = _summary(targets, {s: r.files for s, r in results.items()}, features, skipped,
+                       time.perf_counter() - t0, flagged)
     _log_summary(summary)
     return summary
+
+
+def _summary(outputs: dict, files: dict[str, int], features: FeatureConfig, skipped: list[dict], seconds: float,
+             flagged: list[dict]) -> BuildSummary:
+    per_file = features.num_long * features.num_short
+    return BuildSummary(outputs, files, {s: n * per_file for s, n in files.items()}, skipped, seconds, flagged)
+
+
+def _pipeline(device: str, num_workers: int | None, batch_size: int | None) -> tuple[torch.device, int, int, int]:
+    """(device, this worker's cores, decoder processes, files per mel batch) from the options and the machine.
+    On CPU the cores are shared between decoders and the mel; measured on 2 cores, an intra-op pool on top of
+    the decoders oversubscribes them (~1,000 vs ~1,500 files/s)."""
+    dev = _resolve_device(device)
+    cores = _cores()
+    on_cpu = dev.type == "cpu"
+    return dev, cores, num_workers or (max(1, cores // 2) if on_cpu else cores), batch_size or (64 if on_cpu else 512)
 
 
 def _cores() -> int:
@@ -176,11 +185,6 @@ def _unusable_entries(unusable, input: Path) -> list[dict]:
             for e in unusable]
 
 
-def _write_reports(output: Path, skipped: list[dict], flagged: list[dict]) -> None:
-    write_atomic(output / schema.SKIP_REPORT, lambda f: json.dump(skipped, f, indent=2))
-    write_atomic(output / schema.FLAG_REPORT, lambda f: json.dump(flagged, f, indent=2))
-
-
 def _build_shard(output: Path, shard: Shard, splits, unusable, input: Path, features: FeatureConfig,
                  class_names: list[str], manifest: dict, options: tuple, copy: bool, t0: float) -> BuildSummary:
     """This worker's share into <output>/shards/<build id>/, then the join if every shard is done."""
@@ -197,15 +201,13 @@ def _build_shard(output: Path, shard: Shard, splits, unusable, input: Path, feat
         else:
             remove_stale_temporaries(folder)
             _check_free_space(folder, sum(map(len, share.values())), features)
-            dev = _resolve_device(device)
-            cores = _cores()
-            workers = num_workers or (max(1, cores // 2) if dev.type == "cpu" else cores)
+            dev, cores, workers, batch = _pipeline(device, num_workers, batch_size)
             log.info("Building shard %d of %d of %s → %s on %s: %s files, %d decoder processes", shard.index,
                      shard.count, input, folder, dev, {s: len(v) for s, v in share.items()}, workers)
             unusable_here = _unusable_entries(unusable, input) if shard.index == 0 else []  # listed once
             _with_threads(dev.type == "cpu", cores - workers, lambda: _run_splits(
                 share, shard_paths(output, build_id, shard), features, class_names, dev,
-                batch_size or (64 if dev.type == "cpu" else 512), workers, progress, duplicates, build_id,
+                batch, workers, progress, duplicates, build_id,
                 need_files=False, commit=lambda writers, results, events: write_record(writers, output, build_id,
                                                                                      shard, {
                     "skipped": unusable_here + [s for r in results.values() for s in r.skipped],
@@ -215,12 +217,10 @@ def _build_shard(output: Path, shard: Shard, splits, unusable, input: Path, feat
     targets = {s: output / name for s, name in schema.SPLIT_FILES.items()}
     if joined is None:
         record = finished_record(output, build_id, shard) or {"files": {s: {"rows": 0} for s in SPLITS}}
-        rows = {s: record["files"][s]["rows"] for s in SPLITS}
-        return BuildSummary({}, rows, {s: n * features.num_long * features.num_short for s, n in rows.items()},
-                            record.get("skipped", []), time.perf_counter() - t0, record.get("flagged", []))
-    rows = joined["rows"]
-    summary = BuildSummary(targets, rows, {s: n * features.num_long * features.num_short for s, n in rows.items()},
-                           joined["skipped"], time.time() - joined["started"], joined["flagged"])
+        return _summary({}, {s: record["files"][s]["rows"] for s in SPLITS}, features, record.get("skipped", []),
+                        time.perf_counter() - t0, record.get("flagged", []))
+    summary = _summary(targets, joined["rows"], features, joined["skipped"], time.time() - joined["started"],
+                       joined["flagged"])
     log.info("joined %d shards of build %s%s", shard.count, build_id[:12],
              " (segments copied, shards removed)" if copy else f" (virtual datasets over {folder})")
     _log_summary(summary)

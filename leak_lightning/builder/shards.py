@@ -35,7 +35,7 @@ from ..fileio import fsync_dir, write_atomic
 from ..rundir import DataLock, FolderLock
 from .discover import SPLITS, WavItem
 from .pipeline import ContentIndex
-from .writer import SplitWriter, publish
+from .writer import SplitWriter, publish, write_reports
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +190,7 @@ def join(output: Path, build_id: str, count: int, manifest: dict, duplicates: st
         for writer in writers:
             writer.discard()
         raise
-    write_atomic(output / schema.SKIP_REPORT, lambda f: json.dump(skipped, f, indent=2))
-    write_atomic(output / schema.FLAG_REPORT, lambda f: json.dump(flagged, f, indent=2))
+    write_reports(output, skipped, flagged)
     _remove_other_shards(output, keep=None if copy else build_id)
     return {"rows": {split: len(kept[split]) for split in SPLITS}, "skipped": skipped, "flagged": flagged,
             "started": min(r.get("started", time.time()) for r in records)}

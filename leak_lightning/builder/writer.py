@@ -164,6 +164,12 @@ class SplitWriter:
         self.tmp_path.unlink(missing_ok=True)
 
 
+def write_reports(folder: Path, skipped: list[dict], flagged: list[dict]) -> None:
+    """`skipped_files.json` and `flagged_files.json` of a published build."""
+    write_atomic(folder / schema.SKIP_REPORT, lambda f: json.dump(skipped, f, indent=2))
+    write_atomic(folder / schema.FLAG_REPORT, lambda f: json.dump(flagged, f, indent=2))
+
+
 def publish(writers: list[SplitWriter], folder: Path, manifest: dict) -> None:
     """Rename every finished split into place, then write `dataset.json` naming them, last.
 

@@ -120,7 +120,7 @@ def _sources_checksummed(f: h5py.File, path: Path) -> bool:
     seg, build_id = f[schema.SEGMENTS], f.attrs.get(schema.ATTR_BUILD_ID)
     checksummed = True
     for name in sorted({m.file_name for m in seg.virtual_sources()}):
-        source = Path(name) if Path(name).is_absolute() else path.parent / name
+        source = _source_path(path, name)
         if not source.is_file():
             _fail(path, f"its segments are in {source}, which is missing (a sharded build's split reads its shards "
                   "in place)", "copy the dataset folder with its shards/ folder, or rebuild with --copy")
@@ -143,9 +143,13 @@ def source_row(path: Path, ds: h5py.Dataset, row: int) -> tuple[Path, int] | Non
         (lo, *_), (hi, *_) = m.vspace.get_select_bounds()
         if lo <= row <= hi:
             (src_lo, *_), _ = m.src_space.get_select_bounds()
-            name = Path(m.file_name)
-            return (name if name.is_absolute() else path.parent / name), src_lo + row - lo
+            return _source_path(path, m.file_name), src_lo + row - lo
     return None
+
+
+def _source_path(path: Path, name: str) -> Path:
+    """A virtual dataset's source file: HDF5 resolves a relative name from the virtual file's folder."""
+    return Path(name) if Path(name).is_absolute() else path.parent / name
 
 
 def check_same(info: SplitInfo, f: h5py.File | None = None) -> None:
