@@ -172,6 +172,23 @@ def test_a_joined_split_whose_shard_is_missing_or_damaged_is_refused(one_process
         load_segments(read_info(split))
 
 
+def test_a_shard_file_of_another_build_is_refused_by_the_join(one_process, tmp_path):
+    source, _ = one_process
+    out = tmp_path / "out"
+    for i in (0, 1):
+        build_dataset(source, out, progress=False, duplicates="first", num_shards=3, shard_index=i)
+    record = next((out / "shards").glob("*/shard-00000-of-00003.json"))
+    shard = record.parent / "VALIDATION.00000-of-00003.H5"
+    with h5py.File(shard, "r+") as f:  # another build's file under this build's name
+        f.attrs[schema.ATTR_BUILD_ID] = "f" * 32
+    entry = json.loads(record.read_text())
+    entry["files"]["VALIDATION"]["bytes"] = shard.stat().st_size  # and a record that agrees on its size
+    record.write_text(json.dumps(entry))
+    with pytest.raises(ValueError, match=rf"{shard}: a shard of build f{{32}}, not of build {record.parent.name[:12]}"):
+        build_dataset(source, out, progress=False, duplicates="first", num_shards=3, shard_index=2)
+    assert not (out / schema.MANIFEST).exists()
+
+
 def test_a_leak_between_splits_across_shards_stops_the_join_as_it_stops_one_process(tmp_path):
     made = make_origin(tmp_path / "in", per_label=4)
     first = sorted(p for p in made if "TRAINING" in p.parts)[0]

@@ -249,7 +249,7 @@ def _joined_split(output: Path, build_id: str, shards: list[Shard], split: str, 
         first.close()
     writer = SplitWriter(output / schema.SPLIT_FILES[split], cfg, labels, {"split": split})
     try:
-        runs = _runs(files, rows)
+        runs = _runs(files, rows, build_id)
         if not copy:
             writer.virtual_segments([(str(files[i].relative_to(output)), total, lo, hi) for i, total, lo, hi in runs])
         for i, _, lo, hi in runs:
@@ -265,12 +265,16 @@ def _joined_split(output: Path, build_id: str, shards: list[Shard], split: str, 
     return writer
 
 
-def _runs(files: dict[int, Path], rows: list[_Row]) -> list[tuple[int, int, int, int]]:
-    """The kept rows as (shard, rows in its file, first row, end row) runs of consecutive rows, in order."""
+def _runs(files: dict[int, Path], rows: list[_Row], build_id: str) -> list[tuple[int, int, int, int]]:
+    """The kept rows as (shard, rows in its file, first row, end row) runs of consecutive rows, in order; every
+    shard file must carry this build's id (its record's size alone could match another file)."""
     where: dict[int, dict[str, int]] = {}
     totals: dict[int, int] = {}
     for i, path in files.items():
         with h5py.File(path, "r") as f:
+            if str(f.attrs.get(schema.ATTR_BUILD_ID)) != build_id:
+                raise ValueError(f"{path}: a shard of build {f.attrs.get(schema.ATTR_BUILD_ID)}, not of build "
+                                 f"{build_id[:12]} its folder is named for; run that shard again")
             names = _text(f[schema.FILE_PATHS][()])
         where[i], totals[i] = {p: r for r, p in enumerate(names)}, len(names)
     runs: list[list[int]] = []
