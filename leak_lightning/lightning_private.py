@@ -55,6 +55,10 @@ USED: tuple[Private, ...] = (
             "the child ranks' Popen objects, read in _lost_rank"),
     Private("lightning.fabric.strategies.launchers.subprocess_script:_ChildProcessObserver", "_termination_signal",
             "the signal Lightning stops the other children with, kept"),
+    # --- data/datamodule.py: exact resume -------------------------------------------------------------
+    Private("lightning.pytorch.loops.training_epoch_loop:_TrainingEpochLoop", "batch_progress.current.processed",
+            "the training batches read from the live count of batches whose step is done (trainer.fit_loop."
+            "epoch_loop), so a resumed epoch continues at the batch after the last saved one"),
     # --- torch: the compile wrapper tells compile errors from runtime errors by type ------------------
     Private("torch._dynamo.exc", "TorchDynamoException",
             "models/compiled.py falls back to eager on these (compile failures) and on nothing else"),
@@ -70,9 +74,16 @@ LOOP_KEYS: tuple[str, ...] = (
     "epoch_loop.automatic_optimization.optim_progress",
 )
 
-# Third-party message text still read, where no type or attribute carries the information:
+# Third-party message text still read, where no type or attribute carries the information; none of it
+# decides anything but the words of the one-line error a user sees:
 # - torch re-raises a DataLoader worker's exception as a new one of the same type whose text ("Caught ...
-#   Original Traceback ...") is the only carrier of the original message (cli.worker_error).
+#   Original Traceback ...") is the only carrier of the original message (cli._worker_error);
+# - gloo's lost-peer error starts with its source location and ends in advice about another cause
+#   (". This is typically ..."), both cut from the line (training_cli._first);
+# - jsonargparse's parse error spreads over lines; its "Given value:" line is appended to the first
+#   (cli._one_line);
+# - warning filters match the text of Lightning's and torch's warnings, which carry no category of
+#   their own (logs.quiet_lightning, module.py).
 
 
 def _resolve(owner: str):
@@ -85,7 +96,21 @@ def _resolve(owner: str):
         obj = obj(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1))
     if cls == "_ChildProcessObserver":  # its attributes too (a thread object, never started)
         obj = obj(main_pid=0, child_processes=[])
+    if cls == "_TrainingEpochLoop":  # the live one, as the data module reads it
+        import lightning as L
+
+        obj = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False).fit_loop.epoch_loop
+        assert isinstance(obj, getattr(importlib.import_module(module), cls))
     return obj
+
+
+def _has(obj, dotted: str) -> bool:
+    for part in dotted.split("."):
+        if not hasattr(obj, part):
+            return False
+        obj = getattr(obj, part)
+    return True
 
 
 def missing() -> list[str]:
@@ -97,7 +122,7 @@ def missing() -> list[str]:
         except (ImportError, AttributeError):
             gone.append(item.owner)
             continue
-        if item.name and not hasattr(owner, item.name):
+        if item.name and not _has(owner, item.name):
             gone.append(f"{item.owner}.{item.name}")
     return gone
 

@@ -109,8 +109,13 @@ class LeakClassifier(L.LightningModule):
         return self._on_cuda() and stage == "fit"
 
     def _on_cuda(self) -> bool:
-        return self.device.type == "cuda" or (self._trainer is not None
-                                              and self.trainer.strategy.root_device.type == "cuda")
+        if self.device.type == "cuda":
+            return True
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # the public property's answer when no Trainer is attached
+            return False
+        return trainer.strategy.root_device.type == "cuda"
 
     def setup(self, stage: str) -> None:
         if self._on_cuda():

@@ -51,6 +51,7 @@ def test_resuming_from_an_empty_run_directory_stops(small_h5, tmp_path, capsys):
     assert "holds no checkpoint to resume; drop --ckpt_path to start a new run" in line
 
 
+@pytest.mark.slow
 def test_max_steps_shorter_than_an_epoch_validates_and_saves(small_h5, tmp_path):
     main(fit_args(small_h5, tmp_path, "--trainer.max_steps", "4", "--data.batch_size", "512"))
     for name in ("best", "last"):
@@ -58,6 +59,7 @@ def test_max_steps_shorter_than_an_epoch_validates_and_saves(small_h5, tmp_path)
         assert ckpt["global_step"] == 4
 
 
+@pytest.mark.slow
 def test_checkpointing_off_trains_and_writes_no_checkpoint(small_h5, tmp_path, capsys):
     main(fit_args(small_h5, tmp_path, "--trainer.enable_checkpointing", "false", "--trainer.max_epochs", "1",
                   "--data.batch_size", "1024"))
@@ -71,6 +73,7 @@ def test_a_dry_run_writes_no_checkpoint_and_blocks_nothing(small_h5, tmp_path):
     main(fit_args(small_h5, tmp_path, "--trainer.max_steps", "2", "--data.batch_size", "512"))  # not refused
 
 
+@pytest.mark.slow
 def test_early_stopping_can_be_turned_off(small_h5, tmp_path):
     # patience 0 would stop after the first epoch that does not improve; switched off, all 3 epochs run
     main(fit_args(small_h5, tmp_path, "--early_stopping.enabled", "false", "--early_stopping.patience", "0",

@@ -195,6 +195,7 @@ def test_the_report_names_its_set_and_a_new_report_drops_files_it_does_not_name(
     assert sorted(p.name for p in run.glob("test_*")) == ["test_predictions.csv", "test_report.json"]
 
 
+@pytest.mark.slow
 def test_tensorboard_by_default_with_step_loss_lr_and_hp_metric(small_h5, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

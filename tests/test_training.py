@@ -62,6 +62,7 @@ def test_fit_then_validate_and_test_in_new_processes(small_h5, tmp_path, run_cli
     assert json.loads((run / "validate_report.json").read_text())["stage"] == "val"
 
 
+@pytest.mark.slow
 def test_last_checkpoint_follows_every_epoch_not_only_new_bests(small_h5, tmp_path):
     # "epoch" in min mode is best at epoch 0 and never again: only last.ckpt can follow the run
     main(["fit", "--config", str(REPO / "configs/demo.yaml"), *data_args(small_h5), "--data.batch_size", "1024",
@@ -84,6 +85,7 @@ def test_a_longer_resumed_run_keeps_decaying_instead_of_restarting(small_h5, tmp
     assert sched["_last_lr"][0] == pytest.approx(1e-5, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_a_new_fit_never_replaces_an_earlier_run_unasked(small_h5, tmp_path, capsys):
     run = tmp_path / "run"
     common = ["--config", REPO / "configs/demo.yaml", *data_args(small_h5), "--trainer.default_root_dir", run,
