@@ -46,7 +46,7 @@ def site_segments(det, path: Path) -> torch.Tensor:
     """The log-mel segments of a recording's non-silent windows, as the model sees them (float16 values)."""
     from .audio.decode import WindowReader
 
-    parts = [det.model._frontend(torch.from_numpy(w[~s]).to(det.device)).half()
+    parts = [det.model.segments_of(torch.from_numpy(w[~s]).to(det.device))
              for w, s in WindowReader(path, det.spec) if (~s).any()]
     return torch.cat(parts)
 

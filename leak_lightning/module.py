@@ -251,7 +251,7 @@ class LeakClassifier(L.LightningModule):
         self.scored.add(int(start), probs, y)
 
     def on_validation_epoch_start(self) -> None:
-        self.scored.parts = []
+        self.scored.reset()
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val")
@@ -260,7 +260,7 @@ class LeakClassifier(L.LightningModule):
         self._eval_end("val", self.val_metrics, sweep=not self.trainer.sanity_checking)
 
     def on_test_epoch_start(self) -> None:
-        self.scored.parts = []
+        self.scored.reset()
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, self.test_metrics, "test")
@@ -390,9 +390,14 @@ class LeakClassifier(L.LightningModule):
     def on_predict_start(self) -> None:
         self.prepare_predict()
 
+    def segments_of(self, wave: torch.Tensor) -> torch.Tensor:
+        """(W, num_samples) clip-long windows → their (W, L, S, n_mels, T) log-mel segments, float16 as the builder
+        stores them (after prepare_predict)."""
+        return self._frontend(wave).half()
+
     def score_windows(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(W, num_samples) clip-long windows → leak probability per long window (W, L), class probabilities (W, C)."""
-        return self.score_segments(self._frontend(wave).half())  # float16, as the builder stores them
+        return self.score_segments(self.segments_of(wave))
 
     def score_segments(self, seg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(W, L, S, n_mels, T) segments → leak probability per long window (W, L), class probabilities (W, C)."""

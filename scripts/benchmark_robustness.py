@@ -139,6 +139,9 @@ def main() -> None:
     ap.add_argument("--sites", action="store_true", help="measure `adapt` on the sites instead (see above)")
     ap.add_argument("--labelled", type=int, nargs="+", default=[10, 20, 50], help="--sites: labelled recordings")
     ap.add_argument("--draws", type=int, default=5, help="--sites: labelled sets drawn per size and training seed")
+    ap.add_argument("--finetune-steps", type=int, default=0, help="--sites: also adapt with this --finetune_steps "
+                    "(at the sizes of --finetune-labelled; (folds + 1) fine-tunes per draw)")
+    ap.add_argument("--finetune-labelled", type=int, nargs="+", default=[20], help="--sites: sizes to fine-tune at")
     args = ap.parse_args()
     setup_logging("WARNING")
     torch.manual_seed(0)
@@ -172,7 +175,16 @@ def _f1(decided: torch.Tensor, truth: torch.Tensor) -> float:
 
 def sites(work: Path, args) -> None:
     """Leak F1 out of the box and after `adapt` with n labelled recordings, on each site's other recordings."""
-    from leak_lightning.adapt import MIN_PER_SIDE, reestimate_norms, refit_rule
+    from leak_lightning.adapt import (
+        MIN_PER_SIDE,
+        SiteRecording,
+        finetuned,
+        leak_windows_of,
+        reestimate_norms,
+        refit_rule,
+        site_segments,
+    )
+    from leak_lightning.evaluation import sweep_threshold
 
     rows: dict[str, dict[str, list[float]]] = {}
     for train_seed in args.train_seeds:
@@ -194,6 +206,15 @@ def sites(work: Path, args) -> None:
             unlabelled = fresh.model.decision.decide(again)
             site.setdefault("unlabelled", []).append(_f1(unlabelled, truth))
             site.setdefault("unlabelled: false alarms", []).append(int((unlabelled & ~truth).sum()))
+            # the ceiling of any threshold: the one with the best F1 picked on all the site's recordings themselves
+            options = det.model.decision.options
+            for key, scores in (("ceiling: base", windows), ("ceiling: norms", again)):
+                site.setdefault(key, []).append(sweep_threshold(scores, truth, options.aggregation,
+                                                                options.vote_fraction)[1])
+            if args.finetune_steps:
+                kept_paths = [q for q, (w, _) in zip(paths, scored) if w is not None]
+                recs = [SiteRecording(q, q.parent.name, bool(leak), w, "", site_segments(det, q))
+                        for q, w, leak in zip(kept_paths, windows, truth.tolist())]
             g = torch.Generator().manual_seed(train_seed)
             for n in args.labelled:
                 want_leaks = max(MIN_PER_SIDE, round(n / 5))
@@ -216,6 +237,16 @@ def sites(work: Path, args) -> None:
                                           min(5, want_leaks, n - want_leaks), draw, "keep")
                     site.setdefault(f"{n}: norms + adapted", []).append(
                         _f1(rule.decide([w for w, h in zip(again, held) if h]), truth[held]))
+                    if args.finetune_steps and n in args.finetune_labelled:  # adapt --finetune_steps, as adapt does
+                        picked = [recs[i] for i in pick.tolist()]
+                        rescore, base_head = finetuned(det.model, picked, args.finetune_steps, draw)
+                        rule, _, _, kept, _ = refit_rule([r.windows for r in picked], truth[pick], det.model.decision,
+                                                         min(5, want_leaks, n - want_leaks), draw, "keep", rescore)
+                        if kept:
+                            det.model.net.head.load_state_dict(base_head)
+                        rest_ft = [leak_windows_of(det.model, r.segments) for r, h in zip(recs, held) if h]
+                        det.model.net.head.load_state_dict(base_head)
+                        site.setdefault(f"{n}: fine-tuned", []).append(_f1(rule.decide(rest_ft), truth[held]))
             print(f"  {name} (training seed {train_seed}): {len(windows)} recordings scored", file=sys.stderr,
                   flush=True)
 
@@ -238,6 +269,15 @@ def sites(work: Path, args) -> None:
     print("\nadapt --unlabelled on all the site's recordings, then adapt on the n labelled ones:")
     for name, site in rows.items():
         print(f"  {name}: " + ", ".join(f"n={n} {cell(site[f'{n}: norms + adapted'])}" for n in args.labelled))
+    if args.finetune_steps:
+        print(f"\nadapt --finetune_steps {args.finetune_steps} (the head fine-tuned, then the rule re-fitted; the base "
+              f"kept unless cross-validation says better):")
+        for name, site in rows.items():
+            print(f"  {name}: " + ", ".join(f"n={n} {cell(site[f'{n}: fine-tuned'])}" for n in args.finetune_labelled))
+    print("\nthe ceiling of any threshold: the best leak F1 of one picked on all the site's recordings themselves, "
+          "with the base network / after adapt --unlabelled:")
+    for name, site in rows.items():
+        print(f"  {name}: {cell(site['ceiling: base'])} / {cell(site['ceiling: norms'])}")
     print("\nadapted, when a cross-validated tie takes the adapted rule (adapt keeps the base rule on a tie):")
     for name, site in rows.items():
         print(f"  {name}: " + ", ".join(f"n={n} {cell(site[f'{n}: adapted, ties adapt'])}" for n in args.labelled))

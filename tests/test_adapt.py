@@ -144,7 +144,7 @@ def test_unlabelled_adaptation_gives_the_norms_the_sites_statistics_and_nothing_
     # the input norm by hand: the site's segments in batches mixed across recordings (1024 by default; here all
     # 960 segments in one): their mean and unbiased variance, the between-recording variance included
     det = LeakDetector.from_checkpoint(base, device="cpu")
-    x = torch.cat([det.model._frontend(torch.from_numpy(w[~s])).half().float().reshape(-1)
+    x = torch.cat([det.model.segments_of(torch.from_numpy(w[~s])).float().reshape(-1)
                    for path in sorted(site.rglob("*.wav")) for w, s in WindowReader(path, det.spec)])
     assert x.numel() == 12 * 80 * 64  # 12 recordings, 80 segments each, 64 mel bins: one batch
     state = after["state_dict"]
@@ -250,7 +250,7 @@ def test_norms_average_equal_batches(trained_run, site):
     det = LeakDetector.from_checkpoint(trained_run / "checkpoints/best.ckpt", device="cpu")
     paths = sorted(site.rglob("*.wav"))
     n = adapt.reestimate_norms(det, paths, batch=400)  # 960 segments: 3 batches of 320, not 400 + 400 + 160
-    x = torch.cat([det.model._frontend(torch.from_numpy(w[~s])).half().float().reshape(-1)
+    x = torch.cat([det.model.segments_of(torch.from_numpy(w[~s])).float().reshape(-1)
                    for path in paths for w, s in WindowReader(path, det.spec)])
     assert n == 960
     assert float(det.model.net.norm.running_mean) == pytest.approx(float(x.mean()), rel=1e-6, abs=1e-6)

@@ -87,6 +87,9 @@ class SegmentTable:
     def add(self, start: int, probs: torch.Tensor, targets: torch.Tensor) -> None:
         self.parts.append((start, probs, targets))
 
+    def reset(self) -> None:
+        self.parts = []
+
     def gather(self, reduce: Callable[[torch.Tensor, str], torch.Tensor], device: torch.device):
         """Every rank's rows on every rank (a collective: call it on every rank) → (N, C) probabilities,
         (N, C) targets, (N,) scored; N rounded up to whole files. Empties the table."""
@@ -96,6 +99,6 @@ class SegmentTable:
         table = torch.zeros(math.ceil(n / spf) * spf, 2 * c + 1, device=device)
         for start, p, y in self.parts:
             table[start: start + len(p)] = torch.cat([p, y.to(p.dtype), torch.ones_like(p[:, :1])], dim=1)
-        self.parts = []
+        self.reset()
         table = reduce(table, "sum")  # every row was scored by at most one rank
         return table[:, :c], table[:, c: 2 * c], table[:, -1] > 0
