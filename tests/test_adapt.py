@@ -267,3 +267,19 @@ def test_a_site_checkpoint_predicts_into_its_run_directory(trained_run, site, tm
     assert (run / "sites" / "north.ckpt").is_file()  # the default place
     main(["predict", "--ckpt_path", str(run / "sites" / "north.ckpt"), "--data.predict_path", str(site / "LEAK")])
     assert (run / "predictions.csv").is_file() and (run / "predictions_sensors.csv").is_file()
+
+
+def test_a_sites_segments_are_the_ones_the_builder_stores(small_h5, trained_run):
+    """What adapt fine-tunes on and predict scores is, bit for bit, what fit trained on: the builder's float16."""
+    import h5py
+
+    from leak_lightning.data import schema
+
+    det = LeakDetector.from_checkpoint(trained_run / "checkpoints" / "best.ckpt", device="cpu")
+    with h5py.File(small_h5["test"], "r") as f:
+        stored, paths = f[schema.SEGMENTS][:3], [p.decode() for p in f[schema.FILE_PATHS][:3]]
+    wav = small_h5["test"].parent.parent / "wav"
+    for row, path in zip(stored, paths):  # paths relative to the build's input
+        mine = adapt.site_segments(det, wav / path)
+        assert mine.dtype == torch.float16
+        assert torch.equal(mine.reshape(row.shape), torch.from_numpy(row)), path

@@ -28,6 +28,13 @@ def test_missing_names_a_gone_attribute(monkeypatch):
     assert lp.missing() == ["lightning.pytorch.callbacks:ModelCheckpoint._no_such_method_here"]
 
 
+def test_missing_follows_a_dotted_name_to_its_end(monkeypatch):
+    owner = "lightning.pytorch.loops.training_epoch_loop:_TrainingEpochLoop"
+    fake = lp.Private(owner, "batch_progress.current.no_such_count", "a test")
+    monkeypatch.setattr(lp, "USED", (*lp.USED, fake))
+    assert lp.missing() == [f"{owner}.batch_progress.current.no_such_count"]
+
+
 def _private_names_used(text: str) -> tuple[set[str], set[str]]:
     """(private names read through super()/an optimizer/self, private names the text itself defines)."""
     used = set(re.findall(r"(?:super\(\)|\bopt|\bself)\.(_[a-z][a-z0-9_]*)\b", text))

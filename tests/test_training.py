@@ -308,3 +308,14 @@ def test_which_stages_compile(monkeypatch, enabled, on_cuda, want):
     model = classifier(compile={"enabled": enabled})
     monkeypatch.setattr(type(model), "_on_cuda", lambda self: on_cuda)
     assert {stage: model.compiles(stage) for stage in want} == want
+
+
+def test_on_cuda_asks_the_attached_trainer_and_is_false_without_one():
+    from types import SimpleNamespace
+
+    model = classifier()
+    assert model._on_cuda() is False  # no trainer attached: the public property raises, read as "not on CUDA"
+    model.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0)))
+    assert model._on_cuda() is True  # the module still on the CPU, its trainer's device on CUDA (before the move)
+    model.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    assert model._on_cuda() is False
