@@ -197,6 +197,7 @@ def test_a_bad_build_flag_is_one_line(tmp_path, capsys):
     assert "unrecognized arguments: --batch_sise 4" in err and "build --help" in err
 
 
+@pytest.mark.slow
 def test_existing_output_needs_overwrite_and_survives_until_replaced(tmp_path, run_cli):
     make_pool(tmp_path / "in", sensors=10, per_sensor=1)
     cfg = tmp_path / "build.yaml"

@@ -67,6 +67,7 @@ def test_checkpointing_off_trains_and_writes_no_checkpoint(small_h5, tmp_path, c
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
+@pytest.mark.slow
 def test_a_dry_run_writes_no_checkpoint_and_blocks_nothing(small_h5, tmp_path):
     main(fit_args(small_h5, tmp_path, "--trainer.fast_dev_run", "true", "--data.batch_size", "512"))
     assert not list(tmp_path.rglob("*.ckpt"))

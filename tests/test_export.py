@@ -64,6 +64,7 @@ def test_other_checkpoints_sets_stay_and_stale_temporaries_go(ckpt, tmp_path):
     assert not list(tmp_path.glob(".export*"))
 
 
+@pytest.mark.slow
 def test_the_fallback_commit_without_an_atomic_swap(ckpt, tmp_path, monkeypatch):
     from leak_lightning import export as export_module
 
@@ -138,7 +139,7 @@ def test_a_disk_too_small_is_one_line_before_exporting(ckpt, mount, capsys):
     assert "not enough free space" in line and listing(point) == []
 
 
-@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+@pytest.mark.parametrize("fmt", ["torchscript", pytest.param("onnx", marks=pytest.mark.slow)])
 def test_a_disk_that_fills_while_exporting_keeps_the_old_set(ckpt, mount, capsys, monkeypatch, fmt):
     from leak_lightning import export as export_module
 

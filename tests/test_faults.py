@@ -284,6 +284,7 @@ def test_a_killed_ddp_rank_is_one_line_with_the_resume_command(small_h5, tmp_pat
     assert checkpoint_problem(tmp_path / "checkpoints" / "last.ckpt") is None
 
 
+@pytest.mark.slow
 def test_a_model_option_the_checkpoint_overrides_is_named(small_h5, tmp_path, capsys):
     args = ["fit", "--config", str(REPO / "configs/demo.yaml"), *data_args(small_h5), "--trainer.default_root_dir",
             str(tmp_path), "--trainer.max_steps", "2", "--console.log_file", "null"]

@@ -214,6 +214,7 @@ def test_tensorboard_by_default_with_step_loss_lr_and_hp_metric(small_h5, tmp_pa
     assert "val/file_leak_f1" in scalars
 
 
+@pytest.mark.slow
 def test_other_loggers_default_to_the_run_directory(small_h5, tmp_path):
     main(["fit", "--config", str(REPO / "configs/demo.yaml"), *data_args(small_h5), "--trainer.default_root_dir",
           str(tmp_path), "--trainer.max_steps", "3", "--trainer.logger", "CSVLogger",

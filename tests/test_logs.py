@@ -133,6 +133,7 @@ def test_bytes_human(n, text):
     assert bytes_human(n) == text
 
 
+@pytest.mark.slow
 def test_bad_log_level_env_is_one_clear_line(small_h5, tmp_path, run_cli, monkeypatch):
     monkeypatch.setenv("TRAINER_LOG_LEVEL", "CHATTY")
     r = run_cli("fit", "--config", REPO / "configs/demo.yaml", *data_args(small_h5),
