@@ -29,7 +29,10 @@ model scores every recording once; then, per draw, n labelled recordings (n = 10
 them leaks, at least 3) adapt its decision rule exactly as `adapt` does (leak_lightning.adapt.refit_rule:
 cross-validated, the base rule kept unless adapting is better), and the leak F1 of the base rule and of the
 adapted one are measured on the site's other recordings. The table gives medians over training seeds
-and draws, with their range.
+and draws, with their range. Also printed: `adapt --unlabelled` then `adapt`; with `--finetune-steps N`,
+`adapt --finetune_steps N` at the sizes of `--finetune-labelled`; and the ceiling of any threshold (the
+best F1 of one picked on all the site's recordings with their labels), with the base network and after
+`adapt --unlabelled`.
 """
 
 from __future__ import annotations
