@@ -101,7 +101,8 @@ def _resolve(owner: str):
 
         obj = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False).fit_loop.epoch_loop
-        assert isinstance(obj, getattr(importlib.import_module(module), cls))
+        if not isinstance(obj, getattr(importlib.import_module(module), cls)):  # another class now: listed as gone
+            raise AttributeError(f"trainer.fit_loop.epoch_loop is a {type(obj).__name__}, not a {cls}")
     return obj
 
 
