@@ -245,9 +245,8 @@ def sites(work: Path, args) -> None:
                         rescore, base_head = finetuned(det.model, picked, args.finetune_steps, draw)
                         rule, _, _, kept, _ = refit_rule([r.windows for r in picked], truth[pick], det.model.decision,
                                                          min(5, want_leaks, n - want_leaks), draw, "keep", rescore)
-                        if kept:
-                            det.model.net.head.load_state_dict(base_head)
-                        rest_ft = [leak_windows_of(det.model, r.segments) for r, h in zip(recs, held) if h]
+                        rest_ft = ([w for w, h in zip(windows, held) if h] if kept  # the base head: its scores
+                                   else [leak_windows_of(det.model, r.segments) for r, h in zip(recs, held) if h])
                         det.model.net.head.load_state_dict(base_head)
                         site.setdefault(f"{n}: fine-tuned", []).append(_f1(rule.decide(rest_ft), truth[held]))
             print(f"  {name} (training seed {train_seed}): {len(windows)} recordings scored", file=sys.stderr,
