@@ -12,9 +12,17 @@ from leak_lightning.callbacks.interrupt import GracefulInterrupt
 from leak_lightning.checkpoint_io import AtomicCheckpointIO
 
 
+def _announce(ready: str) -> None:
+    """Write our pid to `ready` in one step: the test polls for the file and reads it at once, so it
+    must never see the file created but still empty (a rename is atomic; write_text is not)."""
+    tmp = Path(f"{ready}.{os.getpid()}.tmp")
+    tmp.write_text(str(os.getpid()))
+    os.replace(tmp, ready)
+
+
 def _announce_and_wait(trainer: L.Trainer, ready: str, timeout: float = 60.0) -> None:
     """Tell the test we are at the chosen point, then hold there until its real signal arrives."""
-    Path(ready).write_text(str(os.getpid()))
+    _announce(ready)
     guard = next(cb for cb in trainer.callbacks if isinstance(cb, GracefulInterrupt))
     deadline = time.monotonic() + timeout
     while guard.received is None and time.monotonic() < deadline:
@@ -72,7 +80,7 @@ class _SlowFile:
         self.written += n
         if self.ready and self.written > 1024:
             self.f.flush()
-            Path(self.ready).write_text(str(os.getpid()))
+            _announce(self.ready)
             time.sleep(60)  # the test SIGKILLs us here, mid-write
         return n
 
@@ -123,7 +131,7 @@ def run_paused_build(ready: str, argv: list[str], nth: int = 2) -> None:
     def paused(self, *args, **kwargs):
         calls.append(1)
         if len(calls) == nth:
-            Path(ready).write_text(str(os.getpid()))
+            _announce(ready)
             go, deadline = Path(f"{ready}.go"), time.monotonic() + 120
             while not go.exists() and time.monotonic() < deadline:
                 time.sleep(0.01)  # a SIGINT/SIGTERM interrupts the sleep: the build unwinds from here
@@ -135,7 +143,7 @@ def run_paused_build(ready: str, argv: list[str], nth: int = 2) -> None:
 
 
 def _hold(ready: str) -> None:
-    Path(ready).write_text(str(os.getpid()))
+    _announce(ready)
     time.sleep(120)  # the test SIGKILLs us here
 
 
