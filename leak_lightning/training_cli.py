@@ -52,7 +52,8 @@ class LeakCLI(LightningCLI):
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
         if subcommand == "predict":
             parser.add_argument("--output", type=str | None, default=None,
-                                help="the predictions CSV (default: <run dir>/predictions.csv)")
+                                help="the predictions CSV (default: <run dir>/predictions.csv; for a site's checkpoint "
+                                     "<run dir>/sites/<site>_predictions.csv)")
         if subcommand in ("validate", "test"):  # our results table says it; Lightning's would repeat it
             parser.set_defaults(verbose=False)
         return parser
@@ -123,6 +124,10 @@ class LeakCLI(LightningCLI):
         if sub == "predict":
             if cfg.get("output"):
                 cfg["predictions"]["output"] = cfg["output"]
+            elif not cfg["predictions"]["output"] and cfg.get("ckpt_path"):
+                ckpt = Path(cfg["ckpt_path"])  # a site's answers never replace the base model's predictions.csv
+                if ckpt.parent.name == "sites" and ckpt.parent.parent == Path(root):
+                    cfg["predictions"]["output"] = str(ckpt.with_name(f"{ckpt.stem}_predictions.csv"))
             # the CSV's place is checked before any recording is scored, so no scoring is thrown away
             check_writable_file(Path(cfg["predictions"]["output"] or Path(root) / "predictions.csv"), "--output")
             if cfg["trainer"].get("logger") in (None, True):  # predict logs no metric: no empty lightning_logs/

@@ -256,7 +256,7 @@ def test_norms_average_equal_batches(trained_run, site):
     assert float(det.model.net.norm.running_mean) == pytest.approx(float(x.mean()), rel=1e-6, abs=1e-6)
 
 
-def test_a_site_checkpoint_predicts_into_its_run_directory(trained_run, site, tmp_path):
+def test_a_site_checkpoint_predicts_beside_itself_not_over_the_base_predictions(trained_run, site, tmp_path):
     import shutil
 
     from leak_lightning.cli import main
@@ -265,8 +265,12 @@ def test_a_site_checkpoint_predicts_into_its_run_directory(trained_run, site, tm
     shutil.copytree(trained_run / "checkpoints", run / "checkpoints")
     adapt.adapt_checkpoint(str(run / "checkpoints/best.ckpt"), str(site), "north", folds=3)
     assert (run / "sites" / "north.ckpt").is_file()  # the default place
+    (run / "predictions.csv").write_text("the base model's answers\n")
     main(["predict", "--ckpt_path", str(run / "sites" / "north.ckpt"), "--data.predict_path", str(site / "LEAK")])
-    assert (run / "predictions.csv").is_file() and (run / "predictions_sensors.csv").is_file()
+    assert (run / "predictions.csv").read_text() == "the base model's answers\n"
+    rows = (run / "sites" / "north_predictions.csv").read_text().splitlines()
+    assert len(rows) == 1 + len(list((site / "LEAK").glob("*.wav")))  # a header and one row a recording
+    assert (run / "sites" / "north_predictions_sensors.csv").is_file()
 
 
 def test_a_sites_segments_are_the_ones_the_builder_stores(small_h5, trained_run):
