@@ -268,6 +268,8 @@ def adapt_checkpoint(ckpt_path: str, input: str, site: str, output: str | None =
         site_info, report = _unlabelled(det, Path(input))
     else:
         site_info, report = _labelled(det, Path(input), contract, folds, seed, finetune_steps)
+        reused = _fitted_on_before(ckpt[SECTION].get("site"), site_info["digests"])
+        site_info["reused_from_base_site"] = report["reused_from_base_site"] = reused
     adapted = copy.deepcopy(ckpt)
     adapted["hyper_parameters"] = current_hparams(adapted.get("hyper_parameters") or {})
     migrate_state(adapted)
@@ -293,6 +295,21 @@ def adapt_checkpoint(ckpt_path: str, input: str, site: str, output: str | None =
     kept = " (the base rule and weights kept: adapting was no better)" if report.get("kept_base_rule") else ""
     log.info("checkpoint for site %s: %s%s (report %s)", site, out, kept, report_path, extra={"colour": "success"})
     return report
+
+
+def _fitted_on_before(base_site: dict | None, digests: list[str]) -> int:
+    """How many of these recordings the base checkpoint's own labelled adaptation was fitted on (0 for a
+    checkpoint from `fit`, or one adapted without labels). Its rule is then scored on recordings it was
+    fitted on: its 'before' figures are not held out, and they favour keeping it."""
+    if not base_site or base_site.get("unlabelled"):
+        return 0
+    reused = len(set(digests) & set(base_site.get("digests", [])))
+    if reused:
+        log.warning("%d of these %d recordings are ones the base checkpoint was already adapted on (site %r): "
+                    "its rule's figures on them are not held out and favour keeping it; for a fair comparison "
+                    "adapt its own base checkpoint (%s) instead", reused, len(digests), base_site.get("name"),
+                    base_site.get("base_checkpoint", {}).get("path", "named in its site record"))
+    return reused
 
 
 def _scored(det, paths: list[tuple[Path, str]]):

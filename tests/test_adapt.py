@@ -86,6 +86,37 @@ def test_adapt_writes_a_checkpoint_for_the_site(trained_run, site, tmp_path, cap
         assert threshold == pytest.approx(float(rule.threshold))
 
 
+def test_adapting_again_on_the_recordings_a_site_checkpoint_was_fitted_on_is_said(trained_run, site, tmp_path,
+                                                                                  ll_records):
+    """An adapted checkpoint's rule scored on its own fitting recordings is not a held-out 'before': counted, said."""
+    import shutil
+
+    base = trained_run / "checkpoints" / "best.ckpt"
+    first = adapt.adapt_checkpoint(str(base), str(site), "north", output=str(tmp_path / "n.ckpt"), folds=3)
+    assert first["reused_from_base_site"] == 0  # fit's checkpoint was fitted on no site recording
+    half = tmp_path / "half"  # 5 of the 12 recordings again (3 leaks, 2 others), 3 the first one never heard
+    for label, take in (("LEAK", 3), ("NORMAL", 2)):
+        (half / label).mkdir(parents=True)
+        for p in sorted((site / label).glob("*.wav"))[:take]:
+            shutil.copy2(p, half / label / p.name)
+    unheard = tmp_path / "unheard"
+    make_dataset(unheard, layout="pool", labels=("BACKGROUND",), files_per_label=3, sensors_per_label=1, seed=77)
+    shutil.copytree(unheard / "BACKGROUND", half / "BACKGROUND")
+    ll_records.clear()
+    again = adapt.adapt_checkpoint(str(tmp_path / "n.ckpt"), str(half), "north-2", output=str(tmp_path / "n2.ckpt"),
+                                   folds=3)
+    assert again["reused_from_base_site"] == 5
+    ckpt, _ = read_checkpoint(tmp_path / "n2.ckpt")
+    assert ckpt["leak_lightning"]["site"]["reused_from_base_site"] == 5
+    said = [r.getMessage() for r in ll_records if "already adapted on" in r.getMessage()]
+    assert len(said) == 1 and "5 of these 8 recordings" in said[0] and "'north'" in said[0]
+    assert str(base) in said[0]  # the checkpoint to adapt instead
+    # a checkpoint adapted without labels fitted no rule on them: nothing to say
+    adapt.adapt_checkpoint(str(base), str(site), "quiet", output=str(tmp_path / "q.ckpt"), unlabelled=True)
+    assert adapt.adapt_checkpoint(str(tmp_path / "q.ckpt"), str(site), "q2", output=str(tmp_path / "q2.ckpt"),
+                                  folds=3)["reused_from_base_site"] == 0
+
+
 def test_a_worse_adaptation_keeps_the_base_rule(trained_run, site, tmp_path, monkeypatch, ll_records):
     base = trained_run / "checkpoints" / "best.ckpt"
     monkeypatch.setattr(adapt, "cross_validated", lambda w, truth, fold, make, rescore=None: torch.zeros_like(truth))
