@@ -3,14 +3,21 @@ one found to resume from. Below callbacks/, export, predict and the CLI, which a
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
+import pickle
+import pickletools
+import re
 import shutil
 import time
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO  # listed in lightning_private.py
 
@@ -50,13 +57,90 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise ValueError(f"cannot save checkpoint {path} ({reason}); the checkpoints already in {path.parent} "
                              f"are intact: free some space, then resume with: {resume_command()}") from err
 
+    def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict[str, Any]:
+        """Lightning's own reads (fit's resume, validate/test/predict --ckpt_path) through the project's one:
+        the safe unpickler whatever `weights_only` says, and a refused file is one line naming it."""
+        return read_checkpoint(path)[0]
+
+
+# Beyond tensors and plain values, checkpoints of earlier versions hold numpy arrays: the Ctrl-C callback kept
+# numpy's RNG state as one until 53b6c01. Rebuilding an array runs nothing; numpy 1 and 2 name its reconstructor
+# differently, so both names are allowed (the function itself found through the public __reduce__).
+_RECONSTRUCT = np.zeros(0).__reduce__()[0]
+EARLIER_TYPES = (np.ndarray, np.dtype, type(np.dtype(np.uint32)),  # the state's keys: a uint32 array
+                 (_RECONSTRUCT, "numpy.core.multiarray._reconstruct"),
+                 (_RECONSTRUCT, "numpy._core.multiarray._reconstruct"))
+_DATA_NAMES = {"collections.OrderedDict", "_codecs.encode",  # the latter: bytes under pickle protocol 2
+               "numpy.ndarray", "numpy.dtype", f"numpy.dtypes.{type(np.dtype(np.uint32)).__name__}",
+               "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct"}
+DATA_NOT_CODE = "a checkpoint is data, never code, and nothing from it ran"
+
+
+@contextlib.contextmanager
+def safe_unpickling():
+    """EARLIER_TYPES allowed in torch's safe unpickler for the `with` block only (never `add_safe_globals`: code
+    that imports this package keeps torch's own rules)."""
+    with torch.serialization.safe_globals(list(EARLIER_TYPES)), warnings.catch_warnings():
+        # torch warns of a pickle protocol its safe unpickler does not read, then refuses the file: said once
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        yield
+
+
+def load_problem(err: Exception, path: Path | None = None) -> str:
+    """Why a checkpoint could not be read, in one line; what the safe unpickler refused is named."""
+    text = str(err)
+    if isinstance(err, pickle.UnpicklingError):
+        # the refused type travels only in the message's words (listed in lightning_private.py); torch's
+        # advice around it (weights_only=False) is left out
+        found = re.search(r"GLOBAL (\S+)", text)
+        if named := [found[1]] if found else (_foreign_globals(path) if path else []):
+            return f"it holds {', '.join(named)}, which the safe unpickler refuses: {DATA_NOT_CODE}"
+        detail = " ".join(text.partition("WeightsUnpickler error:")[2].partition("Check the documentation")[0].split())
+        return f"not data the safe unpickler reads ({detail or 'unreadable'})"
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else 'unreadable'}"
+
+
+_PUSH_STR = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
+_NO_PUSH = {"MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "FRAME", "PROTO"}
+
+
+def _foreign_globals(path: Path) -> list[str]:
+    """The globals outside torch that a zip checkpoint's pickle names, read opcode by opcode (nothing is built).
+
+    For a file torch's unpickler stops at before naming one (a pickle protocol it does not read)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            data = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+        named, pushed, memo = [], [None, None], {}
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                named.append(arg.replace(" ", "."))
+            elif op.name == "STACK_GLOBAL":  # its module and name are the two strings pushed just before
+                named.append(f"{pushed[-2]}.{pushed[-1]}")
+            if op.name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
+                memo[len(memo) if op.name == "MEMOIZE" else arg] = pushed[-1]
+            elif op.name not in _NO_PUSH:
+                pushed.append(arg if op.name in _PUSH_STR else memo.get(arg) if "GET" in op.name else None)
+    except (OSError, ValueError, zipfile.BadZipFile, StopIteration):  # not a zip, no pickle, a damaged one
+        return []
+    return sorted({n for n in named if not _tensor_machinery(n)})
+
+
+def _tensor_machinery(name: str) -> bool:
+    """A global that data names: torch's tensor rebuilders, storages and dtypes, and _DATA_NAMES."""
+    module, _, attr = name.rpartition(".")
+    return (module == "torch._utils" or name in _DATA_NAMES
+            or module == "torch" and (attr.endswith("Storage") or isinstance(getattr(torch, attr, None), torch.dtype)))
+
 
 def load_checkpoint(path: Path) -> dict | str:
-    """The checkpoint at `path`, or why it cannot be used (one line)."""
+    """The checkpoint at `path` read by torch's safe unpickler (never `weights_only=False`), or why it cannot be
+    used (one line). Every read of a checkpoint comes here, Lightning's own through AtomicCheckpointIO."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # truncated zip, unpickling error, empty file, not a checkpoint at all...
-        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}"
+        with safe_unpickling():
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, refused type, empty file, not a checkpoint at all...
+        return load_problem(err, path)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "loops" not in ckpt:
         return "not a complete Lightning training checkpoint"
     return ckpt
@@ -69,9 +153,51 @@ def read_checkpoint(path: str | Path, flag: str = "--ckpt_path"):
         raise FileNotFoundError(f"{flag} {path}: no such checkpoint file")
     ckpt = load_checkpoint(path)
     if isinstance(ckpt, str):
-        raise ValueError(f"{flag} {path}: not a usable checkpoint ({ckpt}); pick one written by "
-                         "`python -m leak_lightning fit`")
+        raise unusable(f"{flag} {path}", ckpt)
+    if named := foreign_code(ckpt.get("hyper_parameters")):
+        raise unusable(f"{flag} {path}", f"its hyper-parameters name {', '.join(named)} to import and call, outside "
+                       f"{', '.join(TRUSTED_ROOTS)}: {DATA_NOT_CODE}; if you trust that code, name its package in "
+                       f"{TRUSTED_ENV}")
     return ckpt, ModelContract.from_checkpoint(ckpt, path)
+
+
+# A checkpoint's hyper-parameters name the classes that rebuild its model (`class_path`, and Lightning's
+# `_instantiator`): strings the safe unpickler passes, which the CLI and `for_inference` then import and call.
+# Only these packages are imported on a checkpoint's word; a user's own network package is trusted by name.
+TRUSTED_ROOTS = ("leak_lightning", "torch", "lightning")
+TRUSTED_ENV = "LEAK_LIGHTNING_TRUSTED_PACKAGES"
+LIGHTNING_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
+_CALLABLE_SLOTS = ("net", "optimizer", "scheduler")  # jsonargparse also takes a bare import path there
+
+
+def foreign_code(hparams) -> list[str]:
+    """The import paths in a checkpoint's hyper-parameters outside the trusted packages (sorted, unique)."""
+    trusted = {*TRUSTED_ROOTS, *filter(None, os.environ.get(TRUSTED_ENV, "").replace(",", " ").split())}
+    named: list[str] = []
+
+    def visit(value) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if k == "class_path" or (k in _CALLABLE_SLOTS and isinstance(v, str)):
+                    named.append(str(v))
+                else:
+                    visit(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                visit(v)
+
+    hparams = hparams if isinstance(hparams, dict) else {}
+    visit({k: v for k, v in hparams.items() if k != "_instantiator"})
+    # the instantiator is called with (class, arguments): only Lightning's own, never another function
+    instantiator = hparams.get("_instantiator", LIGHTNING_INSTANTIATOR)
+    named += [str(instantiator)] if instantiator != LIGHTNING_INSTANTIATOR else []
+    return sorted({n for n in named if n.split(".", 1)[0] not in trusted or n == instantiator})
+
+
+def unusable(where: str, problem: str) -> ValueError:
+    """The one-line error for a checkpoint that cannot be used, and the fix."""
+    return ValueError(f"{where}: not a usable checkpoint ({problem}); pick one written by "
+                      "`python -m leak_lightning fit` or `adapt`")
 
 
 def checkpoint_problem(path: Path) -> str | None:

@@ -83,7 +83,9 @@ LOOP_KEYS: tuple[str, ...] = (
 # - jsonargparse's parse error spreads over lines; its "Given value:" line is appended to the first
 #   (cli._one_line);
 # - warning filters match the text of Lightning's and torch's warnings, which carry no category of
-#   their own (logs.quiet_lightning, module.py).
+#   their own (logs.quiet_lightning, module.py, checkpoint_io.load_checkpoint);
+# - torch's safe unpickler names the global it refused ("GLOBAL os.system ...") only in its UnpicklingError's
+#   text, among advice to load with weights_only=False that the line leaves out (checkpoint_io.load_problem).
 
 
 def _resolve(owner: str):

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import pickle
 import warnings
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
@@ -20,7 +23,7 @@ from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MultilabelAUROC, MultilabelAveragePrecision, MultilabelF1Score
 
-from .checkpoint_io import current_hparams, migrate_state
+from .checkpoint_io import current_hparams, load_problem, migrate_state, safe_unpickling, unusable
 from .contract import SECTION, ModelContract, binding_digest
 from .evaluation import DEFAULT_GRID, FileScores, expected_calibration_error, file_metrics, score_files
 from .features import FeatureConfig, LogMelFrontend
@@ -336,6 +339,19 @@ class LeakClassifier(L.LightningModule):
                         limit, self.trainer.fast_dev_run, scores.partial)
 
     # ---- the checkpoint owns its classes, leak class, frontend and threshold -------------------
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None,
+                             weights_only: bool | None = None, **kwargs) -> LeakClassifier:
+        """Lightning's loader with torch's safe unpickler only, as every read of a checkpoint here
+        (checkpoint_io.load_checkpoint): `weights_only=False` is not honoured; a refused file is one line."""
+        try:
+            with safe_unpickling():
+                return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict,
+                                                    weights_only=True, **kwargs)
+        except pickle.UnpicklingError as err:
+            path = Path(checkpoint_path) if isinstance(checkpoint_path, (str, os.PathLike)) else None
+            raise unusable(str(checkpoint_path), load_problem(err, path)) from None
+
     @classmethod
     def for_inference(cls, ckpt: dict, device: torch.device) -> LeakClassifier:
         """An eval-mode, uncompiled model from a checkpoint already read (`checkpoint_io.read_checkpoint`):
