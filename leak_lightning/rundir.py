@@ -18,12 +18,18 @@ def checkpoint_dir(root: str | Path | None) -> Path:
 
 def check_writable(root: str | Path | None) -> None:
     """The run directory must be creatable and writable before anything runs in it."""
+    import tempfile
+
+    from .fileio import TMP_MARK
+
     folder = Path(root or DEFAULT_RUN_DIR)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        # mkstemp: O_EXCL at a random name, so nothing planted in a shared folder is written through;
+        # the mark lets a killed process's probe be swept like any temporary
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".write-test{TMP_MARK}{os.getpid()}-")
+        os.close(fd)
+        os.unlink(probe)
     except OSError as err:
         raise ValueError(f"--trainer.default_root_dir {folder}: cannot write there ({err.strerror or err}); "
                          "choose a writable folder") from None
@@ -62,7 +68,7 @@ class FolderLock:
             raise ValueError(f"{self.folder} is in use by {_holder(self.path)}: wait for it to finish, or use "
                              f"another {self.what}") from None
         holder = _who(command_line())
-        os.ftruncate(fd, 0)
+        os.ftruncate(fd, 0)  # only now: _flock_at checked the file is a plain file of ours
         os.pwrite(fd, json.dumps(holder).encode(), 0)
         self._fd = fd
         FolderLock.held.append(self)
@@ -70,7 +76,7 @@ class FolderLock:
 
     def release(self) -> None:
         if self._fd is not None:
-            self.path.unlink(missing_ok=True)  # while still held: a waiting process then re-opens a new file
+            _unlink_if_same(self.path, self._fd)  # while still held: a waiting process then re-opens a new file
             os.close(self._fd)  # closing the descriptor drops the flock
             self._fd = None
             FolderLock.held.remove(self)
@@ -101,6 +107,7 @@ class DataLock:
         self.path = self.folder / self.NAME
         self.note = self.folder / f".reader.tmp-{os.getpid()}"
         self._fd: int | None = None
+        self._note_fd: int | None = None  # kept open: release removes the note only if it is still this one
 
     def _open_locked(self, mode: int) -> int | None:
         """A descriptor holding `mode` (BlockingIOError when another holds the other kind), or None where the
@@ -125,10 +132,24 @@ class DataLock:
             from .fileio import remove_stale_temporaries
 
             remove_stale_temporaries(self.folder)  # notes (and temporaries) of processes that were killed
-            with contextlib.suppress(OSError):  # the folder's identity: a note copied with the folder is not ours
-                self.note.write_text(json.dumps({**_who(command), "folder": self._folder_id()}))
             DataLock.held.append(self)
+            try:
+                self._write_note(json.dumps({**_who(command), "folder": self._folder_id()}))
+            except BaseException:  # someone else's file at our note's name: refused, and nothing held
+                self.release()
+                raise
         return self
+
+    def _write_note(self, text: str) -> None:
+        """The note (the folder's identity inside: a note copied with the folder is not ours); a folder we
+        cannot write goes without one."""
+        from .fileio import open_own
+
+        with contextlib.suppress(OSError):
+            fd = open_own(self.note, os.O_WRONLY | os.O_CREAT)
+            self._note_fd = fd
+            os.ftruncate(fd, 0)
+            os.write(fd, text.encode())
 
     def _folder_id(self) -> list[int]:
         st = os.stat(self.folder)
@@ -143,7 +164,7 @@ class DataLock:
         found = []
         for note in sorted(self.folder.glob(".reader.tmp-*")):
             try:
-                h = json.loads(note.read_text())
+                h = json.loads(_read_plain(note))
             except (OSError, ValueError):
                 continue
             pid = h.get("pid") if isinstance(h, dict) else None
@@ -170,10 +191,13 @@ class DataLock:
 
         if self._fd is None:
             return
-        self.note.unlink(missing_ok=True)
+        if self._note_fd is not None:
+            _unlink_if_same(self.note, self._note_fd)
+            os.close(self._note_fd)
+            self._note_fd = None
         try:  # the last one out (no other holder: the upgrade succeeds) removes the file
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            self.path.unlink(missing_ok=True)
+            _unlink_if_same(self.path, self._fd)
         except BlockingIOError:
             pass
         os.close(self._fd)
@@ -190,12 +214,15 @@ def _flock_at(path: Path, mode: int) -> int:
     """An open descriptor on `path` holding flock `mode`, without waiting (BlockingIOError when held).
 
     A holder removes the file as it releases: a lock taken on the removed file between our open and
-    our flock guards nothing, so the one at the path is taken again.
+    our flock guards nothing, so the one at the path is taken again. The lock file is never reached through
+    a link, and must be a plain file of ours (the folder may be shared): ValueError naming it otherwise.
     """
     import fcntl
 
+    from .fileio import open_own
+
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_own(path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, mode | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -209,6 +236,25 @@ def _flock_at(path: Path, mode: int) -> int:
         if current is not None and (current.st_ino, current.st_dev) == (mine.st_ino, mine.st_dev):
             return fd
         os.close(fd)
+
+
+def _unlink_if_same(path: Path, fd: int) -> None:
+    """Remove `path` only while it still names our open file: someone may have renamed theirs over it."""
+    from .fileio import same_file
+
+    if same_file(path, fd):
+        path.unlink(missing_ok=True)
+
+
+def _read_plain(path: Path) -> str:
+    """A note's text, never through a link nor from a FIFO someone planted (which would hang a plain read)."""
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, encoding="utf-8") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a plain file")
+        return f.read()
 
 
 def command_line() -> str:
@@ -230,7 +276,7 @@ def _holder(note: Path) -> str:
     import json
 
     try:
-        h = json.loads(note.read_text())
+        h = json.loads(_read_plain(note))
         return f"PID {h['pid']} on {h['host']} since {h['started']} ({h['command']})"
     except (OSError, ValueError, KeyError, TypeError):
         return "another process"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import weakref
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from ..data import schema
 from ..features import FeatureConfig
-from ..fileio import fsync_dir, temp_sibling, write_atomic
+from ..fileio import check_output_name, fsync_dir, make_private, remove_private, write_atomic
 
 UNCLOSED: list[Path] = []  # temporaries HDF5 could not close (see SplitWriter.discard)
 
@@ -24,17 +25,26 @@ class SplitWriter:
     Segments and labels carry HDF5 fletcher32 checksums on every chunk: HDF5 verifies them on each
     read, so a flipped byte on disk or in a copy is an error, not a silent wrong feature or label.
     (Variable-length strings cannot take filters; paths and sensor ids are not checksummed.)
+
+    The temporary file lives in a private folder beside the target (see fileio.private_folder): an
+    output folder shared with other users cannot have a link planted at its name. The folder goes
+    when the file is published or discarded, or when the writer is dropped without either (an
+    interrupt before its caller held it).
     """
 
     def __init__(self, final_path: Path, cfg: FeatureConfig, labels: list[str],
                  extra_attrs: dict | None = None) -> None:
         self.final_path = Path(final_path)
-        self.tmp_path = temp_sibling(self.final_path)
+        check_output_name(self.final_path)
         self.rows = 0
         self.label_counts = np.zeros(len(labels), dtype=np.int64)
         self._labels = labels
-        self._h5 = h5py.File(self.tmp_path, "w")
+        self._h5: h5py.File | None = None
+        folder, ident = make_private(self.final_path)
+        self.tmp_path = folder / self.final_path.name
+        self._remove_folder = weakref.finalize(self, remove_private, folder, ident)
         try:
+            self._h5 = h5py.File(self.tmp_path, "w-")  # O_EXCL: never through a link, even in our folder
             self._create(cfg, labels, extra_attrs or {})
         except BaseException:  # an interrupt here must not leave the temporary file behind
             self.discard()
@@ -128,13 +138,21 @@ class SplitWriter:
         self._h5.attrs[schema.ATTR_LABEL_COUNTS] = json.dumps(self.counts())
         self._h5.flush()
         self._h5.close()
-        with open(self.tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
+        fd = os.open(self.tmp_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def place(self) -> None:
+        """Rename the finished file onto its target and remove the private folder."""
+        os.replace(self.tmp_path, self.final_path)
+        self._remove_folder()
 
     def commit(self) -> Path:
         """A standalone file (benchmarks, tests): finish it without a build id and move it into place."""
         self.finish(None)
-        os.replace(self.tmp_path, self.final_path)
+        self.place()
         return self.final_path
 
     def counts(self) -> dict[str, int]:
@@ -155,13 +173,15 @@ class SplitWriter:
             pass
         for _ in range(2):
             try:
-                self._h5.close()
+                if self._h5 is not None:
+                    self._h5.close()
                 break
             except Exception:
                 continue
         else:
             UNCLOSED.append(self.tmp_path)
         self.tmp_path.unlink(missing_ok=True)
+        self._remove_folder()
 
 
 def write_reports(folder: Path, skipped: list[dict], flagged: list[dict]) -> None:
@@ -178,7 +198,7 @@ def publish(writers: list[SplitWriter], folder: Path, manifest: dict) -> None:
     refused as mixed, never one that trains.
     """
     for writer in writers:
-        os.replace(writer.tmp_path, writer.final_path)
+        writer.place()
     fsync_dir(folder)
     manifest["files"] = {w.final_path.name: {"bytes": w.final_path.stat().st_size, "rows": w.rows,
                                              "label_counts": w.counts()} for w in writers}

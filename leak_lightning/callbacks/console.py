@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from .. import __version__
+from ..fileio import open_own
 from ..logs import START, ElapsedTimeFormatter, bytes_human, seconds_since_process_start
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,9 @@ class ConsoleLogger(L.Callback):
         if self.log_file and self._handler is None:
             path = Path(trainer.default_root_dir) / self.log_file
             path.parent.mkdir(parents=True, exist_ok=True)
-            handler = logging.FileHandler(path)
+            # appended through our own plain file only: a link someone planted at the name is refused, not followed
+            stream = open(path, "a", encoding="utf-8", opener=lambda p, flags: open_own(Path(p), flags))
+            handler = logging.StreamHandler(stream)
             handler.setFormatter(JsonLinesFormatter(START) if self.json_lines else ElapsedTimeFormatter(False))
             logging.getLogger("leak_lightning").addHandler(handler)
             self._handler = handler
@@ -79,6 +82,7 @@ class ConsoleLogger(L.Callback):
         if self._handler is not None:
             logging.getLogger("leak_lightning").removeHandler(self._handler)
             self._handler.close()
+            self._handler.stream.close()  # a StreamHandler leaves its stream open
             self._handler = None
 
     def _banner(self, trainer: L.Trainer, module, stage: str) -> None:
