@@ -244,11 +244,13 @@ def test_a_conflict_inside_one_shard_is_reported_once():
 
 
 @pytest.mark.parametrize("env, expected", [
-    ({"RANK": "2", "WORLD_SIZE": "4"}, (2, 4)),  # torchrun
+    ({"RANK": "2", "WORLD_SIZE": "4", "TORCHELASTIC_RUN_ID": "r1"}, (2, 4)),  # torchrun
+    ({"RANK": "2", "WORLD_SIZE": "4"}, None),  # not started by torchrun: the variables alone are not a launch
     ({"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "5", "SLURM_ARRAY_TASK_COUNT": "3"}, (2, 3)),
     ({"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_STEP": "2",
       "SLURM_ARRAY_TASK_COUNT": "3"}, (2, 3)),
-    ({"SLURM_PROCID": "1", "SLURM_NTASKS": "2"}, (1, 2)),
+    ({"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "2"}, (1, 2)),
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "4"}, None),  # a plain line of a batch script: no srun step
     ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, None),  # one task: one process
     ({"RANK": "0", "WORLD_SIZE": "1"}, None),
     ({}, None),

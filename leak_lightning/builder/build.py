@@ -19,16 +19,21 @@ from tqdm import tqdm
 from ..audio.scan import printable
 from ..data import schema
 from ..features import FeatureConfig
-from ..fileio import remove_stale_temporaries, temp_sibling
+from ..fileio import remove_stale_temporaries
 from ..rundir import DataLock, FolderLock
 from .discover import SPLITS, discover, label_mapping
 from .pipeline import BatchBuilder, SplitResult
 from .shards import (
     Shard,
+    claim,
     corpus_id,
+    disagreement,
     events_of,
     finished_record,
+    pending,
     record_path,
+    recordings,
+    remove_shards,
     shard_folder,
     shard_paths,
     try_join,
@@ -101,15 +106,19 @@ def build_dataset(
             "first" keeps each only in its first split (TRAINING, VALIDATION, TESTING). Copies within a
             split are skipped; the same audio under two labels is skipped in both places.
         num_shards: build over this many workers, each building its share (its shard) of the corpus; the last
-            to finish joins the shards into the three splits. Under torchrun or a SLURM array it and shard_index
-            are read from the launcher's environment. The output must be a folder every worker sees.
+            to finish joins the shards into the three splits. Under torchrun, an srun step or a SLURM array it
+            and shard_index are read from the launcher's environment (a plain line of a batch script builds the
+            whole corpus). The output must be a folder every worker sees; workers that derive different builds
+            (other recordings or options) stop with a line saying what differs.
         shard_index: which share this worker builds: 0 .. num_shards - 1.
         copy: when joining shards, copy their segments into the split files and remove the shards (default:
             the splits are HDF5 virtual datasets over <output>/shards/<build id>/, nothing copied).
     """
     t0 = time.perf_counter()
     output = Path(output)
-    targets = _check_outputs(output, overwrite)
+    shard = Shard.resolve(num_shards, shard_index)
+    if shard is None:  # a worker checks once it knows its build id: a requeued one may find that build published
+        targets = _check_outputs(output, overwrite)
     splits, unusable = discover(Path(input), tuple(split_ratios), seed)
     for entry in unusable:
         log.warning("skipped %s: %s", printable(entry.path), entry.reason)
@@ -118,12 +127,18 @@ def build_dataset(
         if not items:
             raise ValueError(f"{input}: split {split} received no files; add recordings/sensors "
                              f"or change --split_ratios {list(split_ratios)}")
-    build_id = corpus_id(splits, class_names, features, duplicates)
+    rows = recordings(splits)
+    build_id = corpus_id(splits, class_names, features, duplicates, rows)
     manifest = {"format_version": schema.FORMAT_VERSION, "build_id": build_id, "classes": list(class_names),
                 "features": json.loads(features.to_json())}
-    if (shard := Shard.resolve(num_shards, shard_index)) is not None:
+    if shard is not None:
+        if (done := _published(output, build_id, features, t0)) is not None:
+            return done
+        _check_outputs(output, overwrite)
+        derived = {"options": {**{k: v for k, v in manifest.items() if k != "build_id"}, "duplicates": duplicates,
+                               "seed": seed, "split_ratios": list(split_ratios)}, "recordings": rows}
         return _build_shard(output, shard, splits, unusable, input, features, class_names, manifest,
-                            (device, batch_size, num_workers, progress, duplicates), copy, t0)
+                            (device, batch_size, num_workers, progress, duplicates), copy, t0, derived)
     output.mkdir(parents=True, exist_ok=True)
     with FolderLock(output, "--output"), _building(output):  # two builds into one folder would mix their splits
         if stale := remove_stale_temporaries(output):
@@ -140,6 +155,7 @@ def build_dataset(
         skipped = _unusable_entries(unusable, input) + [s for r in results.values() for s in r.skipped]
         flagged = [s for r in results.values() for s in r.flagged]
         write_reports(output, skipped, flagged)
+        remove_shards(output)  # an earlier joined build's segments: nothing published refers to them now
     summary = _summary(targets, {s: r.files for s, r in results.items()}, features, skipped,
                        time.perf_counter() - t0, flagged)
     _log_summary(summary)
@@ -185,8 +201,27 @@ def _unusable_entries(unusable, input: Path) -> list[dict]:
             for e in unusable]
 
 
+def _published(output: Path, build_id: str, features: FeatureConfig, t0: float) -> BuildSummary | None:
+    """The summary of `build_id` when the output already holds it (a requeued or late worker), else None."""
+    try:
+        manifest = json.loads((output / schema.MANIFEST).read_text())
+        if manifest.get("build_id") != build_id:
+            return None
+        files = {s: manifest["files"][name]["rows"] for s, name in schema.SPLIT_FILES.items()}
+        joined = manifest.get("shards")
+        if joined and pending(output, build_id, int(joined["count"])):  # a damaged shard: built again
+            return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    log.info("build %s is already built and published in %s (its shards were joined by another worker, or one "
+             "process built it): nothing to do", build_id[:12], output / schema.MANIFEST)
+    return _summary({s: output / name for s, name in schema.SPLIT_FILES.items()}, files, features, [],
+                    time.perf_counter() - t0, [])
+
+
 def _build_shard(output: Path, shard: Shard, splits, unusable, input: Path, features: FeatureConfig,
-                 class_names: list[str], manifest: dict, options: tuple, copy: bool, t0: float) -> BuildSummary:
+                 class_names: list[str], manifest: dict, options: tuple, copy: bool, t0: float,
+                 derived: dict) -> BuildSummary:
     """This worker's share into <output>/shards/<build id>/, then the join if every shard is done."""
     device, batch_size, num_workers, progress, duplicates = options
     build_id = manifest["build_id"]
@@ -195,6 +230,9 @@ def _build_shard(output: Path, shard: Shard, splits, unusable, input: Path, feat
     folder.mkdir(parents=True, exist_ok=True)
     started = time.time()  # wall clock: the joined build's time runs from its first shard's start
     with FolderLock(folder, "--shard_index", name=f".lock-{shard.tag}"):  # one worker per shard
+        claim(output, build_id, shard, derived)  # before looking at the others: of two starting at once, one sees
+        if conflict := disagreement(output, build_id, shard, derived):  # the other's claim
+            raise ValueError(conflict)
         if finished_record(output, build_id, shard) is not None:  # checked under the lock: not built twice
             log.info("shard %d of %d of build %s is already built (%s): not built again", shard.index, shard.count,
                      build_id[:12], record_path(output, build_id, shard))
@@ -213,7 +251,7 @@ def _build_shard(output: Path, shard: Shard, splits, unusable, input: Path, feat
                     "skipped": unusable_here + [s for r in results.values() for s in r.skipped],
                     "flagged": [s for r in results.values() for s in r.flagged],
                     "events": events_of(events), "started": started, "finished": time.time()})))
-    joined = try_join(output, build_id, shard, manifest, duplicates, copy)
+    joined = try_join(output, build_id, shard, manifest, duplicates, copy, derived)
     targets = {s: output / name for s, name in schema.SPLIT_FILES.items()}
     if joined is None:
         record = finished_record(output, build_id, shard) or {"files": {s: {"rows": 0} for s in SPLITS}}
@@ -279,10 +317,8 @@ def _run_splits(splits, targets, cfg, class_names, dev, batch_size, workers, pro
     except BaseException:
         for writer in writers:
             writer.discard()
-        # an interrupt can land after a split's temporary was created and before its writer was
-        # known here (inside h5py's open, say): the temporaries' names are fixed, so remove them by name
-        for target in targets.values():
-            temp_sibling(target).unlink(missing_ok=True)
+        # a writer not yet known here (an interrupt inside h5py's open) removes its private folder itself
+        # (SplitWriter's finalizer); a name beside the target is never removed: it may be another user's link
         raise
     finally:
         builder.close()

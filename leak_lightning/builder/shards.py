@@ -10,18 +10,24 @@ their manifest, as a one-process build publishes them. By default a joined split
 over the shards' segments (nothing copied; its other columns are copied, being small); `copy=True` copies
 the segments and removes the shards.
 
-Launchers: `--num_shards N --shard_index I`, or torchrun (RANK, WORLD_SIZE), or a SLURM array
-(SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN of SLURM_ARRAY_TASK_COUNT), or SLURM tasks (SLURM_PROCID of
-SLURM_NTASKS). The output folder must be one every worker sees (a shared file system).
+Launchers: `--num_shards N --shard_index I`, or torchrun (RANK of WORLD_SIZE, with TORCHELASTIC_RUN_ID), or a
+SLURM array (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN of SLURM_ARRAY_TASK_COUNT), or the tasks of an srun step
+(SLURM_PROCID of SLURM_STEP_NUM_TASKS); a plain line of a batch script builds the whole corpus. The output folder
+must be one every worker sees (a shared file system). Each worker claims its shard when it starts; one that finds
+another unpublished build's claims (other recordings or options), or this build's under another shard count,
+stops with one line saying what differs, never waiting for shards that cannot come. A late or requeued worker
+whose build is already published has nothing to do.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
 import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -31,7 +37,7 @@ import h5py
 
 from ..data import schema
 from ..features import FeatureConfig
-from ..fileio import fsync_dir, write_atomic
+from ..fileio import fsync_dir, replacing, write_atomic
 from ..rundir import DataLock, FolderLock
 from .discover import SPLITS, WavItem
 from .pipeline import ContentIndex
@@ -58,56 +64,98 @@ class Shard:
 
     @classmethod
     def resolve(cls, num_shards: int | None, shard_index: int | None, env=os.environ) -> Shard | None:
-        """This process's shard from the options, else from the launcher's environment; None: one process."""
+        """This process's shard from the options, else from the launcher's environment; None: one process.
+        Either way the log says which, and why."""
         if num_shards is not None or shard_index is not None:
             if num_shards is None or shard_index is None:
                 raise ValueError("--num_shards and --shard_index go together (e.g. --num_shards 4 --shard_index 0 "
-                                 "... 3), or neither: under torchrun or a SLURM array they are read from there")
+                                 "... 3), or neither: under torchrun, an srun step or a SLURM array they are read "
+                                 "from there")
             source = "--num_shards/--shard_index"
             count, index = num_shards, shard_index
         else:
-            found = _from_env(env)
-            if found is None:
-                return None
-            source, count, index = found
+            source, count, index = launcher_shard(env)
         if count < 1:
             raise ValueError(f"{count} shards ({source}): there must be 1 or more")
         if not 0 <= index < count:
             raise ValueError(f"shard index {index} of {count} ({source}): the index must be 0 .. {count - 1}")
         if count == 1:
+            log.info("building the whole corpus in this process: %s", "--num_shards 1" if num_shards else source)
             return None
-        log.info("shard %d of %d (from %s)", index, count, source)
+        log.info("building shard %d of %d (from %s)", index, count, source)
         return cls(index, count)
 
 
-def _from_env(env) -> tuple[str, int, int] | None:
+def launcher_shard(env) -> tuple[str, int, int]:
+    """(why, shards, this process's index) from the environment a launcher set; 1 shard: the whole corpus.
+
+    Only a launcher that started several copies of this very command shards it: a SLURM array task, and within
+    one, torchrun or an srun step. Not Lightning's SLURMEnvironment/TorchElasticEnvironment detection: the
+    former keys on SLURM_NTASKS, which a batch script's own lines also see (with SLURM_PROCID=0) although
+    nothing started them several times, and the builder reads an injectable environment and no Lightning.
+    """
     def number(name: str) -> int | None:
         value = env.get(name, "")
         return int(value) if value.isdigit() else None
 
-    if (world := number("WORLD_SIZE")) and world > 1 and number("RANK") is not None:
-        return "torchrun's RANK/WORLD_SIZE", world, number("RANK")
-    if (count := number("SLURM_ARRAY_TASK_COUNT")) and number("SLURM_ARRAY_TASK_ID") is not None:
+    found = []
+    if (count := number("SLURM_ARRAY_TASK_COUNT")) and (task := number("SLURM_ARRAY_TASK_ID")) is not None:
         # a SLURM array with a step (--array=0-9:2) numbers its tasks 0, 2, 4...: index by position
         step = number("SLURM_ARRAY_TASK_STEP") or 1
-        first = number("SLURM_ARRAY_TASK_MIN") or 0
-        return "SLURM_ARRAY_TASK_ID", count, (number("SLURM_ARRAY_TASK_ID") - first) // step
-    if (tasks := number("SLURM_NTASKS")) and tasks > 1 and number("SLURM_PROCID") is not None:
-        return "SLURM_PROCID/SLURM_NTASKS", tasks, number("SLURM_PROCID")
-    return None
+        found.append((f"SLURM array task {task}", count, (task - (number("SLURM_ARRAY_TASK_MIN") or 0)) // step))
+    tasks, why_not = _step_tasks(env, number)
+    if tasks is not None:
+        found.append(tasks)
+    if not found:
+        return why_not, 1, 0
+    count, index = 1, 0
+    for _, n, i in found:  # an array task's share is split again over the tasks its step started
+        count, index = count * n, index * n + i
+    return " and ".join(source for source, _, _ in found), count, index
 
 
-def corpus_id(splits: dict[str, list[WavItem]], class_names: list[str], cfg: FeatureConfig,
-              duplicates: str) -> str:
-    """The build id: a digest of what a build is made of (each split's files with their label, size and
-    modification time, the classes, the frontend, the duplicates rule). Workers that cannot talk derive the same
-    one; a one-process build of the same corpus gets it too; any change to a recording or option changes it."""
-    h = hashlib.sha256(json.dumps([schema.FORMAT_VERSION, class_names, json.loads(cfg.to_json()), duplicates])
-                       .encode())
+def _step_tasks(env, number) -> tuple[tuple[str, int, int] | None, str]:
+    """The tasks torchrun or an srun step started (torchrun first: under srun it spans every node), else why
+    the environment does not shard this process."""
+    world, rank = number("WORLD_SIZE"), number("RANK")
+    if env.get("TORCHELASTIC_RUN_ID") is not None and world and rank is not None:  # torch's own torchrun test
+        return (f"torchrun: RANK {rank} of WORLD_SIZE {world}", world, rank), ""
+    step_tasks, procid = number("SLURM_STEP_NUM_TASKS"), number("SLURM_PROCID")
+    in_step = (env.get("SLURM_STEP_ID") or env.get("SLURM_STEPID")) is not None and step_tasks
+    if in_step and procid is not None:
+        return (f"srun step: SLURM_PROCID {procid} of SLURM_STEP_NUM_TASKS {step_tasks}", step_tasks, procid), ""
+    if (ntasks := number("SLURM_NTASKS")) and ntasks > 1:
+        return None, (f"SLURM_NTASKS={ntasks} is the allocation's, but no srun step started this process (no "
+                      "SLURM_STEP_ID/SLURM_STEP_NUM_TASKS: a plain line of a batch script); to build over "
+                      f"{ntasks} tasks, start the line with srun, or pass --num_shards/--shard_index")
+    if world and world > 1:
+        return None, (f"WORLD_SIZE={world} is set, but torchrun did not start this process (no "
+                      "TORCHELASTIC_RUN_ID); to build over several processes, start it with torchrun, or pass "
+                      "--num_shards/--shard_index")
+    return None, ("no --num_shards, and no launcher (torchrun, an srun step, a SLURM array) started this "
+                  "command several times")
+
+
+def recordings(splits: dict[str, list[WavItem]]) -> list[list]:
+    """[split, path, label, size, mtime_ns] per recording, in split order: what a build id digests of them."""
+    rows = []
     for split in SPLITS:
         for item in splits[split]:
             st = item.path.stat()
-            h.update(f"{split}\0{item.rel_path}\0{item.label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            rows.append([split, item.rel_path, item.label, st.st_size, st.st_mtime_ns])
+    return rows
+
+
+def corpus_id(splits: dict[str, list[WavItem]], class_names: list[str], cfg: FeatureConfig,
+              duplicates: str, rows: list[list] | None = None) -> str:
+    """The build id: a digest of what a build is made of (each split's files with their label, size and
+    modification time, the classes, the frontend, the duplicates rule). Workers that cannot talk derive the same
+    one; a one-process build of the same corpus gets it too; any change to a recording or option changes it.
+    `rows`: `recordings(splits)` when the caller records them too (one stat per file: the two agree)."""
+    h = hashlib.sha256(json.dumps([schema.FORMAT_VERSION, class_names, json.loads(cfg.to_json()), duplicates])
+                       .encode())
+    for split, path, label, size, mtime_ns in recordings(splits) if rows is None else rows:
+        h.update(f"{split}\0{path}\0{label}\0{size}\0{mtime_ns}\n".encode())
     return h.hexdigest()[:32]
 
 
@@ -139,7 +187,7 @@ def finished_record(output: Path, build_id: str, shard: Shard) -> dict | None:
 def write_record(writers: list[SplitWriter], output: Path, build_id: str, shard: Shard, record: dict) -> None:
     """A shard's commit: its three files renamed into place, then its record (written last)."""
     for writer in writers:
-        os.replace(writer.tmp_path, writer.final_path)
+        writer.place()
     fsync_dir(writers[0].final_path.parent)
     record.update(build_id=build_id, shard=shard.index, count=shard.count, files={
         split: {"bytes": w.final_path.stat().st_size, "rows": w.rows} for split, w in zip(SPLITS, writers)})
@@ -149,6 +197,95 @@ def write_record(writers: list[SplitWriter], output: Path, build_id: str, shard:
 def pending(output: Path, build_id: str, count: int) -> list[int]:
     """The shards whose record is not there yet."""
     return [i for i in range(count) if finished_record(output, build_id, Shard(i, count)) is None]
+
+
+# ---- workers that must agree --------------------------------------------------------------------------------
+# Each worker claims its shard when it starts (not only when it finishes) and its build folder records once what
+# the build id was derived from, so a worker that derives another id can say which options or recordings differ.
+
+CORPUS = "corpus.json.gz"  # in a build's folder: {"options": ..., "recordings": [[split, path, label, size,
+#                            mtime_ns], ...]}; gzip: a million recordings' rows stay a few MB
+
+
+def claim(output: Path, build_id: str, shard: Shard, derived: dict) -> None:
+    """Record that this worker builds `shard` of `build_id`, and (once per build) what the id was derived from."""
+    folder = shard_folder(output, build_id)
+    if not (folder / CORPUS).is_file():  # workers of one build write the same content: the last rename wins
+        with replacing(folder / CORPUS) as tmp, gzip.open(tmp, "wt", encoding="utf-8") as f:
+            json.dump(derived, f)
+    write_atomic(_claim_path(output, build_id, shard), lambda f: json.dump({
+        "build_id": build_id, "shard": shard.index, "count": shard.count, "host": socket.gethostname(),
+        "pid": os.getpid(), "started": time.time()}, f))
+
+
+def _claim_path(output: Path, build_id: str, shard: Shard) -> Path:
+    return shard_folder(output, build_id) / f"claim-{shard.tag}.json"
+
+
+def disagreement(output: Path, build_id: str, shard: Shard, derived: dict) -> str | None:
+    """One line when another worker claimed or finished a shard of another unpublished build in this output, or
+    of this build with another shard count: those shards will never join this worker's. None: no such worker."""
+    folder = Path(output) / SHARDS
+    published = _published_build(output)
+    here = f"this worker (shard {shard.index} of {shard.count} of build {build_id[:12]})"
+    for other in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if other.name == published or not other.is_dir():
+            continue
+        for entry in sorted([*other.glob("claim-*.json"), *other.glob("shard-*.json")]):
+            try:
+                theirs = json.loads(entry.read_text())
+                index, count = int(theirs["shard"]), int(theirs["count"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # being replaced, or not a worker's record: nothing said about another worker
+            fix = (f"if {other} is an abandoned earlier attempt, remove it; a shard already finished here is "
+                   "kept")
+            if other.name != build_id:
+                return (f"{here} and the worker of shard {index} of {count} of build {other.name[:12]} ({entry}) "
+                        f"derive different builds: {difference(derived, _derived(other))}; every worker must see "
+                        f"the same recordings and options: make them agree and run the workers again, or, {fix}")
+            if count != shard.count:
+                return (f"{here} and the worker of shard {index} of {count} of the same build ({entry}) were given "
+                        f"different shard counts ({shard.count} vs {count}): give every worker the same "
+                        f"--num_shards or launch them as one step or array, or, {fix}")
+    return None
+
+
+def _derived(folder: Path) -> dict | None:
+    try:
+        with gzip.open(folder / CORPUS, "rt", encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError, EOFError):
+        return None
+
+
+def difference(here: dict, there: dict | None, shown: int = 3) -> str:
+    """What differs between two builds' derivations (options first, then recordings by path), in words."""
+    if there is None:
+        return "what the other build was derived from is not recorded (an older or damaged folder)"
+    mine, theirs = _flat(here["options"]), _flat(there["options"])
+    options = [f"{k} {mine.get(k)!r} here, {theirs.get(k)!r} there" for k in sorted({*mine, *theirs})
+               if mine.get(k) != theirs.get(k)]
+    a = {row[1]: row for row in here["recordings"]}
+    b = {row[1]: row for row in there["recordings"]}
+    moved = {p for p in a.keys() & b.keys() if a[p][0] != b[p][0] or a[p][2] != b[p][2]}
+    changed = [p for p in a.keys() & b.keys() if p not in moved and a[p][3:] != b[p][3:]]
+    kinds = [("only this worker sees", sorted(a.keys() - b.keys())), ("only the other sees", sorted(b.keys() -
+             a.keys())), ("with another size or modification time", sorted(changed)),
+             ("in another split or label", sorted(moved))]
+    found = [f"{len(paths)} recording(s) {kind}: {', '.join(paths[:shown])}"
+             + (f" and {len(paths) - shown} more" if len(paths) > shown else "") for kind, paths in kinds if paths]
+    parts = ([f"options differ ({'; '.join(options)})"] if options else []) + found
+    return "; ".join(parts) or "no recorded option or recording differs (the order of the recordings does)"
+
+
+def _flat(options: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in options.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 # ---- the join ------------------------------------------------------------------------------------------------
@@ -191,7 +328,7 @@ def join(output: Path, build_id: str, count: int, manifest: dict, duplicates: st
             writer.discard()
         raise
     write_reports(output, skipped, flagged)
-    _remove_other_shards(output, keep=None if copy else build_id)
+    remove_shards(output, keep=None if copy else build_id)
     return {"rows": {split: len(kept[split]) for split in SPLITS}, "skipped": skipped, "flagged": flagged,
             "started": min(r.get("started", time.time()) for r in records)}
 
@@ -291,8 +428,9 @@ def _text(values) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
 
 
-def _remove_other_shards(output: Path, keep: str | None) -> None:
-    """Shards no published split refers to (an earlier build's, or all after a copying join)."""
+def remove_shards(output: Path, keep: str | None = None) -> None:
+    """Shards no published split refers to: an earlier build's, or all after a copying join or a one-process
+    build."""
     folder = Path(output) / SHARDS
     if folder.is_dir():
         for old in folder.iterdir():
@@ -302,9 +440,13 @@ def _remove_other_shards(output: Path, keep: str | None) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def try_join(output: Path, build_id: str, shard: Shard, manifest: dict, duplicates: str, copy: bool) -> dict | None:
-    """After a shard: join when every shard is done and no other worker is joining; None when not this one's turn."""
+def try_join(output: Path, build_id: str, shard: Shard, manifest: dict, duplicates: str, copy: bool,
+             derived: dict) -> dict | None:
+    """After a shard: join when every shard is done and no other worker is joining; None when not this one's turn.
+    A shard that is known not to come (its worker derived another build) is never waited for."""
     if left := pending(output, build_id, shard.count):
+        if conflict := disagreement(output, build_id, shard, derived):
+            raise ValueError(conflict)
         log.info("shard %d of %d done; waiting for shard(s) %s: the last one to finish joins them", shard.index,
                  shard.count, left if len(left) <= 8 else f"{left[:8]} and {len(left) - 8} more")
         return None
