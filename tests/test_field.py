@@ -268,7 +268,8 @@ def test_no_decision_for_what_the_model_cannot_hear(tested, tmp_path):
     edge = det.predict(write_wav(tmp_path / "r3687.wav", tone(300, 10, 3687), sr=3687))
     assert edge.status == "ok" and isinstance(edge.leak, bool)
     huge = det.predict(write_wav(tmp_path / "huge.wav", tone(500, 10, 4096) * 3e37, subtype="FLOAT"))
-    assert huge.status.startswith("unscored: the score is not a number") and huge.leak is None
+    assert huge.status.startswith("skipped: out_of_range: float samples reach ") and huge.leak is None, huge.status
+    assert "e+37, far beyond ±1 and beyond the frontend's range" in huge.status  # its own reason, said at decode
     assert huge.leak_probability is None and "out_of_range" in huge.quality
     main(["predict", "--ckpt_path", str(tested / "checkpoints/best.ckpt"), "--data.predict_path", str(tmp_path),
           "--output", str(tmp_path / "p.csv"), "--console.log_file", "null"])

@@ -23,45 +23,75 @@ class Header:
 
 
 _UNKNOWN32 = 0xFFFFFFFF
+# WAVE format tags whose data holds one block_align-sized frame per sample instant: PCM, IEEE float,
+# A-law, µ-law, and WAVE_FORMAT_EXTENSIBLE (PCM or float in practice).
+_PLAIN_TAGS = {1, 3, 6, 7, 0xFFFE}
+# Block codecs that state their frames per block in the fmt extension: MS ADPCM, IMA ADPCM, GSM 6.10.
+_BLOCK_TAGS = {2, 0x11, 0x31}
 
 
-def _frames(data_size: int, block_align: int) -> int | None:
-    return data_size // block_align if block_align > 0 else None
+@dataclass(frozen=True)
+class _Fmt:
+    tag: int = 1
+    block_align: int = 0
+    frames_per_block: int = 0  # from the fmt extension of a block codec; 0 when it does not say
+
+
+def _fmt(payload: bytes, order: str = "<") -> _Fmt:
+    tag, _, _, _, block_align = struct.unpack(f"{order}HHIIH", payload[:14])
+    per_block = struct.unpack(f"{order}H", payload[18:20])[0] if len(payload) >= 20 else 0
+    return _Fmt(tag, block_align, per_block if tag in _BLOCK_TAGS else 0)
+
+
+def _frames(data_size: int, fmt: _Fmt, fact: int | None = None) -> int | None:
+    """Frames a data chunk of `data_size` bytes declares. For a compressed format block_align is the
+    size of a block of many frames, not of one frame: counted as blocks it would declare a few hundred
+    frames, and a cut ADPCM or GSM file would never show as cut."""
+    if fmt.block_align <= 0:
+        return None
+    if fmt.tag in _PLAIN_TAGS:
+        return data_size // fmt.block_align
+    if fmt.frames_per_block:
+        return -(-data_size // fmt.block_align) * fmt.frames_per_block  # libsndfile decodes a last partial block
+    return fact  # another codec (G.721, NMS ADPCM, ...): the fact chunk's count, or unknown
 
 
 def _riff(f: BinaryIO, size: int, rf64: bool, order: str = "<") -> Header | None:
     """RIFF/WAVE and RF64/BW64: little-endian chunks; RF64 keeps the 64-bit data size in `ds64`.
     RIFX is the same layout big-endian (order ">")."""
-    pos, block_align, ds64_data = 12, 0, None
+    pos, fmt, ds64_data, fact = 12, _Fmt(), None, None
     while pos + 8 <= size:
         f.seek(pos)
         chunk_id, chunk_size = struct.unpack(f"{order}4sI", f.read(8))
         if chunk_id == b"ds64" and chunk_size >= 16:
             ds64_data = struct.unpack(f"{order}QQ", f.read(16))[1]
         elif chunk_id == b"fmt " and chunk_size >= 14:
-            block_align = struct.unpack(f"{order}HHIIH", f.read(14))[4]
+            fmt = _fmt(f.read(min(chunk_size, 20)), order)
+        elif chunk_id == b"fact" and chunk_size >= 4:
+            fact = struct.unpack(f"{order}I", f.read(4))[0]
         elif chunk_id == b"data":
             present = size - pos - 8
             if rf64 and chunk_size == _UNKNOWN32 and ds64_data is not None:
                 chunk_size = ds64_data
             elif chunk_size == _UNKNOWN32:  # "still recording" placeholder
                 return Header("RF64" if rf64 else "WAV", None, present)
-            return Header("RF64" if rf64 else "WAV", _frames(chunk_size, block_align), present)
+            return Header("RF64" if rf64 else "WAV", _frames(chunk_size, fmt, fact), present)
         pos += 8 + chunk_size + (chunk_size & 1)
     return None
 
 
 def _w64(f: BinaryIO, size: int) -> Header | None:
     """Sony Wave64: 16-byte GUID chunk ids whose first four bytes spell the RIFF name, 64-bit
-    sizes that include the 24-byte chunk header, chunks aligned to 8 bytes."""
-    pos, block_align = 40, 0
+    sizes that include the 24-byte chunk header, chunks aligned to 8 bytes. Its fact chunk is not read:
+    libsndfile writes nonsense there for MS ADPCM."""
+    pos, fmt = 40, _Fmt()
     while pos + 24 <= size:
         f.seek(pos)
         guid, chunk_size = struct.unpack("<16sQ", f.read(24))
         if guid[:4] == b"fmt " and chunk_size >= 38:
-            block_align = struct.unpack("<HHIIH", f.read(14))[4]
+            fmt = _fmt(f.read(min(chunk_size - 24, 20)))
         elif guid[:4] == b"data":
-            return Header("W64", _frames(chunk_size - 24, block_align), size - pos - 24)
+            return Header("W64", _frames(chunk_size - 24, fmt), size - pos - 24)
         if chunk_size < 24:
             return None
         pos += (chunk_size + 7) // 8 * 8
@@ -75,7 +105,10 @@ def _aiff(f: BinaryIO, size: int) -> Header | None:
         f.seek(pos)
         chunk_id, chunk_size = struct.unpack(">4sI", f.read(8))
         if chunk_id == b"COMM" and chunk_size >= 8:
-            frames = struct.unpack(">hI", f.read(6))[1]
+            comm = f.read(min(chunk_size, 22))
+            frames = struct.unpack(">hI", comm[:6])[1]
+            if comm[18:22] == b"ima4":  # Apple IMA ADPCM counts packets of 64 frames, not frames
+                frames *= 64
         elif chunk_id == b"SSND":
             present = max(0, size - pos - 16)
             return Header("AIFF", frames, present) if frames is not None else None

@@ -35,6 +35,11 @@ BAND_COVERAGE = 0.9
 SILENT_PEAK_TO_PEAK = 1 / 2**15
 FULL_SCALE = 1 - 1 / 2**15  # int16's largest positive value; 24/32-bit PCM full scale lies above it
 CLIPPED_FRACTION = 1e-2  # a few clipped clicks are harmless; 1 % of the samples is a saturated sensor
+# Float samples beyond ±1 are flagged and scored up to int16's scale (a float file written as ±32767 is
+# a common mistake); FeatureConfig.db_range bounds the stored features for that scale, and far beyond
+# it the frontend's float32 arithmetic overflows: such a file is skipped with its level as the reason.
+FLOAT_LIMIT = 32768.0
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class ClipSpec(NamedTuple):
@@ -135,12 +140,16 @@ def shortfall(f: sf.SoundFile, declared: int | None) -> str | None:
     return None
 
 
-def _read(f: sf.SoundFile, frames: int, path: str | Path) -> tuple[np.ndarray, bool, str | None]:
-    """Up to `frames` frames as (frames, channels) float32, whether the file stores floats, and the
-    decoder's error when the data ended in one (a cut FLAC stream, or one longer on paper than on disk).
+def _read(f: sf.SoundFile, frames: int, path: str | Path, start: int) -> tuple[np.ndarray, bool, str | None]:
+    """Up to `frames` frames from frame `start` (where the handle stands) as (frames, channels) float32,
+    whether the file stores floats, and the decoder's error when the data ended in one (a cut FLAC
+    stream, or one longer on paper than on disk).
+
+    The caller says where the handle stands: GSM 6.10, G.721 and NMS ADPCM handles cannot seek, and
+    `f.tell()` is a seek ("Seek attempted on unseekable file type"), though they read front to back.
     """
-    dtype, scale = _INT_READS.get(f.subtype, ("float32", None))
-    start, error = f.tell(), None
+    dtype, scale = _INT_READS.get(f.subtype, ("float64" if f.subtype == "DOUBLE" else "float32", None))
+    error = None
     try:
         data = f.read(frames=frames, dtype=dtype, always_2d=True)
     except RuntimeError as err:  # e.g. "flac decoder lost sync", "psf_fseek() failed"
@@ -148,9 +157,29 @@ def _read(f: sf.SoundFile, frames: int, path: str | Path) -> tuple[np.ndarray, b
         data = _salvage(path, start, frames, dtype, f.channels)
     if scale is not None:
         return np.multiply(data, scale, dtype=np.float32), False, error
+    if reason := float_level_reason(data):
+        raise SkipFile(reason)
+    return data.astype(np.float32, copy=False), True, error
+
+
+def float_level_reason(data: np.ndarray) -> str | None:
+    """Why float samples (in the type they are stored in) cannot be heard by the frontend, or None.
+
+    Not rescaled here: the log-mel features depend on the level, and the factor that makes such a file
+    right (int16's 32768? int32's 2**31?) is known to whoever wrote it, not to the decoder; a guessed
+    one gives an answer for a level nobody recorded. The reason is given once, here, for build and predict.
+    """
+    if not data.size:
+        return None
     if not np.isfinite(data).all():
-        raise SkipFile("contains NaN or Inf samples")
-    return data, True, error
+        return "contains NaN or Inf samples"
+    peak = max(float(data.max()), -float(data.min()))
+    if peak > FLOAT_LIMIT:
+        beyond = (f"beyond what float32 holds (±{_FLOAT32_MAX:.3g})" if peak > _FLOAT32_MAX else
+                  f"beyond the frontend's range (samples within ±{FLOAT_LIMIT:.0f})")
+        return (f"{OUT_OF_RANGE}: float samples reach {peak:.3g}, far beyond ±1 and {beyond}; the file is scaled "
+                "wrongly: rescale it to ±1 or re-export it as PCM")
+    return None
 
 
 def _salvage(path: str | Path, start: int, frames: int, dtype: str, channels: int) -> np.ndarray:
@@ -228,12 +257,12 @@ def read_clip(path: str | Path, spec: ClipSpec) -> Clip:
         if limited := band_limit_reason(rate, spec):
             raise SkipFile(limited)
         want = min(f.frames, math.ceil(spec.duration_sec * rate))
-        raw, is_float, error = _read(f, want, path)
+        raw, is_float, error = _read(f, want, path, 0)
+    if not len(raw):  # the decoder failed at the first frame: not a cut file (DWVW in AIFF, say)
+        raise SkipFile(f"no audio could be decoded ({error}); re-export the file as PCM WAV")
     if declared is not None and len(raw) < min(declared, want):
         cause = f" ({error})" if error else ""
         raise SkipFile(f"truncated: the header declares {declared} frames but only {len(raw)} could be decoded{cause}")
-    if not len(raw):
-        raise SkipFile(f"no audio could be decoded ({error})")
     flags = level_flags(raw, is_float)
     mono = _downmix(raw)
     if is_silent(mono):
@@ -271,7 +300,7 @@ MAX_CHANNELS = 16  # more channels than any hydrophone or logger records: such a
 
 
 def as_frames(samples, channel_axis: int | None = None) -> np.ndarray:
-    """An array as people hold it → (frames, channels) float32 in [-1, 1].
+    """An array as people hold it → (frames, channels) float32 in [-1, 1] (float64 input stays float64).
 
     Integer PCM is scaled by its type's range (int16 / 32768, uint8 centred on 128), as libsndfile
     reads files. A 2-D array's channel axis is the one with at most MAX_CHANNELS entries; when both
@@ -282,9 +311,11 @@ def as_frames(samples, channel_axis: int | None = None) -> np.ndarray:
         info = np.iinfo(data.dtype)
         middle = (int(info.max) + 1) // 2 if data.dtype.kind == "u" else 0
         data = (data.astype(np.float64) - middle) / (int(info.max) + 1 - middle)
+        data = data.astype(np.float32)
     elif data.dtype.kind != "f":
         raise ValueError(f"samples must be numbers (integer PCM or floats), got dtype {data.dtype}")
-    data = data.astype(np.float32, copy=False)
+    elif data.dtype != np.float64:  # float64 stays: a level beyond float32's range is a reason, not an Inf
+        data = data.astype(np.float32)
     if data.ndim == 1:
         return data[:, None]
     if data.ndim != 2 or not data.size:
@@ -304,12 +335,11 @@ def as_frames(samples, channel_axis: int | None = None) -> np.ndarray:
 class WindowSource:
     """Samples already in memory that read like a SoundFile, for scoring arrays (`LeakDetector.predict_array`)."""
 
-    subtype = "FLOAT"
-
     def __init__(self, samples: np.ndarray, sample_rate: int, channel_axis: int | None = None) -> None:
         data = as_frames(samples, channel_axis)
         if sample_rate <= 0:
             raise ValueError(f"sample_rate must be > 0, got {sample_rate}")
+        self.subtype = "DOUBLE" if data.dtype == np.float64 else "FLOAT"  # how `_read` checks the level
         self.data, self.samplerate, self.frames, self.channels = data, int(sample_rate), len(data), data.shape[1]
         self._pos = 0
 
@@ -357,11 +387,11 @@ class WindowReader:
             rate, per, i, read = f.samplerate, spec.duration_sec * f.samplerate, 0, 0
             while True:
                 want = math.ceil((i + 1) * per) - math.ceil(i * per)  # window 0: read_clip's frames
-                raw, is_float, error = _read(f, want, self.path)
+                raw, is_float, error = _read(f, want, self.path, read)
                 read += len(raw)
                 last = len(raw) < want or error is not None
                 if error and not read:
-                    raise SkipFile(f"no audio could be decoded ({error})")
+                    raise SkipFile(f"no audio could be decoded ({error}); re-export the file as PCM WAV")
                 if len(raw) == 0 or (last and i > 0 and _too_short(len(raw), rate, spec)):
                     break
                 if _too_short(len(raw), rate, spec):

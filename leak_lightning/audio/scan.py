@@ -71,7 +71,8 @@ def scan_audio(folder: Path, suffixes: tuple[str, ...] = AUDIO_SUFFIXES) -> tupl
         try:
             entries = sorted(os.scandir(d), key=lambda e: e.name)
         except OSError as err:
-            problems.append(Unusable(d, f"folder cannot be listed: {err.strerror or err}"))
+            problems.append(Unusable(d, f"folder cannot be listed ({err.strerror or err}): its recordings are not "
+                                        "read; give this user read and search permission on it (chmod a+rx)"))
             return
         for entry in entries:
             path = Path(entry.path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -26,8 +27,18 @@ def sensor_id_of(path: Path) -> str:
     return parts[0] if len(parts) == 4 and parts[0] else ""
 
 
+def _unlistable(folder: Path, err: OSError, what: str) -> ValueError:
+    # A folder this user may not read would pass for an empty one (a class of recordings left out);
+    # the cause is the fix, so it goes in the message.
+    return ValueError(f"{printable(folder)}: {what} cannot be listed ({err.strerror or err}); give this user read "
+                      "and search permission on it (chmod a+rx) or move it out of the input")
+
+
 def _label_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as err:
+        raise _unlistable(folder, err, "input or split folder") from None
 
 
 def _scan_labels(root: Path, folder: Path, unusable: list[Unusable]) -> list[WavItem]:
@@ -37,10 +48,15 @@ def _scan_labels(root: Path, folder: Path, unusable: list[Unusable]) -> list[Wav
     if not label_dirs:
         raise ValueError(f"{folder}: no label folders found; expected {folder}/<LABEL>/*.wav")
     for label_dir in label_dirs:
+        try:
+            os.listdir(label_dir)  # scan_audio would report it as one skip among many: here it ends the build
+        except OSError as err:
+            raise _unlistable(label_dir, err, "label folder") from None
         wavs, problems = scan_audio(label_dir)
         unusable += problems
         if not wavs:
-            raise ValueError(f"{label_dir}: label folder holds no audio files (.wav, .flac, .ogg, .mp3, ...); "
+            hidden = f" ({printable(problems[0].path)}: {problems[0].reason})" if problems else ""
+            raise ValueError(f"{label_dir}: label folder holds no audio files (.wav, .flac, .ogg, .mp3, ...){hidden}; "
                              "add recordings or remove the folder")
         items += [WavItem(p, printable(p.relative_to(root).as_posix()), label_dir.name,
                           printable(sensor_id_of(p))) for p in wavs]
@@ -56,9 +72,13 @@ def discover(root: Path, ratios: tuple[float, float, float],
     """Items per split (taken from the origin layout, or split from a single pool), and the
     entries named like WAV files that cannot be read (dangling links, FIFOs, ...)."""
     root = Path(root)
-    if not root.is_dir():
+    try:  # listed first: a folder this user may not read would fail the layout check with a bare PermissionError
+        os.listdir(root)
+    except (FileNotFoundError, NotADirectoryError):
         raise FileNotFoundError(f"input folder {root} does not exist; pass --input ROOT with "
-                                "ROOT/<LABEL>/*.wav or ROOT/{TRAINING,VALIDATION,TESTING}/<LABEL>/*.wav")
+                                "ROOT/<LABEL>/*.wav or ROOT/{TRAINING,VALIDATION,TESTING}/<LABEL>/*.wav") from None
+    except OSError as err:
+        raise _unlistable(root, err, "input folder") from None
     unusable: list[Unusable] = []
     if not is_origin_layout(root):
         return split_pool(_scan_labels(root, root, unusable), ratios, seed), unusable
