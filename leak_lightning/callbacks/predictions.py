@@ -8,7 +8,9 @@ from pathlib import Path
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from ..audio.scan import printable
-from ..predict import Prediction, SensorRule, summarise, summarise_sensors, write_csv, write_sensor_csv
+from ..predict import Prediction, SensorRule, finish_outputs, sensors_csv, summarise, summarise_sensors, write_outputs
+
+__all__ = ["PredictionWriter", "sensors_csv"]
 
 log = logging.getLogger("leak_lightning.predict")
 
@@ -18,7 +20,9 @@ class PredictionWriter(BasePredictionWriter):
 
     Beside it, `<name>_sensors.csv`: per sensor (the id in `S0012~R0003~20251119T101500~g12.wav` names) its
     recordings, how many were decided leak, the first and last of them, and a decision over the sensor by the
-    rule `sensor_k` of the last `sensor_n` scored recordings; recordings without a sensor id are listed as such.
+    rule `sensor_k` of the last `sensor_n` scored recordings ("order unknown" where names whose time cannot be read
+    could change it: predict.summarise_sensors); recordings without a sensor id are listed as such. The two CSVs
+    are published as one unit (predict.write_outputs).
 
     Args:
         output: the CSV to write; None: `<run dir>/predictions.csv`.
@@ -34,6 +38,8 @@ class PredictionWriter(BasePredictionWriter):
 
     def on_predict_start(self, trainer, pl_module) -> None:
         self._scored: dict[int, list] = {}
+        if trainer.is_global_zero:  # before scoring: a pair a killed predict left half moved is whole again
+            finish_outputs(self._path(trainer))
         if trainer.is_global_zero and (line := pl_module.site_line()):
             log.info("%s", line, extra={"colour": "header"})
 
@@ -64,12 +70,10 @@ class PredictionWriter(BasePredictionWriter):
         if not trainer.is_global_zero:
             return
         self.predictions = sorted(predictions, key=lambda p: p.path)
-        path = Path(self.output) if self.output else Path(trainer.default_root_dir) / "predictions.csv"
+        path = self._path(trainer)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_csv(path, self.predictions, pl_module.class_names)
         self.sensors = summarise_sensors(self.predictions, self.rule)
-        sensor_path = sensors_csv(path)
-        write_sensor_csv(sensor_path, self.sensors, self.rule)
+        sensor_path = write_outputs(path, self.predictions, pl_module.class_names, self.sensors, self.rule)
         counts = {s: sum(p.status.split(":")[0] == s for p in self.predictions)
                   for s in ("ok", "flagged", "silent", "unscored", "skipped")}
         log.info("predicted %d recordings: %d leak, %d ok, %d flagged, %d silent, %d unscored, %d skipped "
@@ -77,14 +81,11 @@ class PredictionWriter(BasePredictionWriter):
                  counts["ok"], counts["flagged"], counts["silent"], counts["unscored"], counts["skipped"],
                  float(pl_module.decision.threshold), path, extra={"colour": "success"})
         named = [s for s in self.sensors if s.sensor]
-        log.info("%d sensor(s): %d leak (%s), %d too few scored; %d recording(s) without a sensor id in the name: %s",
-                 len(named), sum(s.decision == "leak" for s in named), self.rule,
-                 sum(s.decision.startswith("too few") for s in named), len(self.sensors) - len(named), sensor_path,
+        log.info("%d sensor(s): %d leak (%s), %d too few scored, %d order unknown (see the note); %d recording(s) "
+                 "without a sensor id in the name: %s", len(named), sum(s.decision == "leak" for s in named),
+                 self.rule, sum(s.decision.startswith("too few") for s in named),
+                 sum(s.decision == "order unknown" for s in named), len(self.sensors) - len(named), sensor_path,
                  extra={"colour": "success"})
 
-
-def sensors_csv(predictions: Path) -> Path:
-    """The sensor summary beside the predictions CSV: `<stem>_sensors.csv`, its stem shortened to fit a name."""
-    suffix = b"_sensors.csv"
-    stem = predictions.stem.encode()[: 255 - len(suffix)].decode(errors="ignore")
-    return predictions.with_name(f"{stem}_sensors.csv")
+    def _path(self, trainer) -> Path:
+        return Path(self.output) if self.output else Path(trainer.default_root_dir) / "predictions.csv"
