@@ -12,21 +12,25 @@ site, its recordings, the base checkpoint and the figures before and after.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .audio.scan import AUDIO_SUFFIXES, printable, scan_audio
 from .checkpoint_io import AtomicCheckpointIO, current_hparams, migrate_state, read_checkpoint
-from .contract import CHECKPOINT_FORMAT, SECTION, binding_digest
+from .contract import CHECKPOINT_FORMAT, DATA_STATE, SECTION, binding_digest, default_output
 from .evaluation import decision_counts
-from .fileio import file_digest, write_atomic
+from .fileio import check_writable_file, file_digest, name_max, write_atomic
 from .models.decision import DecisionRule
+from .rundir import FolderLock
 
 log = logging.getLogger(__name__)
 MIN_PER_SIDE = 3  # leak and non-leak recordings each: the fewest that cross-validate a threshold at all
@@ -234,7 +238,8 @@ def adapt_checkpoint(ckpt_path: str, input: str, site: str, output: str | None =
         input: the site's recordings as `<LABEL>/*` (the build layout; labels are the checkpoint's classes);
             with --unlabelled, any folder of recordings.
         site: the site's name, kept in the checkpoint and shown by `predict` and `LeakDetector`.
-        output: the adapted checkpoint (default: `<base run dir>/sites/<site>.ckpt`); its report beside it.
+        output: the adapted checkpoint (default: `<base run dir>/sites/<site>.ckpt`, or for a base checkpoint
+            outside a run `<its dir>/<its stem>_sites/<site>.ckpt`); its report beside it (and inside it).
         folds: cross-validation folds (at most the number of leak and of non-leak recordings).
         seed: the folds' shuffle (and the fine-tune's batches).
         finetune_steps: before re-fitting the rule, this many steps of fine-tuning the network's head (its
@@ -242,11 +247,9 @@ def adapt_checkpoint(ckpt_path: str, input: str, site: str, output: str | None =
             like the rule (each fold fine-tuned without its own recordings). 0: the rule only.
         unlabelled: no labels: re-estimate the network's batch-norm statistics on the site's audio instead
             (the threshold stays; the log gives the share of recordings decided leak before and after).
-        overwrite: replace an existing `output`.
+        overwrite: replace an existing `output` (and its report).
         device: "auto" (CUDA when there is one), "cpu" or "cuda".
     """
-    from .predict import LeakDetector
-
     if not re.fullmatch(r"[\w.-]+", site or ""):
         raise ValueError(f"--site {site!r}: use letters, digits, '.', '-' or '_' (it names the checkpoint file)")
     if folds < 2:
@@ -257,17 +260,47 @@ def adapt_checkpoint(ckpt_path: str, input: str, site: str, output: str | None =
         raise ValueError(f"--finetune_steps {finetune_steps}: use 0 or more, and only with labelled recordings")
     base = Path(ckpt_path)
     ckpt, contract = read_checkpoint(base)
-    run_dir = base.parent.parent if base.parent.name in ("checkpoints", "sites") else base.parent
-    out = Path(output) if output else run_dir / "sites" / f"{site}.ckpt"
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"--output {out} exists: pass --overwrite true to replace it, or another --output")
+    out = Path(output) if output else default_output(base, "sites") / f"{site}.ckpt"
+    report_path = out.with_name(f"{out.stem}_adapt_report.json")
+    _check_names(out, report_path, site, output)
+    # one adapt at a time into one output: a second one would silently replace the first one's result
+    with FolderLock(out.parent, "--output", name=f".{out.name}.lock"):
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"--output {out} exists: pass --overwrite true to replace it, or another --output")
+        report = _adapted(base, ckpt, contract, input, site, folds, seed, finetune_steps, unlabelled, device, out)
+        _publish(report, out, report_path)
+    kept = " (the base rule and weights kept: adapting was no better)" if report.get("kept_base_rule") else ""
+    log.info("checkpoint for site %s: %s%s (report %s)", site, out, kept, report_path, extra={"colour": "success"})
+    return report
+
+
+def _check_names(out: Path, report_path: Path, site: str, output: str | None) -> None:
+    """Every name adapt will write, checked before any recording is scored (a site name too long for the file
+    system would otherwise fail after all the work)."""
+    fix = "use a shorter --site" if output is None else "use a shorter --output name"
+    for path in (out, report_path, out.with_name(f".{out.name}.lock")):
+        limit = name_max(path.parent)
+        if len(os.fsencode(path.name)) > limit:
+            raise ValueError(f"--output {path}: the name is {len(os.fsencode(path.name))} bytes, longer than this file "
+                             f"system takes ({limit}); {fix}")
+    for path in (out, report_path):
+        check_writable_file(path, "--output")
+
+
+def _adapted(base: Path, ckpt: dict, contract, input: str, site: str, folds: int, seed: int, finetune_steps: int,
+             unlabelled: bool, device: str, out: Path) -> dict:
+    """The site scored and the rule (or the norms) adapted: the report, with the adapted checkpoint under
+    `"_checkpoint"` (the report is inside it, so the two can never disagree)."""
+    from .predict import LeakDetector
+
     det = LeakDetector.from_checkpoint(base, device)
     about = {"name": site, "base_checkpoint": {"path": str(base), "sha256": file_digest(base)},
              "digest_kind": "sha256 of the file, first 16 hex digits"}
+    trained = _training_digests(ckpt, unlabelled)
     if unlabelled:
-        site_info, report = _unlabelled(det, Path(input))
+        site_info, report = _unlabelled(det, Path(input), trained)
     else:
-        site_info, report = _labelled(det, Path(input), contract, folds, seed, finetune_steps)
+        site_info, report = _labelled(det, Path(input), contract, folds, seed, finetune_steps, trained)
         reused = _fitted_on_before(ckpt[SECTION].get("site"), site_info["digests"])
         site_info["reused_from_base_site"] = report["reused_from_base_site"] = reused
     adapted = copy.deepcopy(ckpt)
@@ -284,17 +317,53 @@ def adapt_checkpoint(ckpt_path: str, input: str, site: str, output: str | None =
     section.update(format_version=CHECKPOINT_FORMAT, threshold=float(rule.threshold),
                    threshold_validation={"precision": precision, "recall": recall})
     section["calibration"] = {**section.get("calibration", {}), "a": a, "b": b, "method": "platt"}
-    section["site"] = {**about, **site_info}
-    section.pop("binding", None)
-    section["binding"] = binding_digest(adapted)
-    AtomicCheckpointIO().save_checkpoint(adapted, out)
     report = {"site": site, "checkpoint": str(out), "base_checkpoint": str(base), "threshold": float(rule.threshold),
               "calibration": {"a": a, "b": b}, **report}
-    report_path = out.with_name(f"{out.stem}_adapt_report.json")
-    write_atomic(report_path, lambda f: json.dump(report, f, indent=2, default=float))
-    kept = " (the base rule and weights kept: adapting was no better)" if report.get("kept_base_rule") else ""
-    log.info("checkpoint for site %s: %s%s (report %s)", site, out, kept, report_path, extra={"colour": "success"})
-    return report
+    # plain JSON values only: the report travels inside the checkpoint (read back by the safe unpickler)
+    section["site"] = {**about, **site_info, "report": json.loads(json.dumps(report, default=float))}
+    section.pop("binding", None)
+    section["binding"] = binding_digest(adapted)
+    return {**report, "_checkpoint": adapted}
+
+
+def _publish(report: dict, out: Path, report_path: Path) -> None:
+    """The checkpoint, then its JSON report written from it. A report beside a checkpoint is never another
+    adaptation's: the earlier report is removed before the new checkpoint takes its place (and put back if
+    that fails), so a kill between the two renames leaves the new checkpoint without its JSON, whose report
+    it holds inside (`leak_lightning.site.report`); the JSON names the checkpoint's sha256."""
+    adapted = report.pop("_checkpoint")
+    earlier = report_path.read_bytes() if report_path.is_file() else None
+    report_path.unlink(missing_ok=True)
+    try:
+        AtomicCheckpointIO().save_checkpoint(adapted, out)
+    except BaseException:
+        if earlier is not None:  # the earlier checkpoint stays, and so does its report
+            write_atomic(report_path, lambda f: f.write(earlier.decode("utf-8")))
+        raise
+    mine = {**adapted[SECTION]["site"]["report"], "checkpoint_sha256": file_digest(out)}
+    write_atomic(report_path, lambda f: json.dump(mine, f, indent=2))
+
+
+def _training_digests(ckpt: dict, unlabelled: bool) -> tuple[str, set[int]] | None:
+    """(kind, digests) of the recordings the checkpoint was trained on, as `shared_with_training` reads them; None
+    where unknown (a split built without digests; or digests of file name and label for unlabelled recordings)."""
+    training = (ckpt.get(DATA_STATE) or {}).get("training_data") or {}
+    kind, recordings = training.get("digest_kind") or "name", training.get("recordings")
+    if recordings is None or (unlabelled and kind != "audio"):
+        return None
+    return kind, set(recordings.numpy().view(np.uint64).tolist())
+
+
+def _training_key(det, path: Path, label: str, kind: str) -> int | None:
+    """A recording's digest as the builder keeps it in a split: of its decoded clip ("audio"), or of its file name
+    and label ("name", splits built before audio digests)."""
+    if kind == "audio":
+        from .audio.decode import clip_or_reason
+        from .builder.workers import audio_digest
+
+        clip = clip_or_reason(path, det.spec)
+        return None if isinstance(clip, str) else audio_digest(clip.samples)
+    return int.from_bytes(hashlib.blake2b(f"{path.name}\0{label}".encode(), digest_size=8).digest(), "little")
 
 
 def _fitted_on_before(base_site: dict | None, digests: list[str]) -> int:
@@ -312,10 +381,14 @@ def _fitted_on_before(base_site: dict | None, digests: list[str]) -> int:
     return reused
 
 
-def _scored(det, paths: list[tuple[Path, str]]):
+def _scored(det, paths: list[tuple[Path, str]], trained: tuple[str, set[int]] | None = None,
+            root: Path | None = None):
     """The recordings scored once each: the same file twice (a copy, another name) would be held out in one
-    fold and fitted in another, and the same file under two labels cannot be both."""
-    recordings, skipped, seen = [], [], {}
+    fold and fitted in another, and the same file under two labels cannot be both. Recordings the checkpoint
+    was trained on (`trained`) are left out: the model's scores on them are optimistic, so they would flatter
+    the base rule's figures and pull the threshold (as `test` warns for them). → (recordings, skipped, how many
+    of them were in the training split: None where unknown)."""
+    recordings, skipped, seen, in_training = [], [], {}, 0
     for path, label in paths:
         digest = file_digest(path)[:16]
         if digest in seen:
@@ -327,27 +400,40 @@ def _scored(det, paths: list[tuple[Path, str]]):
             skipped.append({"path": printable(path), "status": f"the same file as {printable(first)}"})
             continue
         seen[digest] = (path, label)
+        if trained is not None and _training_key(det, path, label, trained[0]) in trained[1]:
+            in_training += 1
+            skipped.append({"path": printable(path), "status": "in the training split of the checkpoint"})
+            continue
         prediction, windows = det.leak_windows(path)
         if windows is None:
             skipped.append({"path": printable(path), "status": prediction.status})
             log.warning("not used: %s (%s)", printable(path), prediction.status)
             continue
         recordings.append(SiteRecording(path, label, label == det.model.hparams.leak_class_name, windows, digest))
-    return recordings, skipped
+    if in_training:
+        same = "hold the same audio as" if trained[0] == "audio" else "have the file name and label of"
+        log.warning("%d of %d recordings in %s %s recordings in the training split of the checkpoint: the model's "
+                    "scores on them are optimistic, so they are left out of the adaptation and of its figures "
+                    "before and after; adapt on recordings the model was not trained on", in_training,
+                    len(seen), root, same)
+    return recordings, skipped, (in_training if trained is not None else None)
 
 
-def _labelled(det, root: Path, contract, folds: int, seed: int, finetune_steps: int = 0) -> tuple[dict, dict]:
+def _labelled(det, root: Path, contract, folds: int, seed: int, finetune_steps: int = 0,
+              trained: tuple[str, set[int]] | None = None) -> tuple[dict, dict]:
     """The decision rule re-fitted on the site's labelled recordings (cross-validated; the model's rule is
     replaced in place)."""
     leak_name = contract.leak_class_name
-    recordings, skipped = _scored(det, find_site_recordings(root, list(contract.class_names)))
+    recordings, skipped, in_training = _scored(det, find_site_recordings(root, list(contract.class_names)), trained,
+                                               root)
     truth = torch.tensor([r.leak for r in recordings], dtype=torch.bool)
     leaks, others = int(truth.sum()), int((~truth).sum())
     if leaks < MIN_PER_SIDE or others < MIN_PER_SIDE:
         raise ValueError(f"--input {root}: {leaks} {leak_name} and {others} other recording(s) of the site were "
                          f"scored; adapting needs at least {MIN_PER_SIDE} of each to cross-validate the threshold "
                          f"(record {max(0, MIN_PER_SIDE - leaks)} more {leak_name} and "
-                         f"{max(0, MIN_PER_SIDE - others)} more other recording(s))")
+                         f"{max(0, MIN_PER_SIDE - others)} more other recording(s)"
+                         f"{_left_out(in_training)})")
     k = min(folds, leaks, others)
     windows = [r.windows for r in recordings]
     base_rule = det.model.decision
@@ -374,27 +460,32 @@ def _labelled(det, root: Path, contract, folds: int, seed: int, finetune_steps: 
     info = {"recordings": len(recordings), "leaks": leaks, "folds": k, "seed": seed, "unlabelled": False,
             "finetune_steps": finetune_steps, "finetuned": "net.head" if finetune_steps and not kept else None,
             "digests": [r.digest for r in recordings], "base_threshold": base_threshold, "kept_base_rule": kept,
-            **figures}
+            "seen_in_training": in_training, **figures}
     report = {"recordings": len(recordings), "leaks": leaks, "folds": k, "kept_base_rule": kept,
-              "base_threshold": base_threshold, **figures, "skipped": skipped,
+              "base_threshold": base_threshold, **figures, "seen_in_training": in_training, "skipped": skipped,
               "rows": [{"path": printable(r.path), "label": r.label, "score": float(r.windows.mean()),
                         "fold": int(f)} for r, f in zip(recordings, fold)]}
     return info, report
 
 
-def _unlabelled(det, root: Path) -> tuple[dict, dict]:
+def _left_out(in_training: int | None) -> str:
+    return f"; {in_training} more left out: they are in the checkpoint's training split" if in_training else ""
+
+
+def _unlabelled(det, root: Path, trained: tuple[str, set[int]] | None = None) -> tuple[dict, dict]:
     """The network's batch-norm statistics re-estimated on the site's recordings (no labels: the rule stays)."""
     if not root.is_dir():
         raise FileNotFoundError(f"--input {root}: no such folder of recordings")
     paths, problems = scan_audio(root, AUDIO_SUFFIXES)
     for problem in problems:
         log.warning("skipped %s: %s", printable(problem.path), problem.reason)
-    before, skipped = _scored(det, [(p, "") for p in paths])
+    before, skipped, in_training = _scored(det, [(p, "") for p in paths], trained, root)
     if len(before) < MIN_PER_SIDE:
         raise ValueError(f"--input {root}: {len(before)} recording(s) of the site were scored; re-estimating the "
-                         f"network's statistics needs at least {MIN_PER_SIDE} (record more of the site)")
+                         f"network's statistics needs at least {MIN_PER_SIDE} (record more of the site"
+                         f"{_left_out(in_training)})")
     segments = reestimate_norms(det, [r.path for r in before])
-    after, _ = _scored(det, [(r.path, "") for r in before])
+    after, _, _ = _scored(det, [(r.path, "") for r in before])
     rule = det.model.decision
     leak_before = int(sum(bool(rule.decide([r.windows])[0]) for r in before))
     leak_after = int(sum(bool(rule.decide([r.windows])[0]) for r in after))
@@ -405,7 +496,7 @@ def _unlabelled(det, root: Path) -> tuple[dict, dict]:
         log.warning("without labels it cannot be told which is right: %d recordings decided leak before and %d "
                     "after; check a few of them, or adapt with labelled recordings of the site", leak_before,
                     leak_after)
-    info = {"recordings": len(before), "unlabelled": True, "segments": segments,
+    info = {"recordings": len(before), "unlabelled": True, "segments": segments, "seen_in_training": in_training,
             "digests": [r.digest for r in before], "decided_leak": {"before": leak_before, "after": leak_after}}
     report = {**info, "skipped": skipped,
               "rows": [{"path": printable(b.path), "score_before": float(b.windows.mean()),

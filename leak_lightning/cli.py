@@ -67,6 +67,8 @@ def run_adapt(argv: list[str]) -> int:
                               argv)
     if isinstance(kwargs, int):
         return kwargs
+    # SIGTERM unwinds like Ctrl-C: the temporary files and the output's lock are removed on the way out
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         adapt_checkpoint(**kwargs)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
@@ -75,6 +77,12 @@ def run_adapt(argv: list[str]) -> int:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else _first_line(err)
         where = f"{err.filename}: " if getattr(err, "filename", None) else ""
         return fail_line(f"adapt stopped: {where}{reason}; the base checkpoint is untouched")
+    except KeyboardInterrupt as err:
+        fail_line(f"adapt interrupted ({str(err) or 'SIGINT'}): its temporary files were removed; an earlier --output "
+                  "stays unless the new checkpoint was already in place")
+        return 143 if str(err) == "SIGTERM" else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 
@@ -112,7 +120,7 @@ def run_build(argv: list[str]) -> int:
         return 2
     except KeyboardInterrupt as err:
         log.error("build interrupted (%s): temporary files removed, existing outputs untouched",
-                  err or "SIGINT")
+                  str(err) or "SIGINT")  # Ctrl-C's KeyboardInterrupt has no text
         return 143 if str(err) == "SIGTERM" else 130
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -78,6 +78,8 @@ class ModelContract:
     source: str  # the checkpoint, for messages
     # the training split it was fitted on (LeakDataModule.training_data): its file, build and recordings
     training: dict | None = None
+    # the site record of a checkpoint written by `adapt` (None: fit's): its answers are the site's, not the run's
+    site: dict | None = None
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict, source: str | Path) -> ModelContract:
@@ -96,7 +98,8 @@ class ModelContract:
             raise ValueError(f"{source}: not a leak_lightning checkpoint (no class names, leak class or feature "
                              "config in it); pass a checkpoint written by `python -m leak_lightning fit`")
         training = (ckpt.get(DATA_STATE) or {}).get("training_data")
-        return cls(tuple(names), str(leak), FeatureConfig.from_dict(features), str(source), training)
+        return cls(tuple(names), str(leak), FeatureConfig.from_dict(features), str(source), training,
+                   section.get("site"))
 
     def section(self, threshold: float) -> dict:
         """The contract part of the checkpoint's `leak_lightning` section (`LeakClassifier.on_save_checkpoint`
@@ -121,3 +124,23 @@ class ModelContract:
             raise ValueError(f"{data}: built with {got}, but the checkpoint {self.source} was trained on {want}; "
                              f"rebuild the data with `build ... {flags}` or use a checkpoint trained on this data")
         return [names.index(n) for n in self.class_names]
+
+
+RUN_SUBFOLDERS = ("checkpoints", "sites")  # where a run keeps its checkpoints: fit's, and adapt's
+
+
+def run_dir_of(ckpt_path: str | Path) -> Path | None:
+    """The run directory a checkpoint belongs to: `<run>` for `<run>/checkpoints/X.ckpt` or `<run>/sites/X.ckpt`,
+    None for a checkpoint anywhere else (one copied to a models folder, downloaded, sent by a colleague)."""
+    ckpt = Path(ckpt_path)
+    return ckpt.parent.parent if ckpt.parent.name in RUN_SUBFOLDERS else None
+
+
+def default_output(ckpt_path: str | Path, name: str, own: bool = False) -> Path:
+    """Where a command puts what it makes from a checkpoint when no output is named: `<run>/<name>` for a
+    checkpoint of a run, else beside the checkpoint under its own name, `<ckpt dir>/<stem>_<name>`. `own`: beside
+    it even in a run (a site's checkpoint: its answers never replace the base model's). The one rule of predict,
+    export and adapt, so that no command writes into the current directory unless told to."""
+    ckpt = Path(ckpt_path)
+    run = run_dir_of(ckpt)
+    return run / name if run is not None and not own else ckpt.with_name(f"{ckpt.stem}_{name}")

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import shutil
+import stat
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -25,15 +26,17 @@ import torch
 from torch import nn
 
 from . import __version__
+from .contract import default_output
 from .features import FeatureConfig, LogMelFrontend
 from .fileio import (
     check_free_space,
     exchange,
     fsync_dir,
+    make_private,
     name_max,
     pid_alive,
+    private_folder,
     remove_stale_temporaries,
-    temp_sibling,
     write_atomic,
 )
 from .rundir import FolderLock
@@ -149,9 +152,8 @@ def preflight(folder: Path, names: list[str], need_bytes: int) -> None:
                          f"{', …' if len(foreign) > 3 else ''}); export into a folder of its own")
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        probe = temp_sibling(folder)
-        probe.mkdir()
-        probe.rmdir()
+        with private_folder(folder):  # a random name: nothing someone planted beside it is touched
+            pass
     except OSError as err:
         raise ValueError(f"--output {folder}: cannot write there ({err.strerror or err}); choose another "
                          "--output") from None
@@ -168,8 +170,10 @@ def staged_set(folder: Path, stem: str) -> Iterator[Path]:
     folder.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(folder.parent)
     with FolderLock(folder.parent, "--output", name=f".{folder.name}.lock"):
-        stage = temp_sibling(folder)
-        stage.mkdir()
+        # private (mkdtemp: no one can plant a link at its name), then opened to what the umask allows, as a
+        # folder made by mkdir would be, since it becomes the export folder itself
+        stage, _ = make_private(folder)
+        os.chmod(stage, 0o777 & ~_umask())
         try:
             yield stage
             _commit(stage, folder, stem)
@@ -177,10 +181,17 @@ def staged_set(folder: Path, stem: str) -> Iterator[Path]:
             shutil.rmtree(stage, ignore_errors=True)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
 def _orphan(folder: Path) -> Path | None:
     for old in folder.parent.glob(f".{folder.name}.old-*"):
         pid = old.name.rsplit("-", 1)[1]
-        if pid.isdigit() and not pid_alive(int(pid)):
+        st = os.lstat(old)  # only our own folder: another user's, planted there, never becomes the export
+        if pid.isdigit() and not pid_alive(int(pid)) and stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
             return old
     return None
 
@@ -218,7 +229,7 @@ def export(ckpt_path: str | Path, fmt: str = "onnx", with_frontend: bool = False
     from .module import LeakClassifier
 
     ckpt_path = Path(ckpt_path)
-    folder = Path(output) if output else ckpt_path.parent.parent / "export"
+    folder = Path(output) if output else default_output(ckpt_path, "export")
     names = set_files(ckpt_path.stem, fmt, with_frontend)
     if folder.exists() and not folder.is_dir():  # before reading the checkpoint: the cheapest check first
         preflight(folder, [], 0)
@@ -317,7 +328,9 @@ def run_export(argv: list[str]) -> int:
     parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
     parser.add_argument("--with-frontend", "--with_frontend", dest="with_frontend", action="store_true",
                         help="also export a model that takes waveform windows and includes the log-mel frontend")
-    parser.add_argument("--output", default=None, help="folder for the files (default: <run dir>/export)")
+    parser.add_argument("--output", default=None,
+                        help="folder for the files (default: <run dir>/export for a run's checkpoint, else "
+                             "<checkpoint dir>/<checkpoint stem>_export beside it)")
     parser.add_argument("--log_level", default=None)
     try:
         args = parser.parse_args(argv)

@@ -19,10 +19,11 @@ from .checkpoint_io import (
     refuse_to_replace_a_run,
     resolve_ckpt_path,
 )
-from .contract import ModelContract
+from .contract import ModelContract, default_output, run_dir_of
 from .distributed import claim_report, watch_ranks
-from .fileio import check_writable_file, remove_stale_temporaries
+from .fileio import check_output_name, check_writable_file, remove_stale_temporaries
 from .logs import LEVELS, process_rank, setup_logging
+from .predict import sensors_csv
 from .rundir import DEFAULT_RUN_DIR, FolderLock, check_writable, checkpoint_dir
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,9 @@ class LeakCLI(LightningCLI):
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
         if subcommand == "predict":
             parser.add_argument("--output", type=str | None, default=None,
-                                help="the predictions CSV (default: <run dir>/predictions.csv; for a site's checkpoint "
-                                     "<run dir>/sites/<site>_predictions.csv)")
+                                help="the predictions CSV (default: <run dir>/predictions.csv for a run's checkpoint; "
+                                     "for a site's checkpoint, or one outside a run, <ckpt dir>/<stem>_predictions.csv "
+                                     "beside it)")
         if subcommand in ("validate", "test"):  # our results table says it; Lightning's would repeat it
             parser.set_defaults(verbose=False)
         return parser
@@ -113,44 +115,50 @@ class LeakCLI(LightningCLI):
             return
         cfg = self.config[sub]
         setup_logging(cfg.get("log_level"))
-        root = self._run_dir(sub, cfg)
+        # a checkpoint given as a file, with no run directory named, decides where the outputs go: read it first
+        early = sub != "fit" and cfg.get("ckpt_path") not in (None, "best", "last") \
+            and cfg["trainer"]["default_root_dir"] == DEFAULT_RUN_DIR
+        if early:
+            cfg["ckpt_path"], self.contract, self.ckpt_hparams = resolve_ckpt_path(cfg["ckpt_path"], None, sub)
+            cfg["trainer"]["default_root_dir"] = str(_home(Path(cfg["ckpt_path"]), self.contract))
+        root = cfg["trainer"]["default_root_dir"]
+        _fill_run_dir(cfg["trainer"].get("logger"), root)
         if sub == "fit":
+            check_writable(root)
             for key in ("train_h5", "val_h5"):  # before the run directory is claimed
                 if cfg["data"].get(key) and not Path(cfg["data"][key]).exists():
                     from .data.h5 import read_info
 
                     read_info(cfg["data"][key])  # raises: not found, with the fix
             self._claim(cfg, root)
-        if sub == "predict":
-            if cfg.get("output"):
-                cfg["predictions"]["output"] = cfg["output"]
-            elif not cfg["predictions"]["output"] and cfg.get("ckpt_path"):
-                ckpt = Path(cfg["ckpt_path"])  # a site's answers never replace the base model's predictions.csv
-                if ckpt.parent.name == "sites" and ckpt.parent.parent == Path(root):
-                    cfg["predictions"]["output"] = str(ckpt.with_name(f"{ckpt.stem}_predictions.csv"))
-            # the CSV's place is checked before any recording is scored, so no scoring is thrown away
-            check_writable_file(Path(cfg["predictions"]["output"] or Path(root) / "predictions.csv"), "--output")
-            if cfg["trainer"].get("logger") in (None, True):  # predict logs no metric: no empty lightning_logs/
-                cfg["trainer"]["logger"] = False
         if sub != "fit" and not cfg.get("ckpt_path"):
             cfg["ckpt_path"] = default_checkpoint(root, sub)
-        if cfg.get("ckpt_path"):
+        if cfg.get("ckpt_path") and not early:
             cfg["ckpt_path"], self.contract, self.ckpt_hparams = resolve_ckpt_path(cfg["ckpt_path"], root, sub)
+        if sub != "fit":  # only now: a command that finds no checkpoint leaves no empty run directory behind
+            check_writable(root)
+        if sub == "predict":
+            self._predict_output(cfg, root, named_root=not early and root != DEFAULT_RUN_DIR)
+        if cfg.get("ckpt_path"):
             # the checkpoint's hyper-parameters replace the model's options: note what was asked for
             asked = {a.split("=")[0][len("--model."):] for a in given if a.startswith("--model.")}
             self._asked = {k: cfg["model"].get(_key(cfg["model"], k)) for k in asked if _key(cfg["model"], k)}
 
-    @staticmethod
-    def _run_dir(sub: str, cfg) -> str:
-        """The run directory, writable; predict from a checkpoint alone uses the checkpoint's own."""
-        if sub == "predict" and cfg["trainer"]["default_root_dir"] == DEFAULT_RUN_DIR and cfg.get("ckpt_path"):
-            ckpt = Path(cfg["ckpt_path"])  # not ./runs of wherever one stands
-            if ckpt.parent.name in ("checkpoints", "sites") and ckpt.is_file():  # sites/: adapt's checkpoints
-                cfg["trainer"]["default_root_dir"] = str(ckpt.parent.parent)
-        root = cfg["trainer"]["default_root_dir"]
-        _fill_run_dir(cfg["trainer"].get("logger"), root)
-        check_writable(root)
-        return root
+    def _predict_output(self, cfg, root: str, named_root: bool) -> None:
+        """predict's CSV: --output, else the checkpoint's (`default_output`): a site's checkpoint, known by its
+        own site record (not by its folder), answers beside itself and never over the base model's CSV."""
+        if cfg.get("output"):
+            cfg["predictions"]["output"] = cfg["output"]
+        elif not cfg["predictions"]["output"] and self.contract is not None:
+            site = self.contract.site is not None
+            if site or not named_root:
+                cfg["predictions"]["output"] = str(default_output(cfg["ckpt_path"], "predictions.csv", own=site))
+        # the CSV's place is checked before any recording is scored, so no scoring is thrown away
+        out = Path(cfg["predictions"]["output"] or Path(root) / "predictions.csv")
+        check_writable_file(out, "--output")
+        check_output_name(sensors_csv(out), "--output")  # its partner, written with it
+        if cfg["trainer"].get("logger") in (None, True):  # predict logs no metric: no empty lightning_logs/
+            cfg["trainer"]["logger"] = False
 
     @staticmethod
     def _claim(cfg, root: str) -> None:
@@ -290,6 +298,15 @@ def _logger_save_dir(args: list) -> list:
                 return [*args[: i + (1 if "=" in a else 2)], "--trainer.logger.save_dir", RUN_DIR,
                         *args[i + (1 if "=" in a else 2):]]
     return args
+
+
+def _home(ckpt: Path, contract: ModelContract) -> Path:
+    """validate/test/predict's run directory for a checkpoint file when none is named (not ./runs of wherever one
+    stands): the checkpoint's run; for a site's checkpoint or one outside a run, `<ckpt dir>/<stem>_reports/`
+    beside it (the command's config.yaml and log, validate/test's reports and plots; predict's CSV is beside the
+    checkpoint), so that a site's records never replace the base model's in its run."""
+    run = run_dir_of(ckpt)
+    return run if run is not None and contract.site is None else default_output(ckpt, "reports", own=True)
 
 
 def _fill_run_dir(logger, root: str) -> None:

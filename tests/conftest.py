@@ -50,6 +50,17 @@ def trained_run(small_h5, tmp_path_factory) -> Path:
     return run
 
 
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """A small labelled site the detector never heard (resonances 30 % higher, machinery), once per module."""
+    from leak_lightning.synthetic import Conditions, make_dataset
+
+    root = tmp_path_factory.mktemp("site") / "district"
+    make_dataset(root, layout="pool", labels=("LEAK", "NORMAL", "BACKGROUND"), files_per_label=4,
+                 sensors_per_label=2, seed=5, conditions=Conditions(resonance_scale=1.3, background="machinery"))
+    return root
+
+
 @pytest.fixture
 def mount(tmp_path):
     """Mount a tmpfs with the given options (a real read-only or full file system); root only."""

@@ -12,15 +12,7 @@ from leak_lightning import LeakDetector, adapt
 from leak_lightning.checkpoint_io import read_checkpoint
 from leak_lightning.fileio import file_digest
 from leak_lightning.models.decision import DecisionOptions, DecisionRule
-from leak_lightning.synthetic import Conditions, make_dataset
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    root = tmp_path_factory.mktemp("site") / "district"
-    make_dataset(root, layout="pool", labels=("LEAK", "NORMAL", "BACKGROUND"), files_per_label=4,
-                 sensors_per_label=2, seed=5, conditions=Conditions(resonance_scale=1.3, background="machinery"))
-    return root
+from leak_lightning.synthetic import make_dataset
 
 
 def test_folds_deal_leaks_and_others_round_the_folds():
