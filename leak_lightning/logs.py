@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import sys
@@ -30,19 +31,36 @@ def bytes_human(n: float) -> str:
 
 
 _UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "KIB": 1024, "M": 1024**2, "MB": 1024**2, "MIB": 1024**2,
-          "G": 1024**3, "GB": 1024**3, "GIB": 1024**3, "T": 1024**4, "TB": 1024**4, "TIB": 1024**4}
+          "G": 1024**3, "GB": 1024**3, "GIB": 1024**3, "T": 1024**4, "TB": 1024**4, "TIB": 1024**4,
+          "P": 1024**5, "PB": 1024**5, "PIB": 1024**5}
+# A size is held in int64 wherever it goes (torch, numpy, sysconf); a budget larger than this machine's memory is
+# still accepted: it is a ceiling, configs travel between machines, and `cache=auto` checks free memory anyway.
+MAX_BYTES = 2**63 - 1
 
 
 def parse_bytes(value: int | str, option: str) -> int:
-    """`4GB`, `512 MiB`, `2e9` or 2000000000 → bytes (binary multiples, as bytes_human prints them)."""
-    match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([A-Za-z]*)\s*", str(value))
-    try:
-        number, unit = float(match.group(1)), _UNITS[match.group(2).upper()]
-    except (AttributeError, ValueError, KeyError):
-        raise ValueError(f"{option}={value!r}: not a size; write e.g. 4GB, 512MB or a number of bytes") from None
+    """`4GB`, `512 MiB`, `2e9` or 2000000000 → bytes (binary multiples, as bytes_human prints them).
+
+    One ValueError line naming `option` and the value for anything that is not a whole number of bytes
+    from 1 to MAX_BYTES: text, nan, inf (`1e999`), 0, negative, fractions of a byte, more than 8192 PB."""
+    example = "write e.g. 4GB, 512MB or a number of bytes"
+    match = None if isinstance(value, bool) else \
+        re.fullmatch(r"\s*([-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(value))
+    if match is None or match.group(2).upper() not in _UNITS:
+        raise ValueError(f"{option}={value!r}: not a size; {example}")
+    text, unit = match.group(1), _UNITS[match.group(2).upper()]
+    # whole numbers stay exact (a float has 53 bits); the rest goes through float
+    number = int(text) if text.lstrip("+-").isdigit() else float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{option}={value!r}: not a finite size; {example}")
     if number <= 0:
-        raise ValueError(f"{option}={value!r}: must be more than 0")
-    return int(number * unit)
+        raise ValueError(f"{option}={value!r}: must be more than 0; {example}")
+    if number * unit > MAX_BYTES:
+        raise ValueError(f"{option}={value!r}: more than {bytes_human(MAX_BYTES)}, the most a size can be; {example}")
+    size = int(number * unit) if isinstance(number, float) else number * unit
+    if size < 1:
+        raise ValueError(f"{option}={value!r}: less than one byte; {example}")
+    return size
 
 
 def use_colour(stream) -> bool:
@@ -52,13 +70,30 @@ def use_colour(stream) -> bool:
     return bool(getattr(stream, "isatty", None)) and stream.isatty()
 
 
+# Line breaks (\n \r \v \f, the C1 and Unicode separators str.splitlines breaks on) and the other control
+# characters, escaped as repr does: a file name, label or path someone chose must not split a log line in two,
+# fake a line of its own, or send terminal escapes. No message of the project spans lines on purpose; a
+# traceback (exc_info, at DEBUG and in the run's log file) is added after the message and keeps its lines.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """`text` with its control characters escaped (`\\n`, `\\x1b`, `\\u2028`): always one printable line."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 class ElapsedTimeFormatter(logging.Formatter):
-    """Formats records as `[ elapsed s] [LEVEL] message`, optionally coloured."""
+    """Formats records as `[ elapsed s] [LEVEL] message`, optionally coloured; a message is always one line."""
 
     def __init__(self, colour: bool = False, start: float | None = None) -> None:
         super().__init__("[%(elapsed)s] [%(levelname)s] %(message)s")
         self.colour = colour
         self.start = START if start is None else start
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # Formatter.format sets record.message afresh for every handler, so the escape reaches no other one
+        record.message = one_line(record.message)
+        return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
         record.elapsed = f"{time.monotonic() - self.start:7.2f}s"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -75,23 +76,39 @@ def shared_with_training(info: SplitInfo, trained: dict | None, digests) -> int 
     return int(np.isin(mine[1], theirs.numpy().view(np.uint64)).sum())
 
 
-def stream_buffer_files(info: SplitInfo, classes: int, batch_size: int, workers: int, budget: int) -> int:
-    """Whole files each stream reads at a time so that what streaming holds stays within `budget` bytes.
+def segment_bytes(info: SplitInfo) -> int:
+    """Bytes of a split's segments (float16): what caching it holds."""
+    return info.num_segments * info.segment_shape[2] * info.segment_shape[3] * 2
 
-    Per stream (one per DataLoader worker): the chunk being served, the next one, and a shuffled copy of a
-    chunk while it is made (3 chunks) plus the batch it is cutting; the DataLoader's queue (2 batches a
-    worker); the batch the step holds and its pinned copy. Up to 4096 files: the shuffle window."""
+
+def stream_bytes(info: SplitInfo, classes: int, batch_size: int, workers: int, files: int) -> int:
+    """Bytes streaming `info` holds when each stream reads `files` whole files at a time (0: evaluation, which
+    reads the files of one batch at a time).
+
+    Per stream (one per DataLoader worker; forked, so what the process caches is shared, not copied, while
+    their buffers are their own): the chunk being served, the next one, and a shuffled copy of a chunk while it
+    is made (3 chunks) plus the batch it is cutting; the DataLoader's queue (2 batches a worker); the batch the
+    step holds and its pinned copy."""
     streams = max(1, workers)
     row = info.segment_shape[2] * info.segment_shape[3] * 2 + 4 * classes  # float16 segment + float32 targets
-    batch_bytes, file_bytes = batch_size * row, info.segments_per_file * row
-    room = budget - (3 * streams + 2) * batch_bytes
-    files = room // (3 * streams * file_bytes) if room > 0 else 0
-    if files < 1:
-        need = (3 * streams + 2) * batch_bytes + 3 * streams * file_bytes
+    return (3 * streams + 2) * batch_size * row + 3 * streams * files * info.segments_per_file * row
+
+
+def stream_buffer_files(info: SplitInfo, classes: int, batch_size: int, workers: int, budget: int,
+                        others: int = 0, train: bool = True) -> int:
+    """Whole files each stream reads at a time so that what streaming holds stays within `budget` bytes less
+    `others` (what the process's other splits hold or keep for themselves). Up to 4096 files: the shuffle
+    window. Evaluation streams have no buffer (0); they are only checked to fit."""
+    fixed = stream_bytes(info, classes, batch_size, workers, 0)
+    per_file = stream_bytes(info, classes, batch_size, workers, 1) - fixed if train else 0
+    room = budget - others - fixed - per_file  # one file a chunk at least
+    if room < 0:
+        besides = f" besides the {bytes_human(others)} the process's other splits hold" if others else ""
         raise ValueError(f"data.max_cache_bytes={bytes_human(budget)} is too small to stream {info.path} with batches "
-                         f"of {batch_size} segments and {streams} stream(s): at least {bytes_human(need)}; raise it, "
-                         "or lower data.batch_size or data.num_workers")
-    return int(min(files, 4096))
+                         f"of {batch_size} segments and {max(1, workers)} stream(s): at least "
+                         f"{bytes_human(fixed + per_file)}{besides}; raise it, or lower data.batch_size, "
+                         "data.eval_batch_size or data.num_workers")
+    return int(min(1 + room // per_file, 4096)) if train else 0
 
 
 def _available_ram() -> int:
@@ -113,9 +130,13 @@ class LeakDataModule(L.LightningDataModule):
         predict_suffixes: file name endings `predict` reads in a folder (libsndfile decodes them).
         num_workers: DataLoader workers when streaming; decoder threads for `predict`.
         max_cache_fraction: share of free device memory / available RAM a cached split may take.
-        max_cache_bytes: a memory budget for a split's segments in this process (e.g. 4GB; null: none): a
-            larger split is streamed, and the stream's buffers are sized to stay within it (the larger the
-            buffer, the better the shuffle). Peak memory is then this budget plus a fixed overhead (README).
+        max_cache_bytes: one memory budget for the data of this process, all splits together (e.g. 4GB; null:
+            none; a whole number of bytes up to 8192 PB). Training is placed first (it is read every epoch), then
+            validation, then test: a split is cached when it fits what is left (the splits after it keep the
+            least they need to stream), else it is streamed, its buffers sized within what is left (the larger,
+            the better the shuffle). Stream workers are forked: they share what is cached, and each worker's
+            buffers count. Per process: under DDP every rank holds its own copy, so a node with 8 ranks may use 8
+            budgets. Peak memory is this budget plus a fixed overhead (README).
         balance: class-balanced sampling of the training split (with replacement, seeded and
             resumable like the plain shuffle); needs a cached split (device or ram).
         steps_per_call: optimizer steps per Lightning step: the loader serves blocks of this many
@@ -167,6 +188,7 @@ class LeakDataModule(L.LightningDataModule):
         self._train_counts: list[int] | None = None
         self.splits: dict[str, CachedSplit | StreamSplit] = {}
         self.modes: dict[str, str] = {}
+        self._held: dict[str, int] = {}  # bytes each split holds of data.max_cache_bytes (cached, or its streams)
         self._train_batches: TrainBatches | StreamBatches | None = None
         self._resume: dict | None = None
         self._reading: dict[Path, DataLock] = {}  # data folders this module reads (until teardown)
@@ -302,16 +324,25 @@ class LeakDataModule(L.LightningDataModule):
         t = self.trainer
         return (t.global_rank, t.world_size) if t is not None else (0, 1)
 
-    def _choose_mode(self, info: SplitInfo, device: torch.device) -> str:
-        nbytes = info.num_segments * info.segment_shape[2] * info.segment_shape[3] * 2
-        budget = self.max_cache_bytes
+    def _held_elsewhere(self, name: str) -> str:
+        held = {n: b for n, b in self._held.items() if n != name}
+        return "; ".join(f"{n} split {bytes_human(b)}" for n, b in held.items()) or "nothing"
+
+    def _choose_mode(self, info: SplitInfo, device: torch.device, left: int | None = None) -> str:
+        """Where `info`'s segments go; `left`: what the budget leaves it (default: the budget less the splits
+        already held)."""
+        nbytes = segment_bytes(info)
+        if left is None and self.max_cache_bytes is not None:
+            left = self.max_cache_bytes - sum(self._held.values())
         if self.cache != "auto":
-            if budget is not None and self.cache != "stream" and nbytes > budget:
+            if left is not None and self.cache != "stream" and nbytes > left:
+                shared = f" (it is shared: {bytes_human(max(0, left))} left beside {self._held_elsewhere('')})" \
+                    if self._held else ""
                 raise ValueError(f"{info.path}: its {bytes_human(nbytes)} of segments do not fit "
-                                 f"data.max_cache_bytes={bytes_human(budget)} with data.cache {self.cache}; use "
-                                 "data.cache stream (or auto), or a larger budget")
+                                 f"data.max_cache_bytes={bytes_human(self.max_cache_bytes)} with data.cache "
+                                 f"{self.cache}; use data.cache stream (or auto), or a larger budget{shared}")
             return self.cache
-        if budget is not None and nbytes > budget:
+        if left is not None and nbytes > left:
             return "stream"
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
@@ -322,6 +353,27 @@ class LeakDataModule(L.LightningDataModule):
             return "device" if device.type == "cpu" else "ram"
         return "stream"
 
+    def _stream_rows(self, name: str) -> int:
+        """Segments in a streamed batch of split `name`: evaluation batches are whole files (as StreamSplit
+        groups them)."""
+        if name == "train":
+            return self.batch_size
+        spf = self.infos[name].segments_per_file
+        return max(1, self.eval_batch_size // spf) * spf
+
+    def _stream_reserve(self, names: list[str]) -> int:
+        """The least the splits `names` need of the budget: to stream, or to be cached where that is less (a
+        small split takes less cached than its stream's batches); nothing for a forced cache (checked itself)."""
+        if self.cache not in ("auto", "stream"):
+            return 0
+        need = 0
+        for n in (n for n in names if n in self.infos):
+            info = self.infos[n]
+            rows, files = self._stream_rows(n), int(n == "train")
+            stream = stream_bytes(info, len(info.class_names), rows, self.num_workers, files)
+            need += stream if self.cache == "stream" else min(stream, segment_bytes(info))
+        return need
+
     def setup(self, stage: str) -> None:
         if stage == "predict":
             self._setup_predict()
@@ -331,39 +383,65 @@ class LeakDataModule(L.LightningDataModule):
             self._reading[folder] = DataLock(folder).read(command_line())  # no build replaces them meanwhile
         if stage == "fit" and {"train", "val"} <= self.infos.keys() and "train" not in self.splits:
             self._check_validation_is_unseen()
-        device = self._device()
-        for name in wanted:
-            if name in self.splits:
-                continue
+        # One budget for every split this process holds, in this order: training first (read every epoch),
+        # the rest take what is left (a later split is kept the least it needs to stream) or stream.
+        todo = [n for n in wanted if n not in self.splits]
+        for i, name in enumerate(todo):
             if name in self._absent:
                 read_info(self._absent[name])  # raises: not found, with the fix
             if name not in self.infos:
                 raise ValueError(f"stage {stage!r} needs data.{name}_h5, which is not set")
-            info = self.infos[name]
-            mode = self._choose_mode(info, device)
-            targets = load_targets(info)
-            if name in self._columns:  # the checkpoint's class order
-                targets = targets[:, self._columns[name]]
-            if mode == "stream":
-                if self.balance and name == "train":
-                    raise ValueError(f"{info.path}: data.balance needs the training split cached (data.cache device "
-                                     "or ram); it is streamed (too large, or data.cache stream)")
-                scan_segments(info)
-                batch = self.batch_size if name == "train" else self.eval_batch_size
-                buffer = 16 if self.max_cache_bytes is None else \
-                    stream_buffer_files(info, targets.shape[1], batch, self.num_workers, self.max_cache_bytes)
-                self.splits[name] = StreamSplit(info, targets, batch, name == "train", self.seed,
-                                                *self._rank_world(), roles=self.num_workers, buffer_files=buffer)
-            else:
-                target_device = device if mode == "device" else torch.device("cpu")
-                self.splits[name] = to_cached(load_segments(info), targets, info.segments_per_file,
-                                              target_device, pin=mode == "ram" and device.type == "cuda")
-            self.modes[name] = mode
-            budget = "" if mode != "stream" or self.max_cache_bytes is None else \
-                f", buffers of {self.splits[name].buffer_files} files within data.max_cache_bytes " \
-                f"{bytes_human(self.max_cache_bytes)}"
-            log.info("%s split: %d files, %d segments, cache=%s%s%s (%s)", name, info.num_files, info.num_segments,
-                     mode, budget, ", class-balanced sampling" if self.balance and name == "train" else "", info.path)
+            self._setup_split(name, self._stream_reserve(todo[i + 1:]))
+
+    def _setup_split(self, name: str, reserve: int) -> None:
+        """Cache or stream split `name`, keeping `reserve` bytes of the budget for the splits after it."""
+        info, device, budget = self.infos[name], self._device(), self.max_cache_bytes
+        others = sum(self._held.values()) + reserve
+        left = None if budget is None else budget - others
+        mode = self._choose_mode(info, device, left)
+        targets = load_targets(info)
+        if name in self._columns:  # the checkpoint's class order
+            targets = targets[:, self._columns[name]]
+        if mode == "stream":
+            if self.balance and name == "train":
+                raise ValueError(f"{info.path}: data.balance needs the training split cached (data.cache device "
+                                 "or ram); it is streamed (too large, or data.cache stream)")
+            scan_segments(info)
+            train, batch, classes = name == "train", self._stream_rows(name), targets.shape[1]
+            buffer = 16  # evaluation streams read the files of one batch at a time, whatever their buffer
+            if budget is not None:  # raises when not even the least stream fits what the budget leaves
+                files = stream_buffer_files(info, classes, batch, self.num_workers, budget, others, train)
+                # all of a stream's files in one chunk is the best shuffle: more would only take others' budget
+                streams = max(1, self.num_workers) * self._rank_world()[1]
+                buffer = min(files, math.ceil(info.num_files / streams)) if train else buffer
+            self.splits[name] = StreamSplit(info, targets, batch, train, self.seed, *self._rank_world(),
+                                            roles=self.num_workers, buffer_files=buffer)
+            self._held[name] = stream_bytes(info, classes, batch, self.num_workers, buffer if train else 0)
+        else:
+            target_device = device if mode == "device" else torch.device("cpu")
+            self.splits[name] = to_cached(load_segments(info), targets, info.segments_per_file,
+                                          target_device, pin=mode == "ram" and device.type == "cuda")
+            self._held[name] = segment_bytes(info)
+        self.modes[name] = mode
+        over = mode == "stream" and self.cache == "auto" and left is not None and segment_bytes(info) > left
+        log.info("%s split: %d files, %d segments, cache=%s%s%s (%s)", name, info.num_files, info.num_segments,
+                 mode, self._budget_note(name, info, left if over else None),
+                 ", class-balanced sampling" if self.balance and name == "train" else "", printable(info.path))
+
+    def _budget_note(self, name: str, info: SplitInfo, short_of: int | None) -> str:
+        """Where split `name` stands in the process's budget, for its one log line; `short_of`: the bytes the
+        budget left it when its segments did not fit there."""
+        budget = self.max_cache_bytes
+        if budget is None:
+            return ""
+        buffers = f" in buffers of {self.splits[name].buffer_files} files" \
+            if self.modes[name] == "stream" and name == "train" else ""
+        note = (f", {bytes_human(self._held[name])} of data.max_cache_bytes {bytes_human(budget)}{buffers} "
+                f"({bytes_human(budget - sum(self._held.values()))} left)")
+        if short_of is not None:
+            note += (f", streamed: its {bytes_human(segment_bytes(info))} of segments are "
+                     f"{bytes_human(segment_bytes(info) - short_of)} more than the budget leaves it")
+        return note
 
     def _loader(self, name: str):
         split = self.splits[name]
