@@ -23,7 +23,7 @@ from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MultilabelAUROC, MultilabelAveragePrecision, MultilabelF1Score
 
-from .checkpoint_io import current_hparams, load_problem, migrate_state, safe_unpickling, unusable
+from .checkpoint_io import current_hparams, load_problem, migrate_state, read_checkpoint, safe_unpickling, unusable
 from .contract import SECTION, ModelContract, binding_digest
 from .evaluation import DEFAULT_GRID, FileScores, expected_calibration_error, file_metrics, score_files
 from .features import FeatureConfig, LogMelFrontend
@@ -343,7 +343,10 @@ class LeakClassifier(L.LightningModule):
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None,
                              weights_only: bool | None = None, **kwargs) -> LeakClassifier:
         """Lightning's loader with torch's safe unpickler only, as every read of a checkpoint here
-        (checkpoint_io.load_checkpoint): `weights_only=False` is not honoured; a refused file is one line."""
+        (checkpoint_io.load_checkpoint): `weights_only=False` is not honoured; a refused file is one line.
+        Lightning imports and calls the `_instantiator` and class paths the file names: checked first."""
+        if isinstance(checkpoint_path, (str, os.PathLike)):
+            read_checkpoint(checkpoint_path, flag="checkpoint")
         try:
             with safe_unpickling():
                 return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict,

@@ -235,7 +235,8 @@ def test_a_class_the_checkpoint_names_outside_the_trusted_packages_is_never_impo
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delenv("LEAK_LIGHTNING_TRUSTED_PACKAGES", raising=False)
     path = _naming(trained_run / "checkpoints" / "best.ckpt", tmp_path / "named.ckpt", where, name)
-    for load in (read_checkpoint, lambda p: LeakDetector.from_checkpoint(p, device="cpu")):
+    for load in (read_checkpoint, lambda p: LeakDetector.from_checkpoint(p, device="cpu"),
+                 LeakClassifier.load_from_checkpoint):
         with pytest.raises(ValueError) as err:
             load(path)
         line = str(err.value)
