@@ -231,3 +231,28 @@ def test_build_stops_on_an_unreadable_label_folder_with_one_line(tmp_path, locke
     assert f"{tmp_path}/in/NORMAL: label folder cannot be listed (Permission denied)" in line
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
+
+
+def _with_partial_last_block(path: Path, cut: int) -> Path:
+    """The WAV at `path` with its data chunk `cut` bytes shorter and every size field saying so: what a recorder
+    that stops mid-block writes (a complete file whose last block is partial, not a cut one)."""
+    raw = bytearray(path.read_bytes())
+    pos = 12
+    while raw[pos:pos + 4] != b"data":
+        pos += 8 + int.from_bytes(raw[pos + 4:pos + 8], "little")
+    size = int.from_bytes(raw[pos + 4:pos + 8], "little") - cut
+    raw = raw[:pos + 8 + size]
+    raw[pos + 4:pos + 8] = size.to_bytes(4, "little")
+    raw[4:8] = (len(raw) - 8).to_bytes(4, "little")
+    out = path.with_name(f"partial_{path.name}")
+    out.write_bytes(bytes(raw))
+    return out
+
+
+@pytest.mark.parametrize("sub", ["MS_ADPCM", "IMA_ADPCM"])
+def test_a_partial_last_block_is_a_complete_file_as_libsndfile_decodes_it(tmp_path, sub):
+    path = _with_partial_last_block(written(tmp_path, "WAV", sub, seconds=12.0), cut=100)
+    decodes = sf.info(path).frames  # libsndfile: MS ADPCM drops a partial last block, IMA ADPCM decodes it
+    clip = read_clip(path, SPEC)
+    assert "truncated" not in clip.flags, (sub, decodes)
+    np.testing.assert_array_equal(clip.samples, soundfile_reads(path)[: SPEC.num_samples])

@@ -170,6 +170,21 @@ def test_a_requeued_worker_after_a_copying_join_has_nothing_to_do(corpus, tmp_pa
     assert any("is already built and published" in r.getMessage() for r in ll_records)
 
 
+def test_a_worker_of_the_published_build_says_so_when_a_sibling_claimed_a_newer_one(corpus, tmp_path):
+    out = tmp_path / "out"
+    for i in (0, 1):
+        build_dataset(corpus, out, progress=False, num_shards=2, shard_index=i, copy=True)
+    published = json.loads((out / schema.MANIFEST).read_text())["build_id"]
+    added = corpus / add_recording(corpus)
+    build_dataset(corpus, out, progress=False, num_shards=2, shard_index=0, overwrite=True)  # claims the new build
+    [newer] = build_ids(out)
+    added.unlink()  # the other worker's stale view of the folder: the published build's corpus
+    with pytest.raises(ValueError) as err:  # "nothing to do" would leave the newer build waiting for shard 1
+        build_dataset(corpus, out, progress=False, num_shards=2, shard_index=1, overwrite=True)
+    line = str(err.value)
+    assert f"build {published[:12]}" in line and f"build {newer[:12]}" in line and "derive different builds" in line
+
+
 def test_one_process_overwrite_removes_the_shards_of_the_joined_build(corpus, tmp_path):
     out = tmp_path / "out"
     for i in (0, 1):

@@ -52,7 +52,10 @@ def _frames(data_size: int, fmt: _Fmt, fact: int | None = None) -> int | None:
     if fmt.tag in _PLAIN_TAGS:
         return data_size // fmt.block_align
     if fmt.frames_per_block:
-        return -(-data_size // fmt.block_align) * fmt.frames_per_block  # libsndfile decodes a last partial block
+        # libsndfile decodes a partial last block of IMA ADPCM and GSM 6.10, and drops MS ADPCM's (tag 2):
+        # counted otherwise, a complete MS ADPCM file a recorder stopped mid-block would read as cut
+        blocks = data_size // fmt.block_align if fmt.tag == 2 else -(-data_size // fmt.block_align)
+        return blocks * fmt.frames_per_block
     return fact  # another codec (G.721, NMS ADPCM, ...): the fact chunk's count, or unknown
 
 

@@ -132,11 +132,15 @@ def build_dataset(
     manifest = {"format_version": schema.FORMAT_VERSION, "build_id": build_id, "classes": list(class_names),
                 "features": json.loads(features.to_json())}
     if shard is not None:
-        if (done := _published(output, build_id, features, t0)) is not None:
-            return done
-        _check_outputs(output, overwrite)
         derived = {"options": {**{k: v for k, v in manifest.items() if k != "build_id"}, "duplicates": duplicates,
                                "seed": seed, "split_ratios": list(split_ratios)}, "recordings": rows}
+        if (done := _published(output, build_id, features, t0)) is not None:
+            # its build is published, but a sibling worker that already claimed another build (a recording added
+            # since) would wait for this one's shard forever: say so, as a worker of that build would
+            if conflict := disagreement(output, build_id, shard, derived):
+                raise ValueError(conflict)
+            return done
+        _check_outputs(output, overwrite)
         return _build_shard(output, shard, splits, unusable, input, features, class_names, manifest,
                             (device, batch_size, num_workers, progress, duplicates), copy, t0, derived)
     output.mkdir(parents=True, exist_ok=True)
