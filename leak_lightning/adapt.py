@@ -28,7 +28,7 @@ from .audio.scan import AUDIO_SUFFIXES, printable, scan_audio
 from .checkpoint_io import AtomicCheckpointIO, current_hparams, migrate_state, read_checkpoint
 from .contract import CHECKPOINT_FORMAT, DATA_STATE, SECTION, binding_digest, default_output
 from .evaluation import decision_counts
-from .fileio import check_writable_file, file_digest, name_max, write_atomic
+from .fileio import check_writable_file, file_digest, foreign, name_max, write_atomic
 from .models.decision import DecisionRule
 from .rundir import FolderLock
 
@@ -332,6 +332,10 @@ def _publish(report: dict, out: Path, report_path: Path) -> None:
     that fails), so a kill between the two renames leaves the new checkpoint without its JSON, whose report
     it holds inside (`leak_lightning.site.report`); the JSON names the checkpoint's sha256."""
     adapted = report.pop("_checkpoint")
+    # a link or another user's file planted at the report's name while the site was scored is never read (it
+    # would be copied here if the save failed), removed or written through
+    if os.path.lexists(report_path) and (why := foreign(report_path, os.lstat(report_path))) is not None:
+        raise ValueError(f"--output {why}")
     earlier = report_path.read_bytes() if report_path.is_file() else None
     report_path.unlink(missing_ok=True)
     try:

@@ -15,7 +15,7 @@ import time
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -133,9 +133,10 @@ def _tensor_machinery(name: str) -> bool:
             or module == "torch" and (attr.endswith("Storage") or isinstance(getattr(torch, attr, None), torch.dtype)))
 
 
-def load_checkpoint(path: Path) -> dict | str:
-    """The checkpoint at `path` read by torch's safe unpickler (never `weights_only=False`), or why it cannot be
-    used (one line). Every read of a checkpoint comes here, Lightning's own through AtomicCheckpointIO."""
+def load_checkpoint(path: Path | IO[bytes]) -> dict | str:
+    """The checkpoint at `path` (or in a file object) read by torch's safe unpickler (never `weights_only=False`),
+    or why it cannot be used (one line). Every read of a checkpoint comes here, Lightning's own through
+    AtomicCheckpointIO."""
     try:
         with safe_unpickling():
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -154,11 +155,19 @@ def read_checkpoint(path: str | Path, flag: str = "--ckpt_path"):
     ckpt = load_checkpoint(path)
     if isinstance(ckpt, str):
         raise unusable(f"{flag} {path}", ckpt)
-    if named := foreign_code(ckpt.get("hyper_parameters")):
-        raise unusable(f"{flag} {path}", f"its hyper-parameters name {', '.join(named)} to import and call, outside "
+    refuse_foreign_code(ckpt, f"{flag} {path}")
+    return ckpt, ModelContract.from_checkpoint(ckpt, path)
+
+
+def refuse_foreign_code(ckpt: dict, where: str) -> None:
+    """One line when the arguments a checkpoint rebuilds its model from name code outside the trusted packages:
+    its hyper-parameters, and the older keys Lightning's own loader merges into them."""
+    named = sorted({n for key in ("module_arguments", "hparams", "hyper_parameters")  # Lightning's loader merges
+                    for n in foreign_code(ckpt.get(key))})  # all three: each is checked whole
+    if named:
+        raise unusable(where, f"its hyper-parameters name {', '.join(named)} to import and call, outside "
                        f"{', '.join(TRUSTED_ROOTS)}: {DATA_NOT_CODE}; if you trust that code, name its package in "
                        f"{TRUSTED_ENV}")
-    return ckpt, ModelContract.from_checkpoint(ckpt, path)
 
 
 # A checkpoint's hyper-parameters name the classes that rebuild its model (`class_path`, and Lightning's

@@ -87,16 +87,18 @@ def open_own(path: Path, flags: int, mode: int = 0o644) -> int:
     # O_NONBLOCK: a FIFO planted at the name must not hang the open (plain files ignore it)
     flags |= os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     while True:
+        existed = False
         try:
             if flags & os.O_CREAT and not flags & os.O_EXCL:
                 with contextlib.suppress(FileExistsError):  # made just now: ours, whatever owner the file
                     return os.open(path, flags | os.O_EXCL, mode)  # system shows (NFS root_squash)
+                existed = True
                 fd = os.open(path, flags & ~os.O_CREAT)
             else:
                 fd = os.open(path, flags, mode)
             break
-        except FileNotFoundError:  # removed between the two opens (a lock's holder let go): create it
-            if not flags & os.O_CREAT:
+        except FileNotFoundError:  # removed between the two opens (a lock's holder let go): create it again;
+            if not existed:  # not found at the create itself: its folder is gone, and retrying would spin
                 raise
         except OSError as err:  # ELOOP: a link at the last name; EEXIST (O_EXCL): say whose it is
             if err.errno in (errno.ELOOP, errno.EEXIST) and (why := _foreign_at(path)) is not None:
@@ -132,7 +134,7 @@ def check_output_name(path: Path, option: str = "") -> None:
     and they meant us to write through it. (Our own link at the name is replaced, as any file is.)"""
     try:
         st = os.lstat(path)
-    except FileNotFoundError:
+    except OSError:  # not there, or its folder is not one (ENOTDIR, ELOOP): the write that follows says so
         return
     if stat.S_ISLNK(st.st_mode) and st.st_uid != os.geteuid():
         raise ValueError(f"{option + ' ' if option else ''}{foreign(path, st)}")

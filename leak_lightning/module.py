@@ -8,9 +8,9 @@ contract (classes, frontend), the loss, augmentation, and the decision rule fitt
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
-import pickle
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,7 +23,14 @@ from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MultilabelAUROC, MultilabelAveragePrecision, MultilabelF1Score
 
-from .checkpoint_io import current_hparams, load_problem, migrate_state, read_checkpoint, safe_unpickling, unusable
+from .checkpoint_io import (
+    current_hparams,
+    load_checkpoint,
+    migrate_state,
+    refuse_foreign_code,
+    safe_unpickling,
+    unusable,
+)
 from .contract import SECTION, ModelContract, binding_digest
 from .evaluation import DEFAULT_GRID, FileScores, expected_calibration_error, file_metrics, score_files
 from .features import FeatureConfig, LogMelFrontend
@@ -344,16 +351,20 @@ class LeakClassifier(L.LightningModule):
                              weights_only: bool | None = None, **kwargs) -> LeakClassifier:
         """Lightning's loader with torch's safe unpickler only, as every read of a checkpoint here
         (checkpoint_io.load_checkpoint): `weights_only=False` is not honoured; a refused file is one line.
-        Lightning imports and calls the `_instantiator` and class paths the file names: checked first."""
+        Lightning imports and calls the `_instantiator` and class paths the file names: the bytes are read once
+        and checked before Lightning builds from those same bytes (no swap between a check and a second read)."""
+        where = str(checkpoint_path)
         if isinstance(checkpoint_path, (str, os.PathLike)):
-            read_checkpoint(checkpoint_path, flag="checkpoint")
-        try:
-            with safe_unpickling():
-                return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict,
-                                                    weights_only=True, **kwargs)
-        except pickle.UnpicklingError as err:
-            path = Path(checkpoint_path) if isinstance(checkpoint_path, (str, os.PathLike)) else None
-            raise unusable(str(checkpoint_path), load_problem(err, path)) from None
+            data = Path(checkpoint_path).read_bytes()
+        else:
+            data = checkpoint_path.read()
+        ckpt = load_checkpoint(io.BytesIO(data))
+        if isinstance(ckpt, str):
+            raise unusable(where, ckpt)
+        refuse_foreign_code(ckpt, where)
+        with safe_unpickling():
+            return super().load_from_checkpoint(io.BytesIO(data), map_location, hparams_file, strict,
+                                                weights_only=True, **kwargs)
 
     @classmethod
     def for_inference(cls, ckpt: dict, device: torch.device) -> LeakClassifier:

@@ -143,6 +143,19 @@ def test_a_checkpoint_is_published_before_its_report_and_never_beside_another(tm
     assert json.loads(report.read_text()) == {"site": "south", "threshold": 0.25, "checkpoint_sha256": file_digest(out)}
 
 
+def test_a_link_planted_at_the_report_while_scoring_is_never_read_or_copied(tmp_path):
+    secret = tmp_path / "private" / "id_rsa"
+    secret.parent.mkdir()
+    secret.write_text("TOP SECRET")
+    secret.chmod(0o600)
+    out, report = tmp_path / "x.ckpt", tmp_path / "x_adapt_report.json"
+    report.symlink_to(secret)  # planted after the names were checked, before publishing
+    new = {"leak_lightning": {"site": {"report": {"site": "south"}}}}
+    with pytest.raises(ValueError, match=r"x_adapt_report\.json is a symbolic link"):
+        adapt._publish({"site": "south", "_checkpoint": new}, out, report)
+    assert report.is_symlink() and secret.read_text() == "TOP SECRET" and not out.exists()
+
+
 def test_a_site_name_too_long_for_the_file_system_is_refused_before_scoring(trained_run, site, tmp_path, capsys,
                                                                              monkeypatch):
     run = tmp_path / "run"

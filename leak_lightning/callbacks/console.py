@@ -61,8 +61,9 @@ class ConsoleLogger(L.Callback):
         if self.log_file and self._handler is None:
             path = Path(trainer.default_root_dir) / self.log_file
             path.parent.mkdir(parents=True, exist_ok=True)
-            # appended through our own plain file only: a link someone planted at the name is refused, not followed
-            stream = open(path, "a", encoding="utf-8", opener=lambda p, flags: open_own(Path(p), flags))
+            # appended through our own plain file only: a link someone planted at the name is refused, not
+            # followed (0o666: the umask decides its mode, as with logging.FileHandler)
+            stream = open(path, "a", encoding="utf-8", opener=lambda p, flags: open_own(Path(p), flags, 0o666))
             handler = logging.StreamHandler(stream)
             handler.setFormatter(JsonLinesFormatter(START) if self.json_lines else ElapsedTimeFormatter(False))
             logging.getLogger("leak_lightning").addHandler(handler)
