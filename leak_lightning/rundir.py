@@ -16,7 +16,8 @@ def checkpoint_dir(root: str | Path | None) -> Path:
     return Path(root or DEFAULT_RUN_DIR) / "checkpoints"
 
 
-def check_writable(root: str | Path | None) -> None:
+def check_writable(root: str | Path | None, what: str = "--trainer.default_root_dir",
+                   fix: str = "choose a writable folder") -> None:
     """The run directory must be creatable and writable before anything runs in it."""
     import tempfile
 
@@ -31,8 +32,7 @@ def check_writable(root: str | Path | None) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        raise ValueError(f"--trainer.default_root_dir {folder}: cannot write there ({err.strerror or err}); "
-                         "choose a writable folder") from None
+        raise ValueError(f"{what} {folder}: cannot write there ({err.strerror or err}); {fix}") from None
 
 
 class FolderLock:

@@ -120,7 +120,8 @@ class LeakCLI(LightningCLI):
             and cfg["trainer"]["default_root_dir"] == DEFAULT_RUN_DIR
         if early:
             cfg["ckpt_path"], self.contract, self.ckpt_hparams = resolve_ckpt_path(cfg["ckpt_path"], None, sub)
-            cfg["trainer"]["default_root_dir"] = str(_home(Path(cfg["ckpt_path"]), self.contract))
+            output = (cfg.get("output") or cfg["predictions"].get("output")) if sub == "predict" else None
+            cfg["trainer"]["default_root_dir"] = str(_home(Path(cfg["ckpt_path"]), self.contract, output))
         root = cfg["trainer"]["default_root_dir"]
         _fill_run_dir(cfg["trainer"].get("logger"), root)
         if sub == "fit":
@@ -136,7 +137,12 @@ class LeakCLI(LightningCLI):
         if cfg.get("ckpt_path") and not early:
             cfg["ckpt_path"], self.contract, self.ckpt_hparams = resolve_ckpt_path(cfg["ckpt_path"], root, sub)
         if sub != "fit":  # only now: a command that finds no checkpoint leaves no empty run directory behind
-            check_writable(root)
+            if early:  # a folder the user did not name: say whose it is and how to choose another
+                check_writable(root, f"the folder for this command's records beside {cfg['ckpt_path']},",
+                               "name a writable one with --trainer.default_root_dir DIR"
+                               + (" (or give --output FILE: they go beside it)" if sub == "predict" else ""))
+            else:
+                check_writable(root)
         if sub == "predict":
             self._predict_output(cfg, root, named_root=not early and root != DEFAULT_RUN_DIR)
         if cfg.get("ckpt_path"):
@@ -300,13 +306,18 @@ def _logger_save_dir(args: list) -> list:
     return args
 
 
-def _home(ckpt: Path, contract: ModelContract) -> Path:
+def _home(ckpt: Path, contract: ModelContract, output: str | None = None) -> Path:
     """validate/test/predict's run directory for a checkpoint file when none is named (not ./runs of wherever one
     stands): the checkpoint's run; for a site's checkpoint or one outside a run, `<ckpt dir>/<stem>_reports/`
     beside it (the command's config.yaml and log, validate/test's reports and plots; predict's CSV is beside the
-    checkpoint), so that a site's records never replace the base model's in its run."""
+    checkpoint), so that a site's records never replace the base model's in its run. A predict given `--output`
+    keeps its records beside that file instead (`<output stem>_reports/`): a model folder may be read-only."""
     run = run_dir_of(ckpt)
-    return run if run is not None and contract.site is None else default_output(ckpt, "reports", own=True)
+    if run is not None and contract.site is None:
+        return run
+    if output:
+        return Path(output).with_name(f"{Path(output).stem}_reports")
+    return default_output(ckpt, "reports", own=True)
 
 
 def _fill_run_dir(logger, root: str) -> None:

@@ -244,3 +244,24 @@ def test_site_checkpoints_predict_beside_themselves_and_nothing_lands_in_the_cwd
     assert sorted(p.name for p in (models / "foo_sites").iterdir()) == ["east.ckpt", "east_adapt_report.json"]
     assert (models / "foo_export" / "foo.json").is_file()
     assert not list(here.iterdir()) and not list(tmp_path.parent.glob("export"))
+
+
+def test_a_checkpoint_in_a_read_only_folder_predicts_with_its_records_beside_the_output(trained_run, site, tmp_path,
+                                                                                        capsys, mount):
+    from helpers.files import cli_exit, one_error
+
+    from leak_lightning.cli import main
+
+    models = mount("size=8m")  # an installed or shared model folder: written once, then read-only
+    shutil.copy(trained_run / "checkpoints" / "best.ckpt", models / "m.ckpt")
+    subprocess.run(["mount", "-o", "remount,ro", str(models)], check=True)
+    out = tmp_path / "answers" / "p.csv"
+    main(["predict", "--ckpt_path", str(models / "m.ckpt"), "--data.predict_path", str(site / "LEAK"),
+          "--output", str(out)])
+    assert out.is_file() and sorted(p.name for p in (tmp_path / "answers" / "p_reports").iterdir()) == [
+        "config.yaml", "train.log"]
+    code, err = cli_exit(capsys, "predict", "--ckpt_path", str(models / "m.ckpt"), "--data.predict_path",
+                         str(site / "LEAK"))
+    line = one_error(code, err)
+    assert "m_reports: cannot write there (Read-only file system)" in line and "--trainer.default_root_dir" in line
+    assert "--output FILE" in line
