@@ -8,12 +8,10 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from helpers.files import REPO, cli_exit, one_error
+from helpers.files import cli_exit, one_error, start_paused
 
 from leak_lightning import LeakDetector, adapt
 from leak_lightning.checkpoint_io import read_checkpoint
@@ -55,15 +53,7 @@ main(["adapt", *argv])
 def paused_adapt(tmp_path: Path, where: str, argv: list) -> subprocess.Popen:
     """A real `adapt` process held at `where`; returns once it is there."""
     ready = tmp_path / f"ready-{where}"
-    env = {**os.environ, "NO_COLOR": "1", "PYTHONPATH": os.pathsep.join([str(REPO / "tests"),
-                                                                          os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-c", PAUSED_ADAPT, str(ready), where, *map(str, argv)], cwd=REPO,
-                            env=env, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not ready.exists():
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        assert time.monotonic() < deadline, "timed out waiting for the adapt's pause"
-        time.sleep(0.02)
+    proc = start_paused(["-c", PAUSED_ADAPT, str(ready), where, *map(str, argv)], ready, "adapt")
     assert int(ready.read_text()) == proc.pid
     return proc
 

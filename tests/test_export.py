@@ -4,16 +4,12 @@ one, and what can be checked before the slow export is one line (exit 2) before 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from helpers.files import REPO, cli_exit, one_error
+from helpers.files import cli_exit, one_error, start_paused
 
 from leak_lightning.export import export
 
@@ -82,16 +78,9 @@ def test_a_kill_around_the_commit_leaves_the_old_or_the_new_set(ckpt, tmp_path, 
     export(ckpt, "torchscript", with_frontend=True, output=out)
     old = {n: (out / n).read_bytes() for n in listing(out)}
     ready = tmp_path / "ready"
-    env = {**os.environ, "NO_COLOR": "1", "PYTHONPATH": os.pathsep.join([str(REPO / "tests"),
-                                                                          os.environ.get("PYTHONPATH", "")])}
     argv = ["--ckpt_path", str(ckpt), "--format", "torchscript", "--output", str(out)]
     code = f"import helpers; helpers.run_paused_export({str(ready)!r}, {argv!r}, {where!r})"
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not ready.exists():
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        assert time.monotonic() < deadline, "timed out waiting for the export's pause"
-        time.sleep(0.02)
+    proc = start_paused(["-c", code], ready, "export")
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     if where == "before":  # the new set was staged, not committed: the old set, byte for byte

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from helpers.files import REPO, data_args, tone, write_wav
+from helpers.files import REPO, data_args, start_paused, tone, write_wav
 
 from leak_lightning.predict import (
     Prediction,
@@ -279,15 +279,8 @@ def test_a_predict_killed_between_its_two_renames_leaves_a_pair_the_next_predict
     main(["predict", *argv("SA")])
     assert _read_pair(out) == ({"SA"}, {"SA"})
     ready = tmp_path / "ready"
-    env = {**os.environ, "NO_COLOR": "1", "PYTHONPATH": os.pathsep.join([str(REPO / "tests"),
-                                                                          os.environ.get("PYTHONPATH", "")])}
     code = f"import test_sensor_times as t; t.run_paused_predict({str(ready)!r}, {argv('SB')!r})"
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not ready.exists():
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        assert time.monotonic() < deadline, "timed out waiting for the predict's pause"
-        time.sleep(0.02)
+    proc = start_paused(["-c", code], ready, "predict")
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     assert _read_pair(out) == ({"SA"}, {"SB"})  # killed between the renames: the commit holds the new CSV

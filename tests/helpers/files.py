@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -74,3 +78,17 @@ def one_error(code: int, err: str) -> str:
     errors = [line for line in err.splitlines() if "[ERROR]" in line]
     assert code == 2 and len(errors) == 1 and "Traceback" not in err, err[-3000:]
     return errors[0]
+
+
+def start_paused(args: list[str], ready: Path, what: str) -> subprocess.Popen:
+    """`python ARGS` as a real process (tests/ importable) that pauses and announces it by creating `ready`;
+    returns once the file is there: the test waits for that state, never for a time."""
+    env = {**os.environ, "NO_COLOR": "1", "PYTHONPATH": os.pathsep.join([str(REPO / "tests"),
+                                                                          os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not ready.exists():
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, f"timed out waiting for the {what}'s pause"
+        time.sleep(0.02)
+    return proc
