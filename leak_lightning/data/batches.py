@@ -92,17 +92,26 @@ class TrainBatches(ResumableOrder):
     With `steps_per_call` k > 1 it serves blocks: lists of k batches (the last block may hold fewer),
     for k optimizer steps per Lightning step (LeakClassifier.training_step): Lightning's per-step cost
     is paid once a block. Positions (resume, interrupts) then count blocks.
+
+    With `whole_recordings` the epoch permutes FILES (balanced: draws as many files as there are) and a
+    batch is `files_per_batch(batch_size, spf)` whole files, each file's segments contiguous and in stored
+    order, so a recording-level model can view x as (files, spf, n_mels, T) and take y[::spf].
     """
 
     def __init__(self, split: CachedSplit, batch_size: int, seed: int, rank: int, world: int,
                  device: torch.device, epoch_fn: Callable[[], int], done_fn: Callable[[], int],
-                 balance: bool = False, steps_per_call: int = 1) -> None:
+                 balance: bool = False, steps_per_call: int = 1, whole_recordings: bool = False) -> None:
         kind = (f"gather, batch {batch_size}, {world} rank(s)" + (", class-balanced" if balance else "")
-                + (f", {steps_per_call} steps per call" if steps_per_call > 1 else ""))
+                + (f", {steps_per_call} steps per call" if steps_per_call > 1 else "")
+                + (", whole recordings" if whole_recordings else ""))
         super().__init__(seed, epoch_fn, done_fn, kind=kind)
-        self.split, self.batch_size, self.steps_per_call = split, batch_size, steps_per_call
-        self.rank, self.world, self.device = rank, world, device
-        self.per_rank = split.num_segments // world  # equal shares: no rank waits at a collective
+        spf = split.segments_per_file
+        self.whole_recordings, self.steps_per_call = whole_recordings, steps_per_call
+        # rows a batch holds: whole files in whole-recording mode (data.batch_size stays counted in segments)
+        self.batch_size = files_per_batch(batch_size, spf) * spf if whole_recordings else batch_size
+        self.split, self.rank, self.world, self.device = split, rank, world, device
+        # equal shares: no rank waits at a collective (whole files when files are the unit)
+        self.per_rank = split.num_segments // spf // world * spf if whole_recordings else split.num_segments // world
         self.weights = _balanced_weights(split) if balance else None
 
     @property
@@ -116,6 +125,8 @@ class TrainBatches(ResumableOrder):
     def permutation(self, epoch: int) -> torch.Tensor:
         """This rank's segment order for `epoch` (the same on every machine for a seed)."""
         g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+        if self.whole_recordings:
+            return self._file_permutation(g)
         if self.weights is not None:
             # a file by its class weight, then one of its segments: the same draw as per-segment weights,
             # within multinomial's 2^24 categories (per segment, ~210k files would exceed them)
@@ -125,6 +136,17 @@ class TrainBatches(ResumableOrder):
         else:
             perm = torch.randperm(self.split.num_segments, generator=g)
         return perm[self.rank: self.per_rank * self.world: self.world]
+
+    def _file_permutation(self, g: torch.Generator) -> torch.Tensor:
+        """Whole files: this rank's share of a file order, each file's segments in stored order."""
+        spf = self.split.segments_per_file
+        files = self.split.num_segments // spf
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, files, replacement=True, generator=g)
+        else:
+            order = torch.randperm(files, generator=g)
+        mine = order[self.rank: self.per_rank // spf * self.world: self.world]
+        return (mine[:, None] * spf + torch.arange(spf)).reshape(-1)
 
     def __iter__(self) -> Iterator[Batch]:
         epoch = self.epoch_fn()
@@ -138,6 +160,11 @@ class TrainBatches(ResumableOrder):
                 yield *batches[0], -1
             else:
                 yield [x for x, _ in batches], [y for _, y in batches], -1
+
+
+def files_per_batch(batch_size: int, segments_per_file: int) -> int:
+    """Whole recordings in a training batch of `batch_size` segments (one at least)."""
+    return max(1, batch_size // segments_per_file)
 
 
 def _balanced_weights(split: CachedSplit) -> torch.Tensor:

@@ -18,7 +18,7 @@ from ..audio.scan import AUDIO_SUFFIXES, printable
 from ..contract import ModelContract
 from ..logs import bytes_human, parse_bytes
 from ..rundir import DataLock, command_line
-from .batches import CachedSplit, EvalBatches, TrainBatches, to_cached
+from .batches import CachedSplit, EvalBatches, TrainBatches, files_per_batch, to_cached
 from .h5 import (
     SplitInfo,
     check_compatible,
@@ -142,6 +142,11 @@ class LeakDataModule(L.LightningDataModule):
         steps_per_call: optimizer steps per Lightning step: the loader serves blocks of this many
             batches, so Lightning's per-step cost (hooks, logging, progress bar) is paid once a block.
             Cached splits on one device; streaming and DDP run one step per call.
+        whole_recordings: training batches of whole recordings (for a recording-level model): a batch is
+            max(1, batch_size // segments per file) files, each file's segments together and in order, the
+            epoch a seeded order of files (with balance: files drawn by class weight). null: as the model
+            asks (its `whole_recordings` attribute, False when it has none). Evaluation batches are whole
+            files in order either way. The resolved value is the `whole_recordings` property.
     """
 
     def __init__(self, train_h5: str | None = None, val_h5: str | None = None, test_h5: str | None = None,
@@ -150,7 +155,7 @@ class LeakDataModule(L.LightningDataModule):
                  max_cache_bytes: int | str | None = None,
                  predict_path: str | None = None,
                  predict_suffixes: tuple[str, ...] = AUDIO_SUFFIXES,
-                 balance: bool = False, steps_per_call: int = 1) -> None:
+                 balance: bool = False, steps_per_call: int = 1, whole_recordings: bool | None = None) -> None:
         super().__init__()
         self.paths = {"train": train_h5, "val": val_h5, "test": test_h5}
         if not any(self.paths.values()) and not predict_path:
@@ -160,6 +165,8 @@ class LeakDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.cache, self.seed, self.num_workers = cache, seed, num_workers
         self.max_cache_fraction, self.balance, self.steps_per_call = max_cache_fraction, balance, steps_per_call
+        self._whole_recordings = whole_recordings
+        self._batches_note: str | None = None  # the whole-recording batch size last logged
         self.max_cache_bytes = None if max_cache_bytes is None else parse_bytes(max_cache_bytes, "data.max_cache_bytes")
         self.predict_path, self.predict_suffixes = predict_path, tuple(predict_suffixes)
         self.predict_input: WindowStream | None = None
@@ -317,6 +324,14 @@ class LeakDataModule(L.LightningDataModule):
     def file_paths(self, stage: str) -> list[str]:
         return read_file_paths(self.infos[stage])
 
+    @property
+    def whole_recordings(self) -> bool:
+        """Training batches are whole recordings: the argument, else what the trainer's model asks for."""
+        if self._whole_recordings is not None:
+            return self._whole_recordings
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        return bool(getattr(model, "whole_recordings", False))
+
     def _device(self) -> torch.device:
         return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
 
@@ -356,10 +371,10 @@ class LeakDataModule(L.LightningDataModule):
     def _stream_rows(self, name: str) -> int:
         """Segments in a streamed batch of split `name`: evaluation batches are whole files (as StreamSplit
         groups them)."""
-        if name == "train":
-            return self.batch_size
         spf = self.infos[name].segments_per_file
-        return max(1, self.eval_batch_size // spf) * spf
+        if name == "train":
+            return files_per_batch(self.batch_size, spf) * spf if self.whole_recordings else self.batch_size
+        return files_per_batch(self.eval_batch_size, spf) * spf
 
     def _stream_reserve(self, names: list[str]) -> int:
         """The least the splits `names` need of the budget: to stream, or to be cached where that is less (a
@@ -415,7 +430,8 @@ class LeakDataModule(L.LightningDataModule):
                 streams = max(1, self.num_workers) * self._rank_world()[1]
                 buffer = min(files, math.ceil(info.num_files / streams)) if train else buffer
             self.splits[name] = StreamSplit(info, targets, batch, train, self.seed, *self._rank_world(),
-                                            roles=self.num_workers, buffer_files=buffer)
+                                            roles=self.num_workers, buffer_files=buffer,
+                                            whole_recordings=train and self.whole_recordings)
             self._held[name] = stream_bytes(info, classes, batch, self.num_workers, buffer if train else 0)
         else:
             target_device = device if mode == "device" else torch.device("cpu")
@@ -464,11 +480,20 @@ class LeakDataModule(L.LightningDataModule):
             log.warning("data.steps_per_call=%d needs a cached split on one device; this run (%s) takes one "
                         "optimizer step per call", k, "streamed" if isinstance(split, StreamSplit) else "DDP")
             k = 1
+        whole = self.whole_recordings  # resolved now: the model may have changed since setup
         if isinstance(split, StreamSplit):
+            split.whole_recordings = whole
             batches = StreamBatches(split, self.num_workers, cuda, epoch, done)
         else:
             batches = TrainBatches(split, self.batch_size, self.seed, rank, world, self._device(), epoch, done,
-                                   balance=self.balance, steps_per_call=k)
+                                   balance=self.balance, steps_per_call=k, whole_recordings=whole)
+        spf = self.infos["train"].segments_per_file
+        note = (f"training batches: whole recordings, {files_per_batch(self.batch_size, spf)} a batch "
+                f"({files_per_batch(self.batch_size, spf) * spf} segments of data.batch_size {self.batch_size}, "
+                f"{spf} per recording)") if whole else None
+        if note is not None and note != self._batches_note:  # once, though Lightning may build the loader again
+            log.info(note)
+        self._batches_note = note
         if self._resume is not None:
             batches.resume_from(self._resume)
             self._resume = None

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from . import schema
-from .batches import Batch, ResumableOrder, epoch_seed
+from .batches import Batch, ResumableOrder, epoch_seed, files_per_batch
 from .h5 import SplitInfo, _damaged, check_same
 
 
@@ -26,13 +26,17 @@ class StreamSplit(IterableDataset):
     takes a batch from each worker in turn, so the epoch's batch order follows from the seed
     and the worker count alone, and any stream can start at any batch without reading what
     comes before it: `start_at(position)` resumes an epoch mid-way.
+    With `whole_recordings` (training) a chunk's files are shuffled as whole files, each file's segments
+    kept together and in stored order, and batches are cut at whole files (`files_per_batch` of them).
     Evaluation: this rank's contiguous block of files, in order, whole files per batch.
     The h5py handle is opened inside each worker on first use, never pickled or forked.
     """
 
     def __init__(self, info: SplitInfo, targets: np.ndarray, batch_size: int, train: bool, seed: int,
-                 rank: int, world: int, roles: int = 1, buffer_files: int = 16) -> None:
+                 rank: int, world: int, roles: int = 1, buffer_files: int = 16,
+                 whole_recordings: bool = False) -> None:
         self.info, self.batch_size, self.train = info, batch_size, train
+        self.whole_recordings = whole_recordings
         self.targets = targets.astype(np.float32)
         self.seed, self.rank, self.world = seed, rank, world
         self.roles, self.buffer_files = max(1, roles), buffer_files
@@ -53,14 +57,21 @@ class StreamSplit(IterableDataset):
         return order[self.rank: n // self.world * self.world: self.world]  # equal shares per rank
 
     def _eval_files_per_batch(self) -> int:
-        return max(1, self.batch_size // self.info.segments_per_file)
+        return files_per_batch(self.batch_size, self.info.segments_per_file)
+
+    @property
+    def train_rows(self) -> int:
+        """Segments in a full training batch: whole files in whole-recording mode."""
+        if self.whole_recordings:
+            return files_per_batch(self.batch_size, self.info.segments_per_file) * self.info.segments_per_file
+        return self.batch_size
 
     def stream_lengths(self) -> list[int]:
         """Training batches of each stream this epoch (the same on every rank)."""
         per_rank = self.info.num_files // self.world
         spf = self.info.segments_per_file
         files = [len(range(r, per_rank, self.roles)) for r in range(self.roles)]
-        return [math.ceil(f * spf / self.batch_size) for f in files]
+        return [math.ceil(f * spf / self.train_rows) for f in files]
 
     def __len__(self) -> int:
         if self.train:
@@ -105,7 +116,12 @@ class StreamSplit(IterableDataset):
 
     def _chunk(self, files: np.ndarray, role: int, j: int) -> tuple[np.ndarray, np.ndarray]:
         x, y = self._read(files[j * self.buffer_files: (j + 1) * self.buffer_files])
-        perm = np.random.default_rng([self.seed, self.epoch, self.rank, role, j]).permutation(len(x))
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, role, j])
+        if self.whole_recordings:
+            spf = self.info.segments_per_file
+            perm = (rng.permutation(len(x) // spf)[:, None] * spf + np.arange(spf)).reshape(-1)
+        else:
+            perm = rng.permutation(len(x))
         return x[perm], y[perm]
 
     def _stream(self, role: int) -> Iterator[Batch]:
@@ -113,8 +129,9 @@ class StreamSplit(IterableDataset):
         total = len(files) * self.info.segments_per_file
         chunk_len = self.buffer_files * self.info.segments_per_file
         chunks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        for b in range(self.skip[role], math.ceil(total / self.batch_size)):
-            lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, total)
+        rows = self.train_rows  # a multiple of spf in whole-recording mode, as chunks are: batches cut at files
+        for b in range(self.skip[role], math.ceil(total / rows)):
+            lo, hi = b * rows, min((b + 1) * rows, total)
             first, last = lo // chunk_len, (hi - 1) // chunk_len
             for done in [j for j in chunks if j < first]:
                 del chunks[done]
@@ -168,7 +185,8 @@ class StreamBatches(ResumableOrder):
         super().__init__(split.seed, epoch_fn, done_fn, kind=f"stream, batch {split.batch_size}, "
                          f"{split.world} rank(s), {split.roles} stream(s)" +
                          # the buffer shapes the order too (16 files: named as before budgets, so resumes go on)
-                         (f", buffer {split.buffer_files} files" if split.buffer_files != 16 else ""))
+                         (f", buffer {split.buffer_files} files" if split.buffer_files != 16 else "") +
+                         (", whole recordings" if split.whole_recordings and split.train else ""))
         self.split, self.num_workers, self.pin_memory = split, num_workers, pin_memory
 
     def __len__(self) -> int:
