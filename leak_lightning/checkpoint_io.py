@@ -25,6 +25,7 @@ from .contract import ModelContract
 from .features import FeatureConfig
 from .fileio import fsync_dir, replacing
 from .logs import bytes_human
+from .models.decision import reading_state
 from .rundir import checkpoint_dir, resume_command
 
 log = logging.getLogger(__name__)
@@ -321,12 +322,15 @@ def current_hparams(hp: dict) -> dict:
 
 def migrate_state(checkpoint: dict) -> None:
     """A checkpoint dict of an earlier version, in place: the decision buffers under `decision.`, defaults for
-    checkpoints from before calibration, and steps counted under automatic optimization carried over."""
+    checkpoints from before calibration, the reading of the windows for checkpoints from before it was state,
+    and steps counted under automatic optimization carried over."""
     state = checkpoint.get("state_dict", {})
     for name, default in (("threshold", torch.tensor(0.5)), ("calibration", torch.tensor([1.0, 0.0])),
                           ("threshold_stats", torch.tensor([float("nan"), float("nan")]))):
         if f"decision.{name}" not in state:
             state[f"decision.{name}"] = state.pop(name, default)
+    if "decision.reading" not in state:  # its stored options were the rule: it decides exactly as before
+        state["decision.reading"] = reading_state(*_stored_reading(checkpoint.get("hyper_parameters") or {}))
     # checkpoints from automatic optimization count their steps there: carry the count over, or a
     # resumed run would start again at global step 0 (loop keys: lightning_private.LOOP_KEYS)
     loop = checkpoint.get("loops", {}).get("fit_loop", {})
@@ -336,3 +340,11 @@ def migrate_state(checkpoint: dict) -> None:
         loop["epoch_loop.manual_optimization.optim_step_progress"] = auto
 
 
+def _stored_reading(hp: dict) -> tuple[str, float]:
+    """(aggregation, vote fraction) a checkpoint's hyper-parameters fixed before the reading was state: its
+    `decision` options (a dict, or DecisionOptions when the model was built in Python), or 0.2's flat
+    arguments; vote 0.5 when it names none."""
+    decision = hp.get("decision", hp)  # 0.2 kept `aggregation` and `vote_fraction` among its flat arguments
+    get = decision.get if isinstance(decision, dict) else lambda key, default: getattr(decision, key, default)
+    aggregation, fraction = get("aggregation", "vote"), get("vote_fraction", 0.5)
+    return ("mean", None) if aggregation == "mean" else ("vote", float(fraction))

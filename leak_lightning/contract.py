@@ -19,8 +19,9 @@ from .features import FeatureConfig
 CHECKPOINT_FORMAT = 2
 SECTION = "leak_lightning"
 DATA_STATE = "LeakDataModule"  # Lightning files a data module's state_dict under its class name
-# the state that turns scores into answers: LeakClassifier.decision's buffers (top-level keys before 0.2)
-DECISION_BUFFERS = ("threshold", "calibration", "threshold_stats")
+# the state that turns scores into answers: LeakClassifier.decision's buffers (top-level keys before 0.2). The digest
+# reads only the keys a checkpoint holds, so one written before `reading` was state still verifies
+DECISION_BUFFERS = ("threshold", "calibration", "threshold_stats", "reading")
 
 
 def binding_digest(ckpt: dict) -> str:

@@ -3,7 +3,8 @@
 A long window's leak probability is the mean over its short segments. A file's score is the
 fraction of its long windows at or above the threshold ("vote") or the mean window
 probability ("mean"). In vote mode a file is a leak when that fraction reaches
-`vote_fraction`; in mean mode when the mean reaches the threshold.
+`vote_fraction`; in mean mode when the mean reaches the threshold. A high vote fraction reads the
+recording's floor: "90 % of the windows reach t" is "the 10th percentile of the windows reaches t".
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def file_decisions(windows: torch.Tensor | list[torch.Tensor], thresholds: torch
                    vote_fraction: float = 0.5) -> torch.Tensor:
     """(F, L) windows, (K,) thresholds → (K, F) bool leak decisions, one row per threshold. Recordings of
     different lengths come as a list of F 1-D tensors (all windows of each): decided one by one."""
+    _check_reading(mode)
     if isinstance(windows, (list, tuple)):
         columns = [file_decisions(w.reshape(1, -1), thresholds, mode, vote_fraction)[:, 0] for w in windows]
         return torch.stack(columns, 1) if columns else torch.zeros(len(thresholds), 0, dtype=torch.bool)
@@ -37,14 +39,27 @@ def file_decisions(windows: torch.Tensor | list[torch.Tensor], thresholds: torch
     return windows.mean(dim=-1)[None] >= t[:, None]
 
 
-def decision_basis(windows: torch.Tensor, threshold: float, mode: Aggregation,
+def decision_basis(windows: torch.Tensor | list[torch.Tensor], threshold: float, mode: Aggregation,
                    vote_fraction: float = 0.5) -> tuple[torch.Tensor, float]:
     """(F, L) windows → the (F,) numbers the decisions are made from and the cutoff they are compared with:
     vote: the fraction of windows at or above the threshold against `vote_fraction`; mean: the mean
-    window against the threshold. A file is a leak when its number reaches the cutoff."""
+    window against the threshold. A file is a leak when its number reaches the cutoff. Recordings of
+    different lengths come as a list of F 1-D tensors."""
+    _check_reading(mode)
+    if isinstance(windows, (list, tuple)):
+        cutoff = float(vote_fraction) if mode == "vote" else float(threshold)
+        parts = [decision_basis(w.reshape(1, -1), threshold, mode, vote_fraction)[0] for w in windows]
+        return (torch.cat(parts) if parts else torch.zeros(0)), cutoff
     if mode == "vote":
         return (windows >= threshold).float().mean(dim=-1), float(vote_fraction)
     return windows.mean(dim=-1), float(threshold)
+
+
+def _check_reading(mode: str) -> None:
+    # any other word would silently decide by the mean
+    if mode not in ("vote", "mean"):
+        raise ValueError(f"aggregation {mode!r} is not a reading of the windows: use 'vote' or 'mean' (with 'auto', "
+                         "the reading a fitted DecisionRule chose: rule.aggregation, rule.vote_fraction)")
 
 
 def decision_counts(decisions: torch.Tensor, truth: torch.Tensor) -> tuple[int, int, int, int]:
@@ -63,15 +78,32 @@ def f1_per_threshold(decisions: torch.Tensor, truth: torch.Tensor) -> torch.Tens
     return torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.zeros_like(tp))
 
 
-def sweep_threshold(windows: torch.Tensor, truth: torch.Tensor, mode: Aggregation,
-                    vote_fraction: float = 0.5, grid: torch.Tensor | None = None) -> tuple[float, float]:
-    """Best (threshold, F1) on the grid; among equal F1s the middle of the plateau (robust)."""
+@dataclass(frozen=True)
+class Sweep:
+    """One reading's threshold sweep: the threshold chosen, its F1, and the plateau (how many grid thresholds
+    reach that F1: how far a new site's scores may move before the decisions get worse)."""
+
+    threshold: float
+    f1: float
+    plateau: int
+
+
+def sweep(windows: torch.Tensor | list[torch.Tensor], truth: torch.Tensor, mode: Aggregation,
+          vote_fraction: float = 0.5, grid: torch.Tensor | None = None) -> Sweep:
+    """The best F1 on the grid; among equal F1s the threshold in the middle of the plateau (robust)."""
     grid = DEFAULT_GRID if grid is None else grid
     f1 = f1_per_threshold(file_decisions(windows, grid, mode, vote_fraction), truth)
     best = f1.max()
     ties = torch.nonzero(f1 >= best - 1e-12).flatten()
     i = int(ties[len(ties) // 2])
-    return float(grid[i]), float(best)
+    return Sweep(float(grid[i]), float(best), len(ties))
+
+
+def sweep_threshold(windows: torch.Tensor | list[torch.Tensor], truth: torch.Tensor, mode: Aggregation,
+                    vote_fraction: float = 0.5, grid: torch.Tensor | None = None) -> tuple[float, float]:
+    """Best (threshold, F1) on the grid; among equal F1s the middle of the plateau (robust)."""
+    s = sweep(windows, truth, mode, vote_fraction, grid)
+    return s.threshold, s.f1
 
 
 @dataclass(frozen=True)

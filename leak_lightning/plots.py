@@ -82,12 +82,18 @@ def leak_curves(scores: torch.Tensor, truth: torch.Tensor, decisions: torch.Tens
     return fig
 
 
-def f1_against_threshold(windows: torch.Tensor, truth: torch.Tensor, aggregation: str, vote_fraction: float,
-                         threshold: float) -> Figure:
-    """The F1 the decisions would have at each threshold, with the threshold used."""
+def f1_against_threshold(windows: torch.Tensor, truth: torch.Tensor, aggregation: str, vote_fraction: float | None,
+                         threshold: float, others: list[tuple[str, float | None]] = ()) -> Figure:
+    """The F1 the decisions would have at each threshold, with the threshold used; `others`: the other readings
+    validation tried (DecisionOptions.candidates), drawn faintly, so the reader sees why this one was taken."""
     fig, ax = _figure(6.5, 4.2)
-    f1 = f1_per_threshold(file_decisions(windows, DEFAULT_GRID, aggregation, vote_fraction), truth)
-    ax.plot(DEFAULT_GRID.numpy(), f1.numpy(), color="tab:blue")
+    f1 = f1_per_threshold(file_decisions(windows, DEFAULT_GRID, aggregation, vote_fraction or 0.5), truth)
+    ax.plot(DEFAULT_GRID.numpy(), f1.numpy(), color="tab:blue",
+            label=f"the rule used: {_reading_words(aggregation, vote_fraction)}")
+    for k, (other, fraction) in enumerate(others):
+        f1 = f1_per_threshold(file_decisions(windows, DEFAULT_GRID, other, fraction or 0.5), truth)
+        ax.plot(DEFAULT_GRID.numpy(), f1.numpy(), color="tab:grey", lw=0.8, alpha=0.7, ls=(0, (1 + k, 1 + k)),
+                label=f"also tried: {_reading_words(other, fraction)}")
     ax.axvline(threshold, color="tab:red", ls="--", label=f"threshold used: {threshold:.2f}")
     if aggregation == "vote":
         xlabel = (f"threshold on each window's leak probability\n(a recording is a leak when at least "
@@ -96,9 +102,15 @@ def f1_against_threshold(windows: torch.Tensor, truth: torch.Tensor, aggregation
         xlabel = "threshold on the mean window leak probability of a recording"
     ax.set(xlabel=xlabel, ylabel="F1 score of the leak decisions\n(1 = every leak found, no false alarm)",
            title="How good the leak decisions are at each threshold", ylim=(0, 1.02))
-    ax.legend()
+    ax.legend(fontsize=7 if others else None)
     ax.grid(alpha=0.3)
     return fig
+
+
+def _reading_words(aggregation: str, vote_fraction: float | None) -> str:
+    if aggregation == "vote":
+        return f"a leak when at least {vote_fraction:.0%} of its windows reach the threshold"
+    return "a leak when its mean window reaches the threshold"
 
 
 def _matrix(ax, matrix: np.ndarray, rows: list[str], cols: list[str], cells: np.ndarray | None = None) -> None:
@@ -169,12 +181,14 @@ def score_histograms(decision_scores: torch.Tensor, cutoff: float, truth: torch.
 
 
 def report_figures(results: dict, names: list[str], leak_index: int, threshold: float, aggregation: str,
-                   vote_fraction: float) -> dict[str, Figure]:
+                   vote_fraction: float | None, others: list[tuple[str, float | None]] = ()) -> dict[str, Figure]:
+    """The report's figures, for the rule's reading (`aggregation`, `vote_fraction`: DecisionRule's, not its
+    options'); `others`: the other readings it was chosen among."""
     truth = results["targets"][:, leak_index].bool()
     decisions = results["decisions"].bool()
     return {
         "pr_roc": leak_curves(results["file_scores"], truth, decisions, threshold),
-        "f1_threshold": f1_against_threshold(results["windows"], truth, aggregation, vote_fraction, threshold),
+        "f1_threshold": f1_against_threshold(results["windows"], truth, aggregation, vote_fraction, threshold, others),
         "confusion": confusion(decisions, truth, results["file_probs"], results["targets"], names, results["stage"]),
         "scores": score_histograms(results["decision_scores"], float(results["decision_cutoff"]), truth,
                                    results["file_probs"], results["targets"], names, aggregation, threshold),

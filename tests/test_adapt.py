@@ -71,6 +71,10 @@ def test_adapt_writes_a_checkpoint_for_the_site(trained_run, site, tmp_path, cap
     assert s["before"]["false_alarms"] == sum(a and not t for a, t in answers)
     adapted = LeakDetector.from_checkpoint(out, device="cpu")
     assert adapted.site["name"] == "district-9"
+    # the report names the rule before and after by its reading (state), as the checkpoints hold them
+    assert report["base_rule"] == det.model.decision.describe() == s["base_rule"]
+    assert report["rule"] == adapted.model.decision.describe() == s["rule"]
+    assert report["rule"]["threshold"] == pytest.approx(threshold)
     if not s["kept_base_rule"]:  # the adapted rule is the one fitted on all the site's recordings
         rule = DecisionRule(det.model.decision.options)
         rule.fit([det.leak_windows(p)[1] for p in sorted(site.rglob("*.wav"))],

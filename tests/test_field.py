@@ -280,7 +280,9 @@ def test_no_decision_for_what_the_model_cannot_hear(tested, tmp_path):
     assert scored
     for row in scored:  # the row shows the number the decision was made from and its cutoff
         assert row["leak_decision"] == str(int(float(row["decision_score"]) >= float(row["decision_cutoff"])))
-        assert float(row["decision_cutoff"]) == det.model.decision.options.vote_fraction
+        rule = det.model.decision
+        want = rule.vote_fraction if rule.aggregation == "vote" else float(rule.threshold)
+        assert float(row["decision_cutoff"]) == pytest.approx(want)
 
 
 @pytest.mark.parametrize("aggregation, threshold, want", [("vote", 0.5, (0.4, 0.5, False)),

@@ -47,8 +47,11 @@ class ReportWriter(L.Callback):
         metrics = results["metrics"]
         info = trainer.datamodule.infos[stage]
         scored = int(metrics["files_scored"])
+        rule = module.decision
+        # the rule's reading (state: chosen on validation), never its options
         report = {"stage": stage, "dataset": str(info.path),
-                  "threshold": float(module.decision.threshold), "aggregation": module.decision.options.aggregation,
+                  "threshold": float(rule.threshold), "aggregation": rule.aggregation,
+                  "vote_fraction": rule.vote_fraction, "decision": rule.describe(), "rule": rule.reading_text(),
                   "leak_class": module.hparams.leak_class_name, "class_names": module.class_names,
                   "ckpt_path": trainer.ckpt_path,
                   # the threshold's precision and recall on validation, and the calibration of leak_probability
@@ -79,7 +82,7 @@ class ReportWriter(L.Callback):
         for stale in [run_dir / f"{name}_predictions.csv", *run_dir.glob(f"{name}_*.png")]:
             if stale.name not in outputs:
                 stale.unlink(missing_ok=True)
-        self._log_table(stage, metrics, module.class_names, info.num_files)
+        self._log_table(stage, metrics, module.class_names, info.num_files, rule.reading_text())
         log.info("%s report: %s", name, path, extra={"colour": "success"})
         if self.per_file_csv:
             log.info("per-file results: %s", run_dir / f"{name}_predictions.csv")
@@ -113,9 +116,9 @@ class ReportWriter(L.Callback):
                              *[f"{float(v):.6f}" for v in results["file_probs"][k]]])
 
     @staticmethod
-    def _log_table(stage: str, m: dict, names: list[str], num_files: int) -> None:
-        log.info("%s results (threshold %.2f, %d of %d files scored)", stage.upper(), m["threshold"],
-                 m["files_scored"], num_files, extra={"colour": "header"})
+    def _log_table(stage: str, m: dict, names: list[str], num_files: int, rule: str) -> None:
+        log.info("%s results (%s; %d of %d files scored)", stage.upper(), rule, m["files_scored"], num_files,
+                 extra={"colour": "header"})
         log.info("  file level: leak F1 %.4f  precision %.4f  recall %.4f  AUROC %.4f  accuracy %.4f  ECE %.4f",
                  m["file_leak_f1"], m["file_leak_precision"], m["file_leak_recall"], m["file_leak_auroc"],
                  m["file_accuracy"], m["file_leak_ece"])
@@ -132,5 +135,8 @@ def report_figures(module, results: dict) -> dict:
     from .. import plots
 
     rule = module.decision
-    return plots.report_figures(results, module.class_names, module.leak_index, float(rule.threshold),
-                                rule.options.aggregation, rule.options.vote_fraction)
+    used = (rule.aggregation, rule.vote_fraction)
+    # float32 state against the options' float: the same reading when the fractions agree to float32 precision
+    others = [(a, f) for a, f in rule.options.candidates()
+              if a != used[0] or (f is not None and abs(f - used[1]) > 1e-6)]
+    return plots.report_figures(results, module.class_names, module.leak_index, float(rule.threshold), *used, others)
