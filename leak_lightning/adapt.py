@@ -29,7 +29,7 @@ from .checkpoint_io import AtomicCheckpointIO, current_hparams, migrate_state, r
 from .contract import CHECKPOINT_FORMAT, DATA_STATE, SECTION, binding_digest, default_output
 from .evaluation import decision_counts
 from .fileio import check_writable_file, file_digest, foreign, name_max, write_atomic
-from .models.decision import DecisionRule
+from .models.decision import DecisionOptions, DecisionRule
 from .rundir import FolderLock
 
 log = logging.getLogger(__name__)
@@ -142,11 +142,13 @@ def keeps_base_rule(before_f1: float, after_f1: float, ties: str = "keep") -> bo
 
 
 def refit_rule(windows: list[torch.Tensor], truth: torch.Tensor, base_rule: DecisionRule, folds: int, seed: int,
-               ties: str = "keep", rescore=None):
+               ties: str = "keep", rescore=None, options: DecisionOptions | None = None):
     """The decision rule for a site's labelled recordings → (rule, base figures, cross-validated adapted figures,
     whether the base rule was kept, the folds). The rule is fitted on all of them unless that is no better.
+    Every fold's rule and the final one choose their reading as validation does (`options`, by default the base
+    rule's: with "auto" a site gets its own reading, and the cross-validated figures count that choice too).
     `rescore`: see `cross_validated`; it is called once more on all the recordings when the adaptation is kept."""
-    options = base_rule.options
+    options = options or base_rule.options
     before = leak_figures(base_rule.decide(windows), truth)
     fold = folds_of(truth, folds, seed)
     after = leak_figures(cross_validated(windows, truth, fold, lambda: DecisionRule(options), rescore), truth)
@@ -178,11 +180,13 @@ def reestimate_norms(det, paths: list[Path], batch: int = 1024, seed: int = 0) -
     f = det.model.features
     x = torch.cat([site_segments(det, p).reshape(-1, f.n_mels, f.t_frames) for p in paths])
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)).to(x.device)
+    # a recording-level network keeps every batch-norm in its frame encoder: its frames are what is re-estimated
+    frames = getattr(net, "encode", net) if det.model.whole_recordings else net
     try:
         with torch.no_grad():
             # batches of (nearly) equal size: momentum None averages the batches' statistics with equal weights
             for part in order.chunk(max(1, -(-len(x) // batch))):
-                net(x[part])
+                frames(x[part])
     finally:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
@@ -260,6 +264,10 @@ def adapt_checkpoint(ckpt_path: str, input: str, site: str, output: str | None =
         raise ValueError(f"--finetune_steps {finetune_steps}: use 0 or more, and only with labelled recordings")
     base = Path(ckpt_path)
     ckpt, contract = read_checkpoint(base)
+    if finetune_steps and (ckpt.get(SECTION) or {}).get("decides") == "recording":
+        raise ValueError(f"--finetune_steps {finetune_steps}: {base} is a recording-level model, whose head is "
+                         "fitted on whole recordings; fine-tuning it on a site is not supported: adapt its rule "
+                         "(without --finetune_steps), or its norms (--unlabelled true)")
     out = Path(output) if output else default_output(base, "sites") / f"{site}.ckpt"
     report_path = out.with_name(f"{out.stem}_adapt_report.json")
     _check_names(out, report_path, site, output)
@@ -317,6 +325,7 @@ def _adapted(base: Path, ckpt: dict, contract, input: str, site: str, folds: int
     section.update(format_version=CHECKPOINT_FORMAT, threshold=float(rule.threshold),
                    threshold_validation={"precision": precision, "recall": recall})
     section["calibration"] = {**section.get("calibration", {}), "a": a, "b": b, "method": "platt"}
+    section["decision"] = rule.describe()
     report = {"site": site, "checkpoint": str(out), "base_checkpoint": str(base), "threshold": float(rule.threshold),
               "calibration": {"a": a, "b": b}, **report}
     # plain JSON values only: the report travels inside the checkpoint (read back by the safe unpickler)
@@ -458,15 +467,17 @@ def _labelled(det, root: Path, contract, folds: int, seed: int, finetune_steps: 
     if kept:
         log.warning("the cross-validated leak F1 after adapting (%.3f) is not above the base rule's (%.3f): the base "
                     "threshold and calibration are kept", after["f1"], before["f1"])
-    log.info("threshold %.2f → %.2f%s", base_threshold, float(rule.threshold), " (base kept)" if kept else "")
+    base_described, base_text = base_rule.describe(), base_rule.reading_text()
+    log.info("decision rule: %s → %s%s", base_text, rule.reading_text(), " (base kept)" if kept else "")
     base_rule.load_state_dict(rule.state_dict())
+    rules = {"base_rule": base_described, "rule": rule.describe()}
     figures = {"before": before, "after_cross_validated": after}
     info = {"recordings": len(recordings), "leaks": leaks, "folds": k, "seed": seed, "unlabelled": False,
             "finetune_steps": finetune_steps, "finetuned": "net.head" if finetune_steps and not kept else None,
             "digests": [r.digest for r in recordings], "base_threshold": base_threshold, "kept_base_rule": kept,
-            "seen_in_training": in_training, **figures}
+            "seen_in_training": in_training, **rules, **figures}
     report = {"recordings": len(recordings), "leaks": leaks, "folds": k, "kept_base_rule": kept,
-              "base_threshold": base_threshold, **figures, "seen_in_training": in_training, "skipped": skipped,
+              "base_threshold": base_threshold, **rules, **figures, "seen_in_training": in_training, "skipped": skipped,
               "rows": [{"path": printable(r.path), "label": r.label, "score": float(r.windows.mean()),
                         "fold": int(f)} for r, f in zip(recordings, fold)]}
     return info, report

@@ -18,7 +18,7 @@ import shutil
 import stat
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +63,21 @@ class WithFrontend(nn.Module):
         return self.net(seg.reshape(b * n_long * n_short, *seg.shape[-2:])).reshape(b, n_long, n_short, -1)
 
 
+class RecordingWithFrontend(nn.Module):
+    """(W, num_samples) the clip-long windows of ONE recording → (recording logits (1, C): all its W·L·S frames
+    pooled as one recording, segment logits (W, L, S, C))."""
+
+    def __init__(self, net: nn.Module, features: FeatureConfig) -> None:
+        super().__init__()
+        self.frontend, self.net = LogMelFrontend(features), net
+
+    def forward(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        seg = self.frontend(wave).half().float()  # the float16 the builder stores, as in WithFrontend
+        w, n_long, n_short = seg.shape[:3]
+        recording, frames = self.net(seg.reshape(1, w * n_long * n_short, *seg.shape[-2:]))
+        return recording, frames.reshape(w, n_long, n_short, -1)
+
+
 def example_waves(features: FeatureConfig, count: int = 3, seed: int = 0) -> torch.Tensor:
     """Pipe-like test windows for the parity check: hiss through a resonance, a hum, a quiet pipe.
 
@@ -79,20 +94,27 @@ def example_waves(features: FeatureConfig, count: int = 3, seed: int = 0) -> tor
     return torch.tensor(np.stack(waves[:count]) + floor[:count], dtype=torch.float32)
 
 
-def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path, input_name: str, output_name: str) -> None:
+def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path, input_name: str, output_names: list[str],
+                 dynamic: dict[int, str]) -> None:
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" notices
     with warnings.catch_warnings():  # written into the private staging folder: no temporary name needed
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (example,), str(path), dynamo=True, input_names=[input_name],
-                          output_names=[output_name], dynamic_shapes=({0: torch.export.Dim("batch")},),
+                          output_names=output_names,
+                          dynamic_shapes=({axis: torch.export.Dim(name) for axis, name in dynamic.items()},),
                           verbose=False, external_data=False)
 
 
-def _run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
+def _run_onnx(path: Path, x: torch.Tensor) -> list[torch.Tensor]:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    try:
+        return [torch.from_numpy(out) for out in session.run(None, {session.get_inputs()[0].name: x.numpy()})]
+    except ort.capi.onnxruntime_pybind11_state.InvalidArgument as err:  # an axis the export froze
+        reason = " ".join(str(err).split())
+        raise ValueError(f"{path.name}: the export refuses a parity input of shape {tuple(x.shape)} ({reason}); it "
+                         "was not kept, and an earlier export is unchanged") from None
 
 
 def _export_torchscript(module: nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -105,10 +127,14 @@ def _export_torchscript(module: nn.Module, example: torch.Tensor, path: Path) ->
     path.write_bytes(buffer.getvalue())
 
 
-def _run_torchscript(path: Path, x: torch.Tensor) -> torch.Tensor:
+def _run_torchscript(path: Path, x: torch.Tensor) -> list[torch.Tensor]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return torch.jit.load(str(path))(x)
+        return _outputs(torch.jit.load(str(path))(x))
+
+
+def _outputs(out: torch.Tensor | tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    return list(out) if isinstance(out, (tuple, list)) else [out]
 
 
 JOBS = ("network", "with_frontend")
@@ -263,54 +289,102 @@ def export(ckpt_path: str | Path, fmt: str = "onnx", with_frontend: bool = False
     return sidecar
 
 
-def _export_files(model, fmt: str, stage: Path, names: dict[str, str]) -> dict:
+@dataclass
+class _Job:
+    """One file of the set: the module, its parity inputs (the first one traced; they differ along every dynamic
+    axis), its input and outputs with their documented shapes, and the input's dynamic axes."""
+
+    module: nn.Module
+    examples: list[torch.Tensor]
+    input: tuple[str, str]
+    outputs: list[tuple[str, str]]
+    dynamic: dict[int, str]
+
+
+def _jobs(model, with_frontend: bool) -> dict[str, _Job]:
     features = model.features
     waves = example_waves(features)
     with torch.no_grad():
-        segments = LogMelFrontend(features)(waves).half().float().reshape(-1, features.n_mels, features.t_frames)
-    jobs = {"network": (model.net, segments, "segments", "logits", "(B, n_mels, T) float32 log-mel dB values",
-                        "(B, C) logits; sigmoid gives class probabilities")}
-    if "with_frontend" in names:
-        jobs["with_frontend"] = (WithFrontend(model.net, features).eval(), waves, "waveform", "segment_logits",
-                                 f"(B, {features.num_samples}) float32 mono samples in [-1, 1] at "
-                                 f"{features.sample_rate} Hz: clip-long windows",
-                                 "(B, L, S, C) logits per segment; a long window's leak probability is the mean "
-                                 "of sigmoid over S")
+        segments = LogMelFrontend(features)(waves).half().float()  # (3, L, S, n_mels, T)
+    samples = f"float32 mono samples in [-1, 1] at {features.sample_rate} Hz"
+    if model.whole_recordings:
+        segments = segments.reshape(len(waves), -1, *segments.shape[-2:])  # (3, L·S, n_mels, T): three clips
+        jobs = {"network": _Job(
+            model.net, [segments, segments.reshape(1, -1, *segments.shape[-2:])],
+            ("segments", "(R, F, n_mels, T) float32 log-mel dB values: the F segments of each of R recordings"),
+            [("recording_logits", "(R, C) logits; sigmoid gives each recording's class probabilities"),
+             ("frame_logits", "(R, F, C) logits per segment: where in the recording to listen")],
+            {0: "recordings", 1: "frames"})}
+        if with_frontend:
+            jobs["with_frontend"] = _Job(
+                RecordingWithFrontend(model.net, features).eval(), [waves, waves[:1]],
+                ("waveform", f"(W, {features.num_samples}) {samples}: the clip-long windows of ONE recording"),
+                [("recording_logits", "(1, C) logits of the recording: all its W·L·S segments pooled"),
+                 ("segment_logits", "(W, L, S, C) logits per segment")], {0: "windows"})
+        return jobs
+    segments = segments.reshape(-1, features.n_mels, features.t_frames)
+    jobs = {"network": _Job(model.net, [segments, segments[:7]],
+                            ("segments", "(B, n_mels, T) float32 log-mel dB values"),
+                            [("logits", "(B, C) logits; sigmoid gives class probabilities")], {0: "batch"})}
+    if with_frontend:
+        jobs["with_frontend"] = _Job(WithFrontend(model.net, features).eval(), [waves, waves[:1]],
+                                     ("waveform", f"(B, {features.num_samples}) {samples}: clip-long windows"),
+                                     [("segment_logits", "(B, L, S, C) logits per segment; a long window's leak "
+                                                         "probability is the mean of sigmoid over S")], {0: "batch"})
+    return jobs
+
+
+def _export_files(model, fmt: str, stage: Path, names: dict[str, str]) -> dict:
     files = {}
-    for name, (module, example, in_name, out_name, in_doc, out_doc) in jobs.items():
+    for name, job in _jobs(model, "with_frontend" in names).items():
         path = stage / names[name]
         with torch.no_grad():
-            reference = module(example)
+            references = [_outputs(job.module(x)) for x in job.examples]
             if fmt == "onnx":
-                _export_onnx(module, example, path, in_name, out_name)
-                loaded = _run_onnx(path, example)
+                _export_onnx(job.module, job.examples[0], path, job.input[0], [o[0] for o in job.outputs],
+                             job.dynamic)
+                loaded = [_run_onnx(path, x) for x in job.examples]
             else:
-                _export_torchscript(module, example, path)
-                loaded = _run_torchscript(path, example)
-        delta = float((loaded - reference).abs().max())
+                _export_torchscript(job.module, job.examples[0], path)
+                loaded = [_run_torchscript(path, x) for x in job.examples]
+        delta = max(_max_delta(got, want) for got, want in zip(loaded, references))
         if not math.isfinite(delta) or delta > TOLERANCE[name]:
             raise ValueError(f"{names[name]}: the exported {name} differs from PyTorch by {delta:.2e} (tolerance "
                              f"{TOLERANCE[name]:.0e}); it was not kept, and an earlier export is unchanged")
-        files[name] = {"file": path.name, "input": {"name": in_name, "shape": in_doc},
-                       "output": {"name": out_name, "shape": out_doc}, "max_abs_diff": delta,
+        outputs = [{"name": n, "shape": doc} for n, doc in job.outputs]
+        files[name] = {"file": path.name, "input": {"name": job.input[0], "shape": job.input[1]},
+                       "output": outputs[0], "outputs": outputs, "max_abs_diff": delta,
                        "tolerance": TOLERANCE[name]}
     return files
 
 
+def _max_delta(got: list[torch.Tensor], want: list[torch.Tensor]) -> float:
+    """Max |Δ| over all outputs; inf when the export gives other outputs or shapes (a frozen dynamic axis)."""
+    if len(got) != len(want) or any(g.shape != w.shape for g, w in zip(got, want)):
+        return math.inf
+    return max(float((g - w).abs().max()) for g, w in zip(got, want))
+
+
+_WINDOWS_DECISION = ("file leak = (vote: fraction of long windows with leak probability >= threshold reaches "
+                     "vote_fraction) | (mean: mean long-window leak probability >= threshold)")
+_RECORDING_DECISION = "leak = sigmoid(recording_logits[leak_index]) >= threshold; calibration on that probability"
+
+
 def _sidecar(ckpt_path: Path, fmt: str, contract, model, files: dict) -> dict:
+    rule = model.decision
+    score = ("sigmoid(recording_logits[leak_index])" if model.whole_recordings
+             else "the mean long-window leak probability")
     return {
         "format_version": EXPORT_FORMAT, "producer": f"leak_lightning {__version__}", "checkpoint": str(ckpt_path),
         "format": fmt, "class_names": list(contract.class_names), "leak_class_name": contract.leak_class_name,
         "leak_index": list(contract.class_names).index(contract.leak_class_name),
-        "threshold": float(model.decision.threshold), "aggregation": model.decision.options.aggregation,
-        "vote_fraction": model.decision.options.vote_fraction,
-        "calibration": {"method": "platt", "a": float(model.decision.calibration[0]),
-                        "b": float(model.decision.calibration[1]),
-                        "probability": "sigmoid(a * logit(clamp(s, 1e-4, 1 - 1e-4)) + b), s = the mean "
-                                       "long-window leak probability"},
+        # format 1's keys stay for its readers; "rule" is the same rule as the checkpoint and reports describe it
+        "threshold": float(rule.threshold), "aggregation": rule.aggregation, "vote_fraction": rule.vote_fraction,
+        "rule": rule.describe(), "decides": "recording" if model.whole_recordings else "windows",
+        "calibration": {"method": "platt", "a": float(rule.calibration[0]), "b": float(rule.calibration[1]),
+                        "probability": f"sigmoid(a * logit(clamp(s, 1e-4, 1 - 1e-4)) + b), s = {score}"},
         "feature_config": asdict(model.features), "files": files,
-        "decision": "file leak = (vote: fraction of long windows with leak probability >= threshold reaches "
-                    "vote_fraction) | (mean: mean long-window leak probability >= threshold)",
+        "decision": _RECORDING_DECISION if model.whole_recordings else _WINDOWS_DECISION,
     }
 
 

@@ -14,7 +14,7 @@ import os
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import lightning as L
 import torch
@@ -32,12 +32,19 @@ from .checkpoint_io import (
     unusable,
 )
 from .contract import SECTION, ModelContract, binding_digest
-from .evaluation import DEFAULT_GRID, FileScores, expected_calibration_error, file_metrics, score_files
+from .evaluation import (
+    DEFAULT_GRID,
+    FileScores,
+    expected_calibration_error,
+    file_metrics,
+    score_files,
+)
 from .features import FeatureConfig, LogMelFrontend
 from .models.augment import Augmentation, SpectrumAugment
 from .models.compiled import CompiledNet, CompileOptions
 from .models.decision import DecisionOptions, DecisionRule, SegmentTable
 from .models.optim import AdamW, CosineToEnd
+from .models.recording import PooledFrames
 
 log = logging.getLogger(__name__)
 _NO_SCALER = ("32-true", "32", "bf16-mixed", "bf16-true", "64-true", "64")
@@ -51,12 +58,24 @@ def default_scheduler(optimizer: torch.optim.Optimizer) -> torch.optim.lr_schedu
     return CosineToEnd(optimizer, min_lr_ratio=0.01)
 
 
+class WindowScores(NamedTuple):
+    """Scores of clip-long windows: per long window the leak probability (W, L), per window the class
+    probabilities (W, C), and for a recording-level network each window's pooled frame sums (W, 1 + 4·D; merged
+    over a recording's windows by `PooledFrames.merge`), else None."""
+
+    leak: torch.Tensor
+    classes: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+
 class LeakClassifier(L.LightningModule):
     """A network on log-mel segments, trained multi-label, deciding per recording whether the pipe leaks.
 
     Args:
         net: the network, (B, n_mels, T) → (B, classes) logits (default: models.LeakCNN; its `num_classes`,
-            `n_mels` and `t_frames` are linked from the data).
+            `n_mels` and `t_frames` are linked from the data); or a recording-level one (models.RecordingNet,
+            `whole_recordings = True`): (R, F, n_mels, T) whole recordings → (recording logits, frame logits),
+            trained on recording batches of the same files and deciding from its recording probability.
         optimizer: called with the parameters (default: models.optim.AdamW, lr 1e-3, weight decay 1e-2).
         scheduler: called with the optimizer, stepped every optimizer step (default: models.optim.CosineToEnd,
             whose length is set to the run's steps here).
@@ -98,7 +117,11 @@ class LeakClassifier(L.LightningModule):
         self.augment = SpectrumAugment(_as(augment, Augmentation), f.n_mels, f.f_min, f.f_max or f.sample_rate / 2,
                                        self.leak_index)
         self.loss_fn = nn.BCEWithLogitsLoss(pos_weight=_pos_weight(pos_weight, len(class_names)))
-        self.decision = DecisionRule(_as(decision, DecisionOptions))  # fitted on validation, kept in checkpoints
+        decision = _as(decision, DecisionOptions)
+        if self.whole_recordings and decision.aggregation != "mean":
+            # one number per recording decides: its pooled probability; a vote over windows has nothing to read
+            decision = DecisionOptions(aggregation="mean")
+        self.decision = DecisionRule(decision)  # fitted on validation, kept in checkpoints
         self.automatic_optimization = False  # training_step steps the optimizer itself (blocks of steps)
         # no per-step host sync: torchmetrics' NaN checks read the value back, "disable" skips them
         self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric(nan_strategy="disable") for s in ("train", "val", "test")})
@@ -106,10 +129,21 @@ class LeakClassifier(L.LightningModule):
         self.test_metrics = segment_metrics(len(class_names))
         spf = self.features.num_long * self.features.num_short
         self.scored = SegmentTable(len(class_names), spf)  # an evaluation's probabilities, by row
+        self.recorded = SegmentTable(len(class_names), 1)  # a recording-level network's, by file
         self.compiled: CompiledNet | None = None
         self.last_results: dict | None = None  # test/validate results for reports
         self.site: dict | None = None  # the site a checkpoint was adapted to (`adapt`), when it was
         self._warned_small_val = False
+
+    @property
+    def whole_recordings(self) -> bool:
+        """Whether the network hears whole recordings (RecordingNet): its batches are whole files, its decision
+        the pooled recording probability."""
+        return bool(getattr(self.net, "whole_recordings", False))
+
+    @property
+    def segments_per_file(self) -> int:
+        return self.features.num_long * self.features.num_short
 
     # ---- forward, through torch.compile when asked --------------------------------------------
     def compiles(self, stage: str) -> bool:
@@ -192,9 +226,18 @@ class LeakClassifier(L.LightningModule):
         return loss
 
     def step_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The training loss of one batch: augmentation (in training mode), network, BCE with pos_weight."""
-        x, y = self.augment(x, y)
-        return self.loss_fn(self(x).float(), y)
+        """The training loss of one batch: augmentation (in training mode), network, BCE with pos_weight. A
+        recording-level network's batch is whole files (`spf` segments each, contiguous): its loss is the
+        recordings' BCE plus `frame_weight` times its frames' (each frame labelled as its recording)."""
+        if not self.whole_recordings:
+            x, y = self.augment(x, y)
+            return self.loss_fn(self(x).float(), y)
+        spf = self.segments_per_file
+        x, y = self.augment(x, y, per=spf)
+        recordings, frames = self(x.reshape(-1, spf, *x.shape[1:]))
+        weight = float(getattr(self.net, "frame_weight", 0.0))
+        loss = self.loss_fn(recordings.float(), y[::spf])
+        return loss + weight * self.loss_fn(frames.reshape(-1, frames.shape[-1]).float(), y) if weight else loss
 
     def _log_step(self, loss: torch.Tensor) -> None:
         # The step loss every log_every_n_steps, straight to the loggers: one host sync per n steps, not
@@ -253,8 +296,16 @@ class LeakClassifier(L.LightningModule):
     # no data module.
     def _eval_step(self, batch, metrics: MetricCollection, stage: str) -> None:
         x, y, start = batch
-        logits = self(x).float()
-        self.losses[f"{stage}_loss"].update(self.loss_fn(logits, y), len(x))
+        if self.whole_recordings:  # evaluation batches are whole files, in order
+            spf = self.segments_per_file
+            recordings, frames = self(x.reshape(-1, spf, *x.shape[1:]))
+            recordings = recordings.float()
+            self.losses[f"{stage}_loss"].update(self.loss_fn(recordings, y[::spf]), len(recordings))
+            self.recorded.add(int(start) // spf, torch.sigmoid(recordings), y[::spf])
+            logits = frames.reshape(-1, frames.shape[-1]).float()
+        else:
+            logits = self(x).float()
+            self.losses[f"{stage}_loss"].update(self.loss_fn(logits, y), len(x))
         probs = torch.sigmoid(logits)
         with _counting_is_exact():
             metrics.update(probs, y.int())
@@ -262,6 +313,7 @@ class LeakClassifier(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self.scored.reset()
+        self.recorded.reset()
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val")
@@ -271,6 +323,7 @@ class LeakClassifier(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self.scored.reset()
+        self.recorded.reset()
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, self.test_metrics, "test")
@@ -283,6 +336,8 @@ class LeakClassifier(L.LightningModule):
         probs, targets, seen = self.scored.gather(reduce, self.device)
         f = self.features
         scores = score_files(probs, targets, seen, f.num_long, f.num_short, self.leak_index)
+        if self.whole_recordings:  # a collective too: every rank runs the same network, so every rank joins it
+            scores = recording_scores(*self.recorded.gather(reduce, self.device), self.leak_index, scores.partial)
         checking = self.trainer.sanity_checking
         if not checking:
             self._warn_if_partial(stage, scores)
@@ -328,6 +383,10 @@ class LeakClassifier(L.LightningModule):
     def _fit_decision(self, scores: FileScores, truth: torch.Tensor, leaks: int) -> None:
         """The threshold (best file F1 on validation) and the calibration; a warning when they are uncertain."""
         t = self.decision.fit(scores.windows, truth)
+        if len(self.decision.sweeps) > 1:
+            log.debug("reading chosen on validation: %s (%s)", self.decision.reading_text(), "; ".join(
+                f"{s['aggregation']} {s['vote_fraction'] or ''}: F1 {s['f1']:.3f} on {s['plateau']} thresholds"
+                for s in self.decision.sweeps))
         edge = t <= float(DEFAULT_GRID[0]) + 1e-6 or t >= float(DEFAULT_GRID[-1]) - 1e-6
         if (edge or leaks < 20) and not self._warned_small_val:
             self._warned_small_val = True  # once per run: it is the validation set's size that is the issue
@@ -392,6 +451,10 @@ class LeakClassifier(L.LightningModule):
             threshold_validation={"precision": precision, "recall": recall},
             calibration={"method": "platt", "a": a, "b": b,
                          "input": "logit of the mean long-window leak probability, clamped to [1e-4, 1 - 1e-4]"})
+        # which kind of model decides: "windows" (a rule over the frame model's window scores) or "recording" (a
+        # recording-level network's pooled probability)
+        checkpoint[SECTION]["decides"] = "recording" if self.whole_recordings else "windows"
+        checkpoint[SECTION]["decision"] = rule.describe()
         checkpoint[SECTION]["binding"] = binding_digest(checkpoint)  # last: it covers all of the above
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -408,7 +471,7 @@ class LeakClassifier(L.LightningModule):
             return (f"checkpoint adapted to site {s['name']!r} without labels: batch-norm statistics of "
                     f"{s['recordings']} recordings (decided leak there: {d['before']} before, {d['after']} after)")
         before, after = s["before"]["f1"], s["after_cross_validated"]["f1"]
-        rule = "its base rule kept" if s.get("kept_base_rule") else f"threshold {float(self.decision.threshold):.2f}"
+        rule = "its base rule kept" if s.get("kept_base_rule") else self.decision.reading_text()
         return (f"checkpoint adapted to site {s['name']!r} on {s['recordings']} recordings ({s['leaks']} leaks; "
                 f"leak F1 {before:.3f} with the base rule, {after:.3f} adapted, cross-validated; {rule})")
 
@@ -425,30 +488,61 @@ class LeakClassifier(L.LightningModule):
         stores them (after prepare_predict)."""
         return self._frontend(wave).half()
 
-    def score_windows(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(W, num_samples) clip-long windows → leak probability per long window (W, L), class probabilities (W, C)."""
+    def score_windows(self, wave: torch.Tensor) -> WindowScores:
+        """(W, num_samples) clip-long windows → their WindowScores."""
         return self.score_segments(self.segments_of(wave))
 
-    def score_segments(self, seg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(W, L, S, n_mels, T) segments → leak probability per long window (W, L), class probabilities (W, C)."""
+    def score_segments(self, seg: torch.Tensor) -> WindowScores:
+        """(W, L, S, n_mels, T) segments → leak probability per long window (W, L), class probabilities (W, C) and,
+        for a recording-level network, each window's pooled frame sums (its frame head gives the window scores)."""
         n_windows, n_long, n_short = seg.shape[:3]
-        logits = self(seg.reshape(-1, *seg.shape[-2:])).float()
+        pooled = None
+        if self.whole_recordings:
+            sums, frames = self.net.pooled(seg.reshape(n_windows, n_long * n_short, *seg.shape[-2:]))
+            logits, pooled = frames.float(), sums.pack()
+        else:
+            logits = self(seg.reshape(-1, *seg.shape[-2:])).float()
         probs = torch.sigmoid(logits).reshape(n_windows, n_long, n_short, -1)
-        return probs[..., self.leak_index].mean(2), probs.mean((1, 2))
+        return WindowScores(probs[..., self.leak_index].mean(2), probs.mean((1, 2)), pooled)
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         # (W, num_samples) clip-long windows; per window: recording, window number, silent
         wave, owner, index, silent = batch
-        windows, class_probs = self.score_windows(wave)
-        return {"owner": owner, "index": index, "silent": silent, "windows": windows, "class_probs": class_probs}
+        scored = self.score_windows(wave)
+        out = {"owner": owner, "index": index, "silent": silent, "windows": scored.leak, "class_probs": scored.classes}
+        return out if scored.pooled is None else {**out, "pooled": scored.pooled}
 
-    def decide_recording(self, windows: torch.Tensor) -> tuple[float, float, bool, float, float]:
-        """All long-window leak probabilities of one recording → (mean score, calibrated leak probability,
-        leak decision, the number the decision was made from, the cutoff it was compared with)."""
-        flat = windows.reshape(1, -1)
+    @torch.no_grad()
+    def recording_probabilities(self, pooled: torch.Tensor) -> torch.Tensor:
+        """A recording-level network's class probabilities (C,) from its windows' pooled sums (K, 1 + 4·D): merged
+        in one pass, so a recording of any length is decided from all its frames in bounded memory."""
+        merged = PooledFrames.unpack(PooledFrames.merge(pooled.to(self.device)))
+        return torch.sigmoid(self.net.decide(merged).float())[0].cpu()
+
+    def decision_inputs(self, windows: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """What the decision rule reads of one recording: its long-window leak probabilities (frame model), or
+        its one pooled recording probability (recording-level network; `pooled`: its windows' sums)."""
+        if self.whole_recordings:
+            return self.recording_probabilities(pooled)[self.leak_index].reshape(1)
+        return windows.reshape(-1)
+
+    def decide_recording(self, windows: torch.Tensor, pooled: torch.Tensor | None = None
+                         ) -> tuple[float, float, bool, float, float]:
+        """All long-window leak probabilities of one recording (and, for a recording-level network, its windows'
+        pooled sums) → (its score: the mean window, or the pooled recording probability; the calibrated leak
+        probability; the leak decision; the number the decision was made from; the cutoff it was compared with)."""
+        flat = self.decision_inputs(windows, pooled).reshape(1, -1)
         score = flat.mean()
         basis, cutoff = self.decision.basis(flat)
         return float(score), float(self.decision.probability(score)), bool(basis[0] >= cutoff), float(basis[0]), cutoff
+
+
+def recording_scores(probs: torch.Tensor, targets: torch.Tensor, seen: torch.Tensor, leak_index: int,
+                     partial: int) -> FileScores:
+    """A recording-level network's (N, C) recording probabilities and targets, (N,) scored → FileScores whose
+    "windows" are what its decision reads: one number per recording, its pooled leak probability."""
+    return FileScores(index=torch.nonzero(seen).flatten(), windows=probs[seen][:, leak_index: leak_index + 1],
+                      class_scores=probs[seen], targets=targets[seen], partial=partial)
 
 
 def segment_metrics(num_classes: int) -> MetricCollection:

@@ -43,8 +43,10 @@ class Prediction:
     status: str
     leak_probability: float | None = None  # calibrated on validation (Platt): P(leak) for this recording
     leak: bool | None = None  # the decision at the checkpoint's threshold and aggregation
-    leak_score: float | None = None  # uncalibrated: the mean long-window leak probability
-    class_scores: dict[str, float] = field(default_factory=dict)  # mean probability per class
+    # uncalibrated: the mean long-window leak probability (a recording-level network: its pooled probability)
+    leak_score: float | None = None
+    # mean probability per class over the windows (a recording-level network: from all its frames pooled)
+    class_scores: dict[str, float] = field(default_factory=dict)
     window_scores: list[float] = field(default_factory=list)  # leak score per clip-long window (NaN: silent)
     quality: tuple[str, ...] = ()
     windows: int = 0
@@ -53,34 +55,41 @@ class Prediction:
     # mean window against the threshold)
     decision_score: float | None = None
     decision_cutoff: float | None = None
+    # each window's (start, end) in seconds of the recording, beside its score: where a listener finds the leak
+    window_times: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def top_class(self) -> str | None:
         return max(self.class_scores, key=self.class_scores.get) if self.class_scores else None
 
 
-def summarise(path: str, scored: list[tuple[int, bool, torch.Tensor, torch.Tensor]], flags, model,
-              reason: str | None = None) -> Prediction:
-    """(window index, silent, long-window leak probabilities (L,), class probabilities (C,)) per window
-    of one recording → its Prediction. Silent windows take no part in the decision."""
+def summarise(path: str, scored: list[tuple], flags, model, reason: str | None = None,
+              times: list[tuple[float, float]] = ()) -> Prediction:
+    """(window index, silent, long-window leak probabilities (L,), class probabilities (C,)[, pooled frame sums of
+    a recording-level network]) per window of one recording, and the windows' (start, end) seconds → its
+    Prediction. Silent windows take no part in the decision."""
     if reason is not None:
         named = tuple(f for f in (BAND_LIMITED, OUT_OF_RANGE) if reason.startswith(f"{f}:"))
         return Prediction(path, f"skipped: {reason}", quality=named)
     scored = sorted(scored, key=lambda r: r[0])
     quality = tuple(sorted(flags))
-    live = [(w, c) for _, silent, w, c in scored if not silent]
-    window_scores = [math.nan if silent else float(w.mean()) for _, silent, w, _ in scored]
+    live = [r for r in scored if not r[1]]
+    window_scores = [math.nan if r[1] else float(r[2].mean()) for r in scored]
+    where = {"window_scores": window_scores, "window_times": list(times), "windows": len(scored)}
     if not live:
-        return Prediction(path, "silent", quality=quality or (SILENT,), window_scores=window_scores,
-                          windows=len(scored))
-    score, probability, leak, basis, cutoff = model.decide_recording(torch.stack([w for w, _ in live]))
+        return Prediction(path, "silent", quality=quality or (SILENT,), **where)
+    pooled = torch.stack([r[4] for r in live]) if model.whole_recordings else None
+    score, probability, leak, basis, cutoff = model.decide_recording(torch.stack([r[2] for r in live]), pooled)
     if not (math.isfinite(score) and math.isfinite(probability)):  # NaN compares as "no leak": never a decision
         return Prediction(path, "unscored: the score is not a number (the samples overflow the frontend; a float "
-                                "file scaled far beyond ±1?)", quality=quality, window_scores=window_scores,
-                          windows=len(scored))
-    classes = torch.stack([c for _, c in live]).mean(0).tolist()
+                                "file scaled far beyond ±1?)", quality=quality, **where)
+    if model.whole_recordings:  # the recording's own class probabilities, from all its frames
+        classes = model.recording_probabilities(pooled).tolist()
+    else:
+        classes = torch.stack([r[3] for r in live]).mean(0).tolist()
     return Prediction(path, "flagged" if quality else "ok", probability, leak, score,
-                      dict(zip(model.class_names, classes)), window_scores, quality, len(scored), basis, cutoff)
+                      dict(zip(model.class_names, classes)), window_scores, quality=quality, windows=len(scored),
+                      decision_score=basis, decision_cutoff=cutoff, window_times=list(times))
 
 
 def write_csv(path: Path, predictions: list[Prediction], class_names: list[str]) -> None:
@@ -88,7 +97,7 @@ def write_csv(path: Path, predictions: list[Prediction], class_names: list[str])
         w = csv.writer(f)
         w.writerow(["path", "status", "quality", "windows", "leak_score", "leak_probability", "leak_decision",
                     "decision_score", "decision_cutoff", "top_class", *[f"score_{n}" for n in class_names],
-                    "window_leak_scores"])
+                    "window_leak_scores", "window_seconds"])
         for p in predictions:
             scored = p.leak_probability is not None
             w.writerow([p.path, p.status, ";".join(p.quality) or ("ok" if scored else ""), p.windows,
@@ -96,7 +105,8 @@ def write_csv(path: Path, predictions: list[Prediction], class_names: list[str])
                         int(p.leak) if scored else "", f"{p.decision_score:.6f}" if scored else "",
                         f"{p.decision_cutoff:.6f}" if scored else "",
                         p.top_class or "", *[f"{p.class_scores[n]:.6f}" if scored else "" for n in class_names],
-                        ";".join("" if math.isnan(s) else f"{s:.4f}" for s in p.window_scores)])
+                        ";".join("" if math.isnan(s) else f"{s:.4f}" for s in p.window_scores),
+                        ";".join(f"{a:.3f}-{b:.3f}" for a, b in p.window_times)])
 
     write_atomic(path, write)
 
@@ -395,10 +405,11 @@ class LeakDetector:
         return cls(model, dev)
 
     @torch.no_grad()
-    def _score(self, windows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def _score(self, windows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         out = [self.model.score_windows(torch.from_numpy(windows[i: i + self.windows_per_batch]).to(self.device))
                for i in range(0, len(windows), self.windows_per_batch)]
-        return torch.cat([w for w, _ in out]).cpu(), torch.cat([c for _, c in out]).cpu()
+        pooled = torch.cat([o.pooled for o in out]).cpu() if self.model.whole_recordings else None
+        return torch.cat([o.leak for o in out]).cpu(), torch.cat([o.classes for o in out]).cpu(), pooled
 
     def _run(self, name: str, reader) -> Prediction:
         return self._scored(name, reader)[0]
@@ -407,19 +418,23 @@ class LeakDetector:
         try:
             scored = []
             for windows, silent in reader:
-                leak, classes = self._score(windows)
+                leak, classes, pooled = self._score(windows)
                 first = len(scored)
-                scored += [(first + k, bool(s), leak[k], classes[k]) for k, s in enumerate(silent)]
+                scored += [(first + k, bool(s), leak[k], classes[k], None if pooled is None else pooled[k])
+                           for k, s in enumerate(silent)]
         except Exception as err:  # one recording: a reason, not a crash
             return summarise(name, [], (), self.model, reason_of(err)), None
-        prediction = summarise(name, scored, reader.flags, self.model)
-        live = [w for _, silent, w, _ in scored if not silent]
-        decided = prediction.leak is not None
-        return prediction, torch.cat([w.reshape(-1) for w in live]) if decided else None
+        prediction = summarise(name, scored, reader.flags, self.model, times=reader.times)
+        if prediction.leak is None:
+            return prediction, None
+        live = [r for r in scored if not r[1]]
+        pooled = torch.stack([r[4] for r in live]) if self.model.whole_recordings else None
+        return prediction, self.model.decision_inputs(torch.cat([r[2].reshape(-1) for r in live]), pooled)
 
     def leak_windows(self, path: str | Path) -> tuple[Prediction, torch.Tensor | None]:
-        """A recording's Prediction and the leak probabilities of all its long windows that took part in its
-        decision (what the decision rule reads; None when it got no decision): what `adapt` fits a site on."""
+        """A recording's Prediction and what its decision rule read (None when it got no decision): the leak
+        probabilities of all its long windows that took part, or a recording-level network's one pooled
+        probability. What `adapt` fits a site on."""
         return self._scored(printable(path), WindowReader(path, self.spec))
 
     def predict(self, path: str | Path) -> Prediction:

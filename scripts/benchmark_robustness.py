@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import logging
 import statistics
 import sys
@@ -50,7 +51,9 @@ from torchmetrics.functional.classification import binary_auroc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from leak_lightning.adapt import MIN_PER_SIDE  # noqa: E402
 from leak_lightning.builder.build import build_dataset  # noqa: E402
+from leak_lightning.checkpoint_io import read_checkpoint  # noqa: E402
 from leak_lightning.cli import main as cli  # noqa: E402
 from leak_lightning.evaluation import expected_calibration_error  # noqa: E402
 from leak_lightning.logs import setup_logging  # noqa: E402
@@ -79,6 +82,14 @@ SITES: dict[str, dict] = {
     "distant leaks (1/3 level)": {"conditions": Conditions(leak_level=1 / 3)},
 }
 CONDITIONS.update({k: v for k, v in SITES.items() if k not in CONDITIONS})
+# The two kinds of model the site benchmark compares, on the same corpora and seeds: each is configs/demo.yaml with
+# its network (and what that network trains best with).
+MODELS: dict[str, dict] = {
+    "frame": {"about": "LeakCNN, one 125 ms frame at a time, its windows read by the rule chosen on validation",
+              "args": []},
+    "recording": {"about": "RecordingNet, the whole recording pooled", "args": ["--model.net=leak_lightning.models."
+                                                                                 "RecordingNet"]},
+}
 AUGMENTATION_OFF = ["--model.augment.warp", "0", "--model.augment.gain_db", "0", "--model.augment.tilt_db", "0",
                     "--model.augment.eq_db", "0", "--model.augment.background_p", "0", "--model.augment.mixup_p", "0"]
 
@@ -87,11 +98,13 @@ def train_h5(work: Path, args) -> Path:
     return work / f"train_h5_{args.train_files}"
 
 
-def train(work: Path, args, augmented: bool, seed: int = 0) -> Path:
-    extra = f"_{hashlib.sha1(' '.join(args.extra).encode()).hexdigest()[:8]}" if args.extra else ""
+def train(work: Path, args, augmented: bool, seed: int = 0, model: str = "frame") -> Path:
+    options = [*MODELS[model]["args"], *args.extra]
+    extra = f"_{hashlib.sha1(' '.join(options).encode()).hexdigest()[:8]}" if options else ""
     settings = f"{args.train_files}_e{args.epochs}_p{args.patience}{extra}{f'_s{seed}' if seed else ''}"
-    run = work / f"run_{'augmented' if augmented else 'plain'}_{settings}"
-    if (run / "checkpoints" / "best.ckpt").is_file() and not args.retrain:
+    kind = "" if model == "frame" else f"{model}_"
+    run = work / f"run_{kind}{'augmented' if augmented else 'plain'}_{settings}"
+    if (run / "benchmark_training.json").is_file() and not args.retrain:
         return run / "checkpoints" / "best.ckpt"
     h5 = train_h5(work, args)
     data = [f"--data.{k}_h5={h5 / f'{v}_DATASET.H5'}" for k, v in
@@ -99,9 +112,13 @@ def train(work: Path, args, augmented: bool, seed: int = 0) -> Path:
     t0 = time.perf_counter()
     cli(["fit", "--config", str(REPO / "configs/demo.yaml"), *data, f"--trainer.default_root_dir={run}",
          f"--trainer.max_epochs={args.epochs}", f"--early_stopping.patience={args.patience}", "--overwrite=true",
-         "--console.log_file=null", "--trainer.enable_progress_bar=false", f"--seed_everything={seed}", *args.extra,
+         "--console.log_file=null", "--trainer.enable_progress_bar=false", f"--seed_everything={seed}", *options,
          *([] if augmented else AUGMENTATION_OFF)])
-    log.info("trained %s in %.0f s", run.name, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    epochs = read_checkpoint(run / "checkpoints" / "last.ckpt")[0]["epoch"] + 1
+    (run / "benchmark_training.json").write_text(json.dumps({"seconds": seconds, "epochs": epochs,
+                                                             "seconds_per_epoch": seconds / epochs}))
+    log.info("trained %s in %.0f s (%d epochs)", run.name, seconds, epochs)
     return run / "checkpoints" / "best.ckpt"
 
 
@@ -145,6 +162,8 @@ def main() -> None:
     ap.add_argument("--finetune-steps", type=int, default=0, help="--sites: also adapt with this --finetune_steps "
                     "(at the sizes of --finetune-labelled; (folds + 1) fine-tunes per draw)")
     ap.add_argument("--finetune-labelled", type=int, nargs="+", default=[20], help="--sites: sizes to fine-tune at")
+    ap.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["frame", "recording"],
+                    help="--sites: the model kinds to compare (each trained per training seed)")
     args = ap.parse_args()
     setup_logging("WARNING")
     torch.manual_seed(0)
@@ -177,9 +196,34 @@ def _f1(decided: torch.Tensor, truth: torch.Tensor) -> float:
 
 
 def sites(work: Path, args) -> None:
-    """Leak F1 out of the box and after `adapt` with n labelled recordings, on each site's other recordings."""
+    """Per model kind and site: leak F1 out of the box and after `adapt` with n labelled recordings (on the site's
+    other recordings), AUROC, the best-threshold ceiling, false alarms; training seconds per epoch and predict
+    recordings per second."""
+    rows: dict[str, dict[str, dict[str, list[float]]]] = {}
+    costs: dict[str, dict[str, list[float]]] = {}
+    for train_seed in args.train_seeds:
+        for kind in args.models:
+            ckpt = train(work, args, True, train_seed, kind)
+            det = LeakDetector.from_checkpoint(ckpt, device="cpu")
+            cost = costs.setdefault(kind, {})
+            cost.setdefault("train s/epoch", []).append(training_cost(ckpt))
+            for name in ("in-domain", *SITES):
+                site_rows(work, args, det, ckpt, name, train_seed, rows.setdefault(kind, {}).setdefault(name, {}),
+                          cost if name == "in-domain" else None)
+                print(f"  {kind}: {name} (training seed {train_seed})", file=sys.stderr, flush=True)
+    print_sites(rows, costs, args)
+
+
+def training_cost(ckpt: Path) -> float:
+    """Seconds per training epoch of the run (written by `train`)."""
+    import json
+
+    return json.loads((ckpt.parent.parent / "benchmark_training.json").read_text())["seconds_per_epoch"]
+
+
+def site_rows(work: Path, args, det: LeakDetector, ckpt: Path, name: str, train_seed: int, site: dict,
+              cost: dict | None) -> None:
     from leak_lightning.adapt import (
-        MIN_PER_SIDE,
         SiteRecording,
         finetuned,
         leak_windows_of,
@@ -187,105 +231,153 @@ def sites(work: Path, args) -> None:
         refit_rule,
         site_segments,
     )
-    from leak_lightning.evaluation import sweep_threshold
+    from leak_lightning.evaluation import sweep
+    from leak_lightning.models.decision import DecisionRule
 
-    rows: dict[str, dict[str, list[float]]] = {}
-    for train_seed in args.train_seeds:
-        det = LeakDetector.from_checkpoint(train(work, args, True, train_seed), device="cpu")
-        for name in ("in-domain", *SITES):
-            scored = [(det.leak_windows(p)[1], leak) for p, leak in corpus(work, name, 0, args.test_files)]
-            windows = [w for w, _ in scored if w is not None]
-            truth = torch.tensor([leak for w, leak in scored if w is not None])
-            site = rows.setdefault(name, {})
-            base_decided = det.model.decision.decide(windows)
-            site.setdefault("all: base rule", []).append(_f1(base_decided, truth))
-            site.setdefault("all: false alarms", []).append(int((base_decided & ~truth).sum()))
-            # without labels: the batch-norm statistics re-estimated on all the site's recordings (adapt --unlabelled)
-            fresh = LeakDetector.from_checkpoint(train(work, args, True, train_seed), device="cpu")
-            paths = [p for p, _ in corpus(work, name, 0, args.test_files)]
-            reestimate_norms(fresh, [q for q, (w, _) in zip(paths, scored) if w is not None])
-            again = [fresh.leak_windows(q)[1] for q, (w, _) in zip(paths, scored) if w is not None]
-            again = [w if w is not None else torch.zeros(1) for w in again]
-            unlabelled = fresh.model.decision.decide(again)
-            site.setdefault("unlabelled", []).append(_f1(unlabelled, truth))
-            site.setdefault("unlabelled: false alarms", []).append(int((unlabelled & ~truth).sum()))
-            # the ceiling of any threshold: the one with the best F1 picked on all the site's recordings themselves
-            options = det.model.decision.options
-            for key, scores in (("ceiling: base", windows), ("ceiling: norms", again)):
-                site.setdefault(key, []).append(sweep_threshold(scores, truth, options.aggregation,
-                                                                options.vote_fraction)[1])
-            if args.finetune_steps:
-                kept_paths = [q for q, (w, _) in zip(paths, scored) if w is not None]
-                recs = [SiteRecording(q, q.parent.name, bool(leak), w, "", site_segments(det, q))
-                        for q, w, leak in zip(kept_paths, windows, truth.tolist())]
-            g = torch.Generator().manual_seed(train_seed)
-            for n in args.labelled:
-                want_leaks = max(MIN_PER_SIDE, round(n / 5))
-                for draw in range(args.draws):
-                    leaks = torch.nonzero(truth).flatten()
-                    others = torch.nonzero(~truth).flatten()
-                    pick = torch.cat([leaks[torch.randperm(len(leaks), generator=g)[:want_leaks]],
-                                      others[torch.randperm(len(others), generator=g)[: n - want_leaks]]])
-                    held = torch.ones(len(truth), dtype=torch.bool)
-                    held[pick] = False
-                    rest = [w for w, h in zip(windows, held) if h]
-                    site.setdefault(f"{n}: base rule", []).append(_f1(det.model.decision.decide(rest), truth[held]))
-                    for ties in ("adapt", "keep"):  # an adapted rule only as good as the base one: taken, or not
-                        rule, *_ = refit_rule([windows[i] for i in pick.tolist()], truth[pick], det.model.decision,
-                                              min(5, want_leaks, n - want_leaks), draw, ties)
-                        key = f"{n}: adapted" + ("" if ties == "keep" else ", ties adapt")
-                        site.setdefault(key, []).append(_f1(rule.decide(rest), truth[held]))
-                    # both: adapt --unlabelled on all the site's recordings, then adapt on the n labelled ones
-                    rule, *_ = refit_rule([again[i] for i in pick.tolist()], truth[pick], fresh.model.decision,
-                                          min(5, want_leaks, n - want_leaks), draw, "keep")
-                    site.setdefault(f"{n}: norms + adapted", []).append(
-                        _f1(rule.decide([w for w, h in zip(again, held) if h]), truth[held]))
-                    if args.finetune_steps and n in args.finetune_labelled:  # adapt --finetune_steps, as adapt does
-                        picked = [recs[i] for i in pick.tolist()]
-                        rescore, base_head = finetuned(det.model, picked, args.finetune_steps, draw)
-                        rule, _, _, kept, _ = refit_rule([r.windows for r in picked], truth[pick], det.model.decision,
-                                                         min(5, want_leaks, n - want_leaks), draw, "keep", rescore)
-                        rest_ft = ([w for w, h in zip(windows, held) if h] if kept  # the base head: its scores
-                                   else [leak_windows_of(det.model, r.segments) for r, h in zip(recs, held) if h])
-                        det.model.net.head.load_state_dict(base_head)
-                        site.setdefault(f"{n}: fine-tuned", []).append(_f1(rule.decide(rest_ft), truth[held]))
-            print(f"  {name} (training seed {train_seed}): {len(windows)} recordings scored", file=sys.stderr,
-                  flush=True)
+    recordings = corpus(work, name, 0, args.test_files)
+    t0 = time.perf_counter()
+    scored = [(det.leak_windows(p)[1], leak) for p, leak in recordings]
+    if cost is not None:  # predict's path (LeakDetector), the same recordings for every model
+        cost.setdefault("predict recordings/s", []).append(len(recordings) / (time.perf_counter() - t0))
+    windows = [w for w, _ in scored if w is not None]
+    truth = torch.tensor([leak for w, leak in scored if w is not None])
+    base = det.model.decision
+    base_decided = base.decide(windows)
+    site.setdefault("all: base rule", []).append(_f1(base_decided, truth))
+    site.setdefault("all: false alarms", []).append(int((base_decided & ~truth).sum()))
+    site.setdefault("auroc", []).append(float(binary_auroc(torch.stack([w.mean() for w in windows]), truth.int())))
+    site.setdefault("reading", []).append(base.reading_text())
+    # without labels: the batch-norm statistics re-estimated on all the site's recordings (adapt --unlabelled)
+    fresh = LeakDetector.from_checkpoint(ckpt, device="cpu")
+    paths = [p for p, _ in recordings]
+    kept_paths = [q for q, (w, _) in zip(paths, scored) if w is not None]
+    reestimate_norms(fresh, kept_paths)
+    again = [fresh.leak_windows(q)[1] for q in kept_paths]
+    again = [w if w is not None else torch.zeros(1) for w in again]
+    unlabelled = fresh.model.decision.decide(again)
+    site.setdefault("unlabelled", []).append(_f1(unlabelled, truth))
+    site.setdefault("unlabelled: false alarms", []).append(int((unlabelled & ~truth).sum()))
+    # the ceiling of any threshold: the best F1 of one picked on all the site's recordings themselves, with the
+    # rule's own candidate readings
+    candidates = base.options.candidates()
+    for key, scores in (("ceiling: base", windows), ("ceiling: norms", again)):
+        site.setdefault(key, []).append(max(sweep(scores, truth, a, f or 0.5).f1 for a, f in candidates))
+    finetune = args.finetune_steps and not det.model.whole_recordings
+    if finetune:
+        recs = [SiteRecording(q, q.parent.name, bool(leak), w, "", site_segments(det, q))
+                for q, w, leak in zip(kept_paths, windows, truth.tolist())]
+    g = torch.Generator().manual_seed(train_seed)
+    for n in args.labelled:
+        want_leaks = max(MIN_PER_SIDE, round(n / 5))
+        for draw in range(args.draws):
+            leaks, others = torch.nonzero(truth).flatten(), torch.nonzero(~truth).flatten()
+            pick = torch.cat([leaks[torch.randperm(len(leaks), generator=g)[:want_leaks]],
+                              others[torch.randperm(len(others), generator=g)[: n - want_leaks]]])
+            held = torch.ones(len(truth), dtype=torch.bool)
+            held[pick] = False
+            rest = [w for w, h in zip(windows, held) if h]
+            folds = min(5, want_leaks, n - want_leaks)
+            base_f1 = _f1(base.decide(rest), truth[held])
+            site.setdefault(f"{n}: base rule", []).append(base_f1)
+            for ties in ("adapt", "keep"):  # an adapted rule only as good as the base one: taken, or not
+                rule, _, _, kept, _ = refit_rule([windows[i] for i in pick.tolist()], truth[pick], base, folds, draw,
+                                                 ties)
+                key = f"{n}: adapted" + ("" if ties == "keep" else ", ties adapt")
+                site.setdefault(key, []).append(_f1(rule.decide(rest), truth[held]))
+                if ties == "keep":  # the keep-or-take test: kept while a rule fitted on the labels did better?
+                    fitted = DecisionRule(base.options)
+                    fitted.fit([windows[i] for i in pick.tolist()], truth[pick])
+                    better = _f1(fitted.decide(rest), truth[held]) > base_f1
+                    site.setdefault(f"{n}: kept", []).append(int(kept))
+                    site.setdefault(f"{n}: kept, a fitted rule better", []).append(int(kept and better))
+            # both: adapt --unlabelled on all the site's recordings, then adapt on the n labelled ones
+            rule, *_ = refit_rule([again[i] for i in pick.tolist()], truth[pick], fresh.model.decision, folds, draw,
+                                  "keep")
+            site.setdefault(f"{n}: norms + adapted", []).append(
+                _f1(rule.decide([w for w, h in zip(again, held) if h]), truth[held]))
+            if finetune and n in args.finetune_labelled:  # adapt --finetune_steps, as adapt does
+                picked = [recs[i] for i in pick.tolist()]
+                rescore, base_head = finetuned(det.model, picked, args.finetune_steps, draw)
+                rule, _, _, kept, _ = refit_rule([r.windows for r in picked], truth[pick], base, folds, draw, "keep",
+                                                 rescore)
+                rest_ft = ([w for w, h in zip(windows, held) if h] if kept  # the base head: its scores
+                           else [leak_windows_of(det.model, r.segments) for r, h in zip(recs, held) if h])
+                det.model.net.head.load_state_dict(base_head)
+                site.setdefault(f"{n}: fine-tuned", []).append(_f1(rule.decide(rest_ft), truth[held]))
 
+
+def print_sites(rows: dict, costs: dict, args) -> None:
     def cell(values: list[float]) -> str:
         return f"{statistics.median(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
 
-    print(f"\nleak F1 per site: the augmented model (configs/demo.yaml, {args.train_files} training recordings per "
-          f"class) out of the box and after `adapt` with n labelled recordings of the site, measured on the site's "
-          f"other recordings; median [min, max] over training seeds {args.train_seeds} x {args.draws} draws; "
-          f"{args.test_files} recordings per class and site")
-    head = ["out of the box"] + [f"adapted, n={n}" for n in args.labelled] + ["unlabelled", "false alarms: out of "
-                                                                                "the box / unlabelled"]
-    print(f"| site | {' | '.join(head)} |")
-    print("|---|" + "---|" * len(head))
-    for name, site in rows.items():
-        cells = [cell(site["all: base rule"])] + [cell(site[f"{n}: adapted"]) for n in args.labelled]
-        cells += [cell(site["unlabelled"]), f"{statistics.median(site['all: false alarms']):.0f} / "
-                                            f"{statistics.median(site['unlabelled: false alarms']):.0f}"]
-        print(f"| {name} | {' | '.join(cells)} |")
+    def med(values: list[float]) -> str:
+        return f"{statistics.median(values):.3f}"
+
+    print(f"\nleak F1 per site, out of the box and after `adapt` with n labelled recordings of the site (measured on "
+          f"the site's other recordings); median [min, max] over training seeds {args.train_seeds} x {args.draws} "
+          f"draws; {args.test_files} recordings per class and site ({args.train_files} training recordings per class, "
+          "configs/demo.yaml with each model's network)")
+    head = ["out of the box", "AUROC", "ceiling"] + [f"adapted, n={n}" for n in args.labelled] + [
+        "unlabelled", "false alarms: out of the box / unlabelled"]
+    for kind, by_site in rows.items():
+        print(f"\n{kind} model ({MODELS[kind]['about']}):")
+        print(f"| site | {' | '.join(head)} |")
+        print("|---|" + "---|" * len(head))
+        for name, site in by_site.items():
+            cells = [med(site["all: base rule"]), med(site["auroc"]), med(site["ceiling: base"])]
+            cells += [cell(site[f"{n}: adapted"]) for n in args.labelled]
+            cells += [med(site["unlabelled"]), f"{statistics.median(site['all: false alarms']):.0f} / "
+                                               f"{statistics.median(site['unlabelled: false alarms']):.0f}"]
+            print(f"| {name} | {' | '.join(cells)} |")
+    print("\ncost, median over training seeds: training seconds per epoch; predict recordings per second "
+          "(LeakDetector, one process, the in-domain site's recordings):")
+    for kind, cost in costs.items():
+        print(f"  {kind}: " + ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in cost.items()))
+    if {"frame", "recording"} <= costs.keys():
+        ratio = (statistics.median(costs["recording"]["predict recordings/s"])
+                 / statistics.median(costs["frame"]["predict recordings/s"]))
+        print(f"  predict throughput, recording / frame model: {ratio:.2f} (target >= 0.8)")
+    for kind, by_site in rows.items():
+        worst = min(statistics.median(s["all: base rule"]) for s in by_site.values())
+        worst20 = min(statistics.median(s["20: adapted"]) for s in by_site.values()) \
+            if 20 in args.labelled else float("nan")
+        print(f"  {kind}: lowest site F1 out of the box {worst:.3f} (target >= 0.9), after 20 labels {worst20:.3f} "
+              "(target >= 0.95)")
+    print("\nthe rule's reading per site (chosen on validation; the same for every site out of the box):")
+    for kind, by_site in rows.items():
+        print(f"  {kind}: {sorted(set(r for s in by_site.values() for r in s['reading']))}")
+    print("\nthe keep-or-take test of adapt: draws where the base rule was kept, and of those, draws where a rule "
+          "fitted on the same labels did better on the held-out recordings:")
+    for kind, by_site in rows.items():
+        for name, site in by_site.items():
+            print(f"  {kind}, {name}: " + ", ".join(
+                f"n={n} ({max(MIN_PER_SIDE, round(n / 5))} leaks) kept {sum(site[f'{n}: kept'])}/"
+                f"{len(site[f'{n}: kept'])}, better existed {sum(site[f'{n}: kept, a fitted rule better'])}"
+                for n in args.labelled))
     print("\nadapt --unlabelled on all the site's recordings, then adapt on the n labelled ones:")
-    for name, site in rows.items():
-        print(f"  {name}: " + ", ".join(f"n={n} {cell(site[f'{n}: norms + adapted'])}" for n in args.labelled))
+    for kind, by_site in rows.items():
+        for name, site in by_site.items():
+            print(f"  {kind}, {name}: " + ", ".join(f"n={n} {cell(site[f'{n}: norms + adapted'])}"
+                                                    for n in args.labelled))
     if args.finetune_steps:
-        print(f"\nadapt --finetune_steps {args.finetune_steps} (the head fine-tuned, then the rule re-fitted; the base "
-              f"kept unless cross-validation says better):")
-        for name, site in rows.items():
+        print(f"\nadapt --finetune_steps {args.finetune_steps} (frame model: the head fine-tuned, then the rule "
+              "re-fitted; the base kept unless cross-validation says better):")
+        for name, site in rows.get("frame", {}).items():
             print(f"  {name}: " + ", ".join(f"n={n} {cell(site[f'{n}: fine-tuned'])}" for n in args.finetune_labelled))
-    print("\nthe ceiling of any threshold: the best leak F1 of one picked on all the site's recordings themselves, "
+    print("\nthe ceiling of any threshold (the best leak F1 of one picked on all the site's recordings themselves), "
           "with the base network / after adapt --unlabelled:")
-    for name, site in rows.items():
-        print(f"  {name}: {cell(site['ceiling: base'])} / {cell(site['ceiling: norms'])}")
+    for kind, by_site in rows.items():
+        for name, site in by_site.items():
+            print(f"  {kind}, {name}: {cell(site['ceiling: base'])} / {cell(site['ceiling: norms'])}")
     print("\nadapted, when a cross-validated tie takes the adapted rule (adapt keeps the base rule on a tie):")
-    for name, site in rows.items():
-        print(f"  {name}: " + ", ".join(f"n={n} {cell(site[f'{n}: adapted, ties adapt'])}" for n in args.labelled))
+    for kind, by_site in rows.items():
+        for name, site in by_site.items():
+            print(f"  {kind}, {name}: " + ", ".join(f"n={n} {cell(site[f'{n}: adapted, ties adapt'])}"
+                                                    for n in args.labelled))
     print("\nthe same draws' held-out recordings under the base rule (the comparison for each adapted column):")
-    for name, site in rows.items():
-        print(f"  {name}: " + ", ".join(f"n={n} {cell(site[f'{n}: base rule'])}" for n in args.labelled))
+    for kind, by_site in rows.items():
+        for name, site in by_site.items():
+            print(f"  {kind}, {name}: " + ", ".join(f"n={n} {cell(site[f'{n}: base rule'])}" for n in args.labelled))
 
 
 def report(table: dict, args) -> None:

@@ -365,7 +365,8 @@ class WindowReader:
     dropped when shorter than one long window (unless it is the whole recording). Window i covers
     the same source frames the builder would read for a clip starting there, so a clip-long
     recording gives exactly the builder's row. After the iteration `flags` holds the recording's
-    quality flags (`truncated` when the data ran out before the length its header declares).
+    quality flags (`truncated` when the data ran out before the length its header declares), and
+    `times` each window's (start, end) in seconds of the recording (the last one ends where the audio does).
     Errors propagate: the caller turns them into a reason with `reason_of`.
     """
 
@@ -373,6 +374,7 @@ class WindowReader:
         self.path, self.spec, self.block = path, spec, max(1, block)
         self.flags: set[str] = set()
         self.windows = self.silent_windows = 0
+        self.times: list[tuple[float, float]] = []
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         spec, out, silent = self.spec, [], []
@@ -398,6 +400,8 @@ class WindowReader:
                     raise SkipFile(_short_reason(len(raw), rate, spec))
                 self.flags.update(level_flags(raw, is_float))
                 mono = _downmix(raw)
+                start = math.ceil(i * per)
+                self.times.append((start / rate, (start + len(raw)) / rate))
                 silent.append(is_silent(mono))
                 out.append(_pad(_to_rate(mono, rate, spec), spec.num_samples))
                 i += 1

@@ -45,10 +45,14 @@ class PredictionWriter(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
                            dataloader_idx) -> None:
+        # a recording-level network's windows carry their pooled frame sums (a few KB each), merged per recording
+        # at its end: what is kept of a window is never its segments
+        pooled = prediction.get("pooled")
+        pooled = pooled.cpu() if pooled is not None else [None] * len(prediction["owner"])
         rows = zip(prediction["owner"].tolist(), prediction["index"].tolist(), prediction["silent"].tolist(),
-                   prediction["windows"].cpu(), prediction["class_probs"].cpu())
-        for owner, index, silent, windows, classes in rows:
-            self._scored.setdefault(owner, []).append((index, silent, windows, classes))
+                   prediction["windows"].cpu(), prediction["class_probs"].cpu(), pooled)
+        for owner, index, silent, windows, classes, sums in rows:
+            self._scored.setdefault(owner, []).append((index, silent, windows, classes, sums))
 
     def on_predict_end(self, trainer, pl_module) -> None:
         dm = trainer.datamodule
@@ -59,7 +63,7 @@ class PredictionWriter(BasePredictionWriter):
 
         # each rank summarises its own recordings (the decision rule is the checkpoint's, the same everywhere)
         predictions = [summarise(name(p), self._scored.get(i, []), source.status[i].flags, pl_module,
-                                 source.status[i].reason) for i, p in enumerate(source.paths)]
+                                 source.status[i].reason, source.status[i].times) for i, p in enumerate(source.paths)]
         predictions += [Prediction(name(e.path), f"skipped: {e.reason}") for e in dm.predict_unusable]
         if trainer.world_size > 1:  # rows, not windows, travel: a few hundred bytes a recording
             import torch.distributed as dist

@@ -44,6 +44,7 @@ def find_recordings(target: Path, suffixes: tuple[str, ...]) -> tuple[list[Path]
 class RecordingStatus:
     reason: str | None = None  # why it could not be scored at all
     flags: set[str] = field(default_factory=set)
+    times: list[tuple[float, float]] = field(default_factory=list)  # each window's (start, end) in seconds
 
 
 class WindowStream:
@@ -76,6 +77,7 @@ class WindowStream:
             status.reason = reason_of(err)
             log.warning("skipped %s: %s", printable(self.paths[i]), status.reason)
         finally:
+            status.times = reader.times
             self.status[i] = status
             _put(out, (i, None, None, None), stop)
 

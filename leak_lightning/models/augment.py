@@ -93,19 +93,27 @@ class SpectrumAugment(nn.Module):
         a = self.aug
         return any((a.warp, a.gain_db, a.tilt_db, a.eq_db, a.background_p, a.mixup_p, a.freq_mask, a.time_mask))
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, y: torch.Tensor, per: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """`per`: segments per recording (whole recordings, contiguous, for a recording-level network): every draw
+        but the masks' is then made once per recording, so a recording keeps one pipe, one sensor gain and one
+        background over its frames (its floor and its consistency over time stay what they were)."""
         if not self.training or not self.active:
             return x, y
         x = x.float()
         a = self.aug
+        n = len(x) // per
+
+        def each(t: torch.Tensor) -> torch.Tensor:
+            return t if per == 1 else t.repeat_interleave(per, 0)
+
         if a.background_p:
-            x = self._background(x, y)
+            x = self._background(x, y, per)
         if a.warp:
-            x = self.warp(x, _uniform(len(x), 1 - a.warp, 1 + a.warp, x.device))
+            x = self.warp(x, each(_uniform(n, 1 - a.warp, 1 + a.warp, x.device)))
         if a.gain_db or a.tilt_db or a.eq_db:
-            x = x + self._level(len(x), x.device)[:, :, None]
+            x = x + each(self._level(n, x.device))[:, :, None]
         if a.mixup_p:
-            x, y = self._mixup(x, y)
+            x, y = self._mixup(x, y, per)
         if a.freq_mask or (a.time_mask and x.shape[2] > 1):
             x = self._masks(x)
         return x, y
@@ -138,27 +146,32 @@ class SpectrumAugment(nn.Module):
         eq = (torch.rand(n, 3, device=device) * 2 - 1) * a.eq_db @ self.cosines
         return gain + tilt + eq
 
-    def _background(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Add (as power) a non-leak segment of the batch, `snr` dB below the main one's mean level."""
-        a, n = self.aug, len(x)
-        quiet = y[:, self.leak_index] < 0.5
+    def _background(self, x: torch.Tensor, y: torch.Tensor, per: int = 1) -> torch.Tensor:
+        """Add (as power) a non-leak segment of the batch (with `per` > 1: a non-leak recording, frame by frame),
+        `snr` dB below the main one's mean level."""
+        a, n = self.aug, len(x) // per
+        xr = x.reshape(n, per, *x.shape[1:])
+        quiet = y[::per, self.leak_index] < 0.5
         # the non-leak segments first, in random order; pick one of them for every segment (no host sync)
         order = torch.argsort(torch.rand(n, device=x.device) + (~quiet).float())
         count = quiet.sum()
-        partner = x[order[(torch.rand(n, device=x.device) * count.clamp(min=1)).long().clamp(max=n - 1)]]
+        partner = xr[order[(torch.rand(n, device=x.device) * count.clamp(min=1)).long().clamp(max=n - 1)]]
         snr = _uniform(n, *a.background_snr_db, x.device)
-        offset = x.mean((1, 2)) - partner.mean((1, 2)) - snr
+        offset = xr.mean((1, 2, 3)) - partner.mean((1, 2, 3)) - snr
         to_ln = math.log(10) / 10  # dB → natural log of power
-        mixed = torch.logaddexp(x * to_ln, (partner + offset[:, None, None]) * to_ln) / to_ln
+        mixed = torch.logaddexp(xr * to_ln, (partner + offset[:, None, None, None]) * to_ln) / to_ln
         apply = (torch.rand(n, device=x.device) < a.background_p) & (count > 0)
-        return torch.where(apply[:, None, None], mixed, x)
+        return torch.where(apply[:, None, None, None], mixed, xr).reshape(x.shape)
 
-    def _mixup(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        a, n = self.aug, len(x)
+    def _mixup(self, x: torch.Tensor, y: torch.Tensor, per: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        a, n = self.aug, len(x) // per
         alpha = torch.full((n,), a.mixup_alpha, device=x.device)
         # validate_args=False: its argument checks read device tensors back, a host sync every step
         lam = torch.distributions.Beta(alpha, alpha, validate_args=False).sample()
         lam = torch.where(torch.rand(n, device=x.device) < a.mixup_p, torch.maximum(lam, 1 - lam), torch.ones_like(lam))
         other = torch.randperm(n, device=x.device)
+        if per > 1:  # whole recordings blended, frame by frame
+            frames = torch.arange(per, device=x.device)
+            lam, other = lam.repeat_interleave(per), (other[:, None] * per + frames).flatten()
         return (lam[:, None, None] * x + (1 - lam[:, None, None]) * x[other],
                 lam[:, None] * y + (1 - lam[:, None]) * y[other])
