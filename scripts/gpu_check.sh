@@ -6,7 +6,7 @@
 #   2. the stripped fit path against the plain loop: compile default, and CUDA graphs with blocks;
 #   3. LeakCNN's 2d against its 1d layout (GPU busy ms/step), and what augmentation costs;
 #   4. start-up: `--help`, `fit --help`, imports; a tiny build → fit → test → predict → export on CUDA,
-#      run twice (the second reuses inductor's compile cache).
+#      run twice (the second reuses inductor's compile cache); the recording-level model's fit and predict.
 # Usage: bash scripts/gpu_check.sh OUT_DIR
 set -uo pipefail
 OUT=${1:-/tmp/gpu_check}
@@ -47,5 +47,13 @@ e2e() {  # a tiny corpus through every subcommand on CUDA; wall times of each
 }
 e2e first > "$OUT/e2e_first.log" 2>&1
 e2e second > "$OUT/e2e_second.log" 2>&1
+# the recording-level model on CUDA: bf16-mixed, torch.compile, whole-recording batches; predict pools per recording
+{ /usr/bin/time -f "recording fit wall %e s" $PY -m leak_lightning fit --config configs/demo.yaml \
+    --model.net leak_lightning.models.RecordingNet --trainer.default_root_dir $W/rec --trainer.max_epochs 2 \
+    --overwrite true --data.train_h5 $W/data/TRAINING_DATASET.H5 --data.val_h5 $W/data/VALIDATION_DATASET.H5 \
+    --data.test_h5 $W/data/TESTING_DATASET.H5 \
+  && /usr/bin/time -f "recording predict wall %e s" $PY -m leak_lightning predict \
+    --ckpt_path $W/rec/checkpoints/best.ckpt --data.predict_path $W/wav/TESTING --output $W/rec/p.csv
+  echo "e2e recording rc=$?" | tee -a "$OUT/device.txt"; } > "$OUT/e2e_recording.log" 2>&1
 grep -H "ratio\|segments/s\|first training\|layout\|augmentation costs\|wall\|--help\|Error\|error" \
   "$OUT"/*.log | grep -v "^\s*$" | tail -60

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from helpers.files import REPO, data_args, tone, write_wav
+from torchmetrics.functional.classification import binary_auroc
 
 from leak_lightning.features import FeatureConfig
 from leak_lightning.models import RecordingNet
@@ -172,3 +173,71 @@ def test_every_command_speaks_the_recording_model(small_h5, recording_run, site,
     done = run_cli("adapt", "--ckpt_path", ckpt, "--input", site, "--site", "ft", "--output", tmp_path / "ft.ckpt",
                    "--finetune_steps", "5")
     assert done.returncode == 2 and "--finetune_steps" in done.stderr.strip().splitlines()[-1]
+
+
+def test_the_bands_pooled_levels_are_free_of_the_sensor_gain():
+    net = RecordingNet(3, 64, 1, channels=(8, 16), embed=8, hidden=16).eval()
+    g = torch.Generator().manual_seed(0)
+    emb = torch.rand(2, 80, 8, generator=g)
+    bands = torch.randn(2, 80, 64, generator=g) * 5
+
+    def logits(shift: float, relative: bool = True) -> torch.Tensor:
+        net.relative = relative
+        with torch.no_grad():
+            return net.decide(PooledFrames.of(torch.cat([emb, bands + shift], 2).double(), net.tau.double()))
+
+    assert torch.allclose(logits(0.0), logits(12.0), atol=1e-5)  # 12 dB louder everywhere: the same answer
+    assert not torch.allclose(logits(0.0), logits(0.0, relative=False), atol=1e-3)
+    assert not torch.allclose(logits(0.0, relative=False), logits(12.0, relative=False), atol=1e-3)
+    shape = bands.clone()
+    shape[..., :32] += 6.0  # the spectrum's shape changes: the answer does
+    with torch.no_grad():
+        net.relative = True
+        other = net.decide(PooledFrames.of(torch.cat([emb, shape], 2).double(), net.tau.double()))
+    assert not torch.allclose(logits(0.0), other, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_an_interrupted_recording_run_resumes_bitwise(small_h5, tmp_path):
+    import signal
+
+    from test_reliability import assert_bitwise_equal, finish, fit_cmd, interrupt_and_resume, start, weights
+
+    net = ("--model.net", "leak_lightning.models.RecordingNet", "--model.net.channels", "[8, 16]",
+           "--model.net.embed", "8")
+    rc, out = finish(start(fit_cmd(small_h5, tmp_path / "reference", *net)), timeout=300)
+    assert rc == 0, out[-4000:]
+    assert "whole recordings" in out
+    out = interrupt_and_resume(small_h5, tmp_path / "run", signal.SIGINT, 130, net, where="train", step=3)
+    assert "restarts on a new order" not in out
+    assert_bitwise_equal(weights(tmp_path / "run/checkpoints/last.ckpt"),
+                         weights(tmp_path / "reference/checkpoints/last.ckpt"))
+
+
+def test_validation_decides_each_recording_from_its_pooled_probability(small_h5):
+    import lightning as L
+
+    from leak_lightning.data.datamodule import LeakDataModule
+    from leak_lightning.data.h5 import load_segments, load_targets, read_info
+
+    info = read_info(small_h5["val"])
+    model = recording_model(names=tuple(info.class_names))
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False)
+    trainer.validate(model, datamodule=LeakDataModule(val_h5=str(small_h5["val"]), batch_size=400, cache="ram"),
+                     verbose=False)
+    got = model.last_results
+    # an independent reference: every recording of the split through the network at once
+    x = torch.from_numpy(load_segments(info)).reshape(info.num_files, info.segments_per_file, *info.segment_shape[2:])
+    with torch.no_grad():
+        logits, _ = model.net(x)
+    probs = torch.sigmoid(logits.float())
+    leak = info.class_names.index("LEAK")
+    assert torch.equal(got["files"], torch.arange(info.num_files))
+    assert torch.allclose(got["file_probs"], probs, atol=1e-5)
+    assert torch.allclose(got["decision_scores"], probs[:, leak], atol=1e-5)  # what each decision reads
+    assert torch.equal(got["decisions"], probs[:, leak] >= float(model.decision.threshold))
+    truth = torch.from_numpy(load_targets(info))[:, leak].bool()
+    assert torch.equal(got["targets"][:, leak].bool(), truth)
+    want_auroc = float(binary_auroc(probs[:, leak], truth.int()))
+    assert got["metrics"]["file_leak_auroc"] == pytest.approx(want_auroc, abs=1e-6)

@@ -92,13 +92,15 @@ class RecordingNet(nn.Module):
             weight in training: it trains the per-window scores and gives the encoder a signal per frame.
         bands: also pool every mel band's own level (standardised by the input batch-norm) beside the encodings:
             the per-band floor, typical level, spread and peak that a noise logger reads.
+        relative: the bands' pooled levels taken relative to the recording's mean level (gain-free).
     """
 
     whole_recordings = True  # LeakClassifier batches whole recordings for it
 
     def __init__(self, num_classes: int, n_mels: int = 64, t_frames: int = 1,
                  channels: tuple[int, ...] = (24, 48, 96, 128), embed: int = 64, hidden: int = 128,
-                 dropout: float = 0.3, tau: float = 0.5, frame_weight: float = 0.5, bands: bool = True) -> None:
+                 dropout: float = 0.3, tau: float = 0.5, frame_weight: float = 0.5, bands: bool = True,
+                 relative: bool = True) -> None:
         super().__init__()
         if n_mels < 2 ** len(channels):
             raise ValueError(f"n_mels={n_mels} is too small for {len(channels)} blocks that halve "
@@ -107,7 +109,7 @@ class RecordingNet(nn.Module):
             raise ValueError(f"RecordingNet tau={tau}: use a temperature > 0")
         if frame_weight < 0:
             raise ValueError(f"RecordingNet frame_weight={frame_weight}: use 0 or more")
-        self.frame_weight, self.bands = frame_weight, bands
+        self.frame_weight, self.bands, self.relative, self.embed_width = frame_weight, bands, relative, embed
         self.one_frame = t_frames == 1
         self.norm = nn.BatchNorm2d(1)
         widths = (1, *channels)
@@ -153,6 +155,16 @@ class RecordingNet(nn.Module):
     def decide(self, pooled: PooledFrames) -> torch.Tensor:
         """Pooled sums → recording logits (R, C)."""
         stats = pooled.statistics(self.tau.to(pooled.mean.dtype))
+        if self.bands and self.relative:
+            # the bands' levels relative to the recording's mean level (mean, floor and peak move with the gain;
+            # the spread does not): a sensor's gain is no evidence. Exact after a streaming merge too: shifting
+            # every frame by c shifts these three statistics by c.
+            d = stats.shape[1] // len(POOLS)
+            parts = list(stats.split(d, 1))
+            level = parts[0][:, self.embed_width:].mean(1, keepdim=True)
+            for k in (0, 2, 3):
+                parts[k] = torch.cat([parts[k][:, :self.embed_width], parts[k][:, self.embed_width:] - level], 1)
+            stats = torch.cat(parts, 1)
         return self.head(stats.to(self.head[-1].weight.dtype))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
