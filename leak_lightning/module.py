@@ -519,19 +519,12 @@ class LeakClassifier(L.LightningModule):
         merged = PooledFrames.unpack(PooledFrames.merge(pooled.to(self.device)))
         return torch.sigmoid(self.net.decide(merged).float())[0].cpu()
 
-    def decision_inputs(self, windows: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
-        """What the decision rule reads of one recording: its long-window leak probabilities (frame model), or
-        its one pooled recording probability (recording-level network; `pooled`: its windows' sums)."""
-        if self.whole_recordings:
-            return self.recording_probabilities(pooled)[self.leak_index].reshape(1)
-        return windows.reshape(-1)
-
-    def decide_recording(self, windows: torch.Tensor, pooled: torch.Tensor | None = None
-                         ) -> tuple[float, float, bool, float, float]:
-        """All long-window leak probabilities of one recording (and, for a recording-level network, its windows'
-        pooled sums) → (its score: the mean window, or the pooled recording probability; the calibrated leak
-        probability; the leak decision; the number the decision was made from; the cutoff it was compared with)."""
-        flat = self.decision_inputs(windows, pooled).reshape(1, -1)
+    def decide_recording(self, inputs: torch.Tensor) -> tuple[float, float, bool, float, float]:
+        """What the decision rule reads of one recording: all its long-window leak probabilities (frame model), or
+        its one pooled leak probability (recording-level network: `recording_probabilities`) → (its score: the
+        mean window, or that probability; the calibrated leak probability; the leak decision; the number the
+        decision was made from; the cutoff it was compared with)."""
+        flat = inputs.reshape(1, -1)
         score = flat.mean()
         basis, cutoff = self.decision.basis(flat)
         return float(score), float(self.decision.probability(score)), bool(basis[0] >= cutoff), float(basis[0]), cutoff

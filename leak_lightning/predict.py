@@ -78,15 +78,15 @@ def summarise(path: str, scored: list[tuple], flags, model, reason: str | None =
     where = {"window_scores": window_scores, "window_times": list(times), "windows": len(scored)}
     if not live:
         return Prediction(path, "silent", quality=quality or (SILENT,), **where)
-    pooled = torch.stack([r[4] for r in live]) if model.whole_recordings else None
-    score, probability, leak, basis, cutoff = model.decide_recording(torch.stack([r[2] for r in live]), pooled)
+    if model.whole_recordings:  # the recording's own class probabilities, from all its frames pooled
+        probs = model.recording_probabilities(torch.stack([r[4] for r in live]))
+        inputs, classes = probs[model.leak_index].reshape(1), probs.tolist()
+    else:
+        inputs, classes = torch.stack([r[2] for r in live]), torch.stack([r[3] for r in live]).mean(0).tolist()
+    score, probability, leak, basis, cutoff = model.decide_recording(inputs)
     if not (math.isfinite(score) and math.isfinite(probability)):  # NaN compares as "no leak": never a decision
         return Prediction(path, "unscored: the score is not a number (the samples overflow the frontend; a float "
                                 "file scaled far beyond ±1?)", quality=quality, **where)
-    if model.whole_recordings:  # the recording's own class probabilities, from all its frames
-        classes = model.recording_probabilities(pooled).tolist()
-    else:
-        classes = torch.stack([r[3] for r in live]).mean(0).tolist()
     return Prediction(path, "flagged" if quality else "ok", probability, leak, score,
                       dict(zip(model.class_names, classes)), window_scores, quality=quality, windows=len(scored),
                       decision_score=basis, decision_cutoff=cutoff, window_times=list(times))
@@ -427,9 +427,9 @@ class LeakDetector:
         prediction = summarise(name, scored, reader.flags, self.model, times=reader.times)
         if prediction.leak is None:
             return prediction, None
-        live = [r for r in scored if not r[1]]
-        pooled = torch.stack([r[4] for r in live]) if self.model.whole_recordings else None
-        return prediction, self.model.decision_inputs(torch.cat([r[2].reshape(-1) for r in live]), pooled)
+        if self.model.whole_recordings:  # its score is its one pooled probability, what the rule read
+            return prediction, torch.tensor([prediction.leak_score])
+        return prediction, torch.cat([r[2].reshape(-1) for r in scored if not r[1]])
 
     def leak_windows(self, path: str | Path) -> tuple[Prediction, torch.Tensor | None]:
         """A recording's Prediction and what its decision rule read (None when it got no decision): the leak
