@@ -12,7 +12,7 @@ condition, F1 with minus F1 without augmentation for each training seed, their m
 Corpora and trained runs are kept in the workdir under names that carry their settings (corpus size,
 epochs, patience, extra options), so a re-run reuses only what matches.
 
-One standard synthetic corpus (leak_lightning.synthetic) is built and trained on twice (configs/demo.yaml,
+One standard synthetic corpus (leak_lightning.synthetic) is built and trained on twice (configs/demo_frame.yaml,
 augmentation on / off). Each condition is a fresh corpus of `--test-files` recordings per class (5
 classes), drawn with other sensors and seeds: in-domain, pipe resonances ×0.8/×0.9/×1.1/×1.2, sensor
 gain −12/+12 dB, a background noise the training corpus never has (machinery), and another sample
@@ -25,8 +25,8 @@ threshold), AUROC and the calibrated probability's ECE.
 `--sites` measures `adapt` instead, on sites further from the training corpus than the augmentation
 reaches (resonances x0.7 and x1.35 where it warps up to ±20 %, +18 dB where it shifts up to ±12 dB, a
 machinery background it never mixes in, and resonances x1.3 with machinery), for both kinds of model on the
-same corpora and seeds (`--models frame recording`: configs/demo.yaml with LeakCNN, the frame model whose window
-reading is chosen on validation, and with RecordingNet, which pools the whole recording). Per site each
+same corpora and seeds (`--models frame recording`: configs/demo_frame.yaml, LeakCNN, the frame model whose window
+reading is chosen on validation, and configs/demo.yaml, RecordingNet, which pools the whole recording). Per site each
 augmented model scores every recording once; then, per draw, n labelled recordings (n = 10, 20, 50: a fifth of
 them leaks, at least 3) adapt its decision rule exactly as `adapt` does (leak_lightning.adapt.refit_rule:
 cross-validated, the base rule kept unless adapting is better), and the leak F1 of the base rule and of the
@@ -86,14 +86,12 @@ SITES: dict[str, dict] = {
     "distant leaks (1/3 level)": {"conditions": Conditions(leak_level=1 / 3)},
 }
 CONDITIONS.update({k: v for k, v in SITES.items() if k not in CONDITIONS})
-# The two kinds of model the site benchmark compares, on the same corpora and seeds: each is configs/demo.yaml with
-# its network (and what that network trains best with).
+# The two kinds of model the site benchmark compares, on the same corpora and seeds: the frame model of
+# configs/demo_frame.yaml and the recording-level model of configs/demo.yaml.
 MODELS: dict[str, dict] = {
     "frame": {"about": "LeakCNN, one 125 ms frame at a time, its windows read by the rule chosen on validation",
-              "args": []},
-    # 16 recordings a batch (1280 segments): the demo's 1024 would be 12
-    "recording": {"about": "RecordingNet, the whole recording pooled",
-                  "args": ["--model.net=leak_lightning.models.RecordingNet", "--data.batch_size=1280"]},
+              "config": "configs/demo_frame.yaml", "args": []},
+    "recording": {"about": "RecordingNet, the whole recording pooled", "config": "configs/demo.yaml", "args": []},
 }
 AUGMENTATION_OFF = ["--model.augment.warp", "0", "--model.augment.gain_db", "0", "--model.augment.tilt_db", "0",
                     "--model.augment.eq_db", "0", "--model.augment.background_p", "0", "--model.augment.mixup_p", "0"]
@@ -104,7 +102,8 @@ def train_h5(work: Path, args) -> Path:
 
 
 def train(work: Path, args, augmented: bool, seed: int = 0, model: str = "frame") -> Path:
-    options = [*MODELS[model]["args"], *args.extra]
+    config = args.config or MODELS[model]["config"]
+    options = [*MODELS[model]["args"], *args.extra] + ([config] if args.config else [])
     extra = f"_{hashlib.sha1(' '.join(options).encode()).hexdigest()[:8]}" if options else ""
     settings = f"{args.train_files}_e{args.epochs}_p{args.patience}{extra}{f'_s{seed}' if seed else ''}"
     kind = "" if model == "frame" else f"{model}_"
@@ -115,7 +114,7 @@ def train(work: Path, args, augmented: bool, seed: int = 0, model: str = "frame"
     data = [f"--data.{k}_h5={h5 / f'{v}_DATASET.H5'}" for k, v in
             (("train", "TRAINING"), ("val", "VALIDATION"), ("test", "TESTING"))]
     t0 = time.perf_counter()
-    cli(["fit", "--config", str(REPO / "configs/demo.yaml"), *data, f"--trainer.default_root_dir={run}",
+    cli(["fit", "--config", str(REPO / config), *data, f"--trainer.default_root_dir={run}",
          f"--trainer.max_epochs={args.epochs}", f"--early_stopping.patience={args.patience}", "--overwrite=true",
          "--console.log_file=null", "--trainer.enable_progress_bar=false", f"--seed_everything={seed}", *options,
          *([] if augmented else AUGMENTATION_OFF)])
@@ -159,6 +158,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--patience", type=int, default=8)
     ap.add_argument("--retrain", action="store_true", help="train again even if the runs exist")
+    ap.add_argument("--config", default=None, help="the fit config of every model trained (default: configs/"
+                    "demo_frame.yaml for the frame model, configs/demo.yaml for the recording model)")
     ap.add_argument("--extra", action="append", default=[], help="one more fit option for both models (repeat), e.g. "
                     "--extra=--checkpoint.monitor=val/loss")
     ap.add_argument("--sites", action="store_true", help="measure `adapt` on the sites instead (see above)")
@@ -321,7 +322,7 @@ def print_sites(rows: dict, costs: dict, args) -> None:
     print(f"\nleak F1 per site, out of the box and after `adapt` with n labelled recordings of the site (measured on "
           f"the site's other recordings); median [min, max] over training seeds {args.train_seeds} x {args.draws} "
           f"draws; {args.test_files} recordings per class and site ({args.train_files} training recordings per class, "
-          "configs/demo.yaml with each model's network)")
+          "each model's demo config and --extra options)")
     head = ["out of the box", "AUROC", "ceiling"] + [f"adapted, n={n}" for n in args.labelled] + [
         "unlabelled", "false alarms: out of the box / unlabelled"]
     for kind, by_site in rows.items():

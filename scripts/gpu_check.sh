@@ -34,10 +34,10 @@ e2e() {  # a tiny corpus through every subcommand on CUDA; wall times of each
   local t0=$SECONDS
   $PY scripts/make_synthetic_dataset.py --output $W/wav --files-per-label 20 --sensors-per-label 6 \
   && $PY -m leak_lightning build --input $W/wav --output $W/data --overwrite true \
-  && /usr/bin/time -f "fit wall %e s" $PY -m leak_lightning fit --config configs/demo.yaml --trainer.default_root_dir $W/run \
+  && /usr/bin/time -f "fit wall %e s" $PY -m leak_lightning fit --config configs/demo_frame.yaml --trainer.default_root_dir $W/run \
        --trainer.max_epochs 2 --overwrite true --data.train_h5 $W/data/TRAINING_DATASET.H5 \
        --data.val_h5 $W/data/VALIDATION_DATASET.H5 --data.test_h5 $W/data/TESTING_DATASET.H5 \
-  && /usr/bin/time -f "test wall %e s" $PY -m leak_lightning test --config configs/demo.yaml --trainer.default_root_dir $W/run \
+  && /usr/bin/time -f "test wall %e s" $PY -m leak_lightning test --config configs/demo_frame.yaml --trainer.default_root_dir $W/run \
        --data.train_h5 $W/data/TRAINING_DATASET.H5 --data.val_h5 $W/data/VALIDATION_DATASET.H5 \
        --data.test_h5 $W/data/TESTING_DATASET.H5 \
   && /usr/bin/time -f "predict wall %e s" $PY -m leak_lightning predict --ckpt_path $W/run/checkpoints/best.ckpt \
@@ -49,7 +49,7 @@ e2e first > "$OUT/e2e_first.log" 2>&1
 e2e second > "$OUT/e2e_second.log" 2>&1
 # the recording-level model on CUDA: bf16-mixed, torch.compile, whole-recording batches; predict pools per recording
 { /usr/bin/time -f "recording fit wall %e s" $PY -m leak_lightning fit --config configs/demo.yaml \
-    --model.net leak_lightning.models.RecordingNet --trainer.default_root_dir $W/rec --trainer.max_epochs 2 \
+    --trainer.default_root_dir $W/rec --trainer.max_epochs 2 \
     --overwrite true --data.train_h5 $W/data/TRAINING_DATASET.H5 --data.val_h5 $W/data/VALIDATION_DATASET.H5 \
     --data.test_h5 $W/data/TESTING_DATASET.H5 \
   && /usr/bin/time -f "recording predict wall %e s" $PY -m leak_lightning predict \

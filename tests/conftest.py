@@ -44,7 +44,7 @@ def trained_run(small_h5, tmp_path_factory) -> Path:
     from leak_lightning.cli import main
 
     run = tmp_path_factory.mktemp("trained")
-    main(["fit", "--config", str(REPO / "configs/demo.yaml"), *data_args(small_h5), "--trainer.default_root_dir",
+    main(["fit", "--config", str(REPO / "configs/demo_frame.yaml"), *data_args(small_h5), "--trainer.default_root_dir",
           str(run), "--trainer.max_epochs", "2", "--data.batch_size", "512", "--console.log_file", "null"])
     assert (run / "checkpoints" / "best.ckpt").is_file()
     return run

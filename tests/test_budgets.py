@@ -160,14 +160,14 @@ def test_large_and_exact_sizes_are_kept(value, expected):
 
 
 def test_an_infinite_budget_is_one_line_in_process(small_h5, capsys):
-    line = one_error(*cli_exit(capsys, "fit", "--config", REPO / "configs/demo.yaml", *data_args(small_h5),
+    line = one_error(*cli_exit(capsys, "fit", "--config", REPO / "configs/demo_frame.yaml", *data_args(small_h5),
                                "--data.max_cache_bytes", "1e999", "--trainer.max_epochs", "1"))
     assert line.endswith(f"{OPTION}='1e999': not a finite size; {EXAMPLE}")
 
 
 @pytest.mark.slow
 def test_an_infinite_budget_is_one_line_from_a_real_process(small_h5, tmp_path, run_cli):
-    r = run_cli("fit", "--config", REPO / "configs/demo.yaml", *data_args(small_h5), "--data.max_cache_bytes",
+    r = run_cli("fit", "--config", REPO / "configs/demo_frame.yaml", *data_args(small_h5), "--data.max_cache_bytes",
                 "1e999", "--trainer.default_root_dir", tmp_path / "run")
     line = one_error(r.returncode, r.stderr)
     assert line.endswith(f"{OPTION}='1e999': not a finite size; {EXAMPLE}")

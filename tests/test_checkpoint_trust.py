@@ -190,7 +190,7 @@ def _commands(path: Path, small_h5: dict, tmp: Path) -> dict[str, list]:
         "predict": ["predict", "--ckpt_path", path, "--data.predict_path", wav, *run],
         "validate": ["validate", "--ckpt_path", path, *data_args(small_h5), *run],
         "test": ["test", "--ckpt_path", path, *data_args(small_h5), *run],
-        "fit": ["fit", "--config", REPO / "configs/demo.yaml", *data_args(small_h5), "--ckpt_path", path,
+        "fit": ["fit", "--config", REPO / "configs/demo_frame.yaml", *data_args(small_h5), "--ckpt_path", path,
                 "--trainer.max_epochs", "3", *run],
         "export": ["export", "--ckpt_path", path, "--format", "torchscript", "--output", tmp / "export"],
         "adapt": ["adapt", "--ckpt_path", path, "--input", wav, "--site", "s", "--output", tmp / "s.ckpt"],

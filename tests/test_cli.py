@@ -10,7 +10,8 @@ from leak_lightning.cli import main
 
 
 def fit_args(h5, run, *extra) -> list[str]:
-    return ["fit", "--config", str(REPO / "configs/demo.yaml"), *data_args(h5), "--trainer.default_root_dir", str(run),
+    return ["fit", "--config", str(REPO / "configs/demo_frame.yaml"), *data_args(h5),
+            "--trainer.default_root_dir", str(run),
             "--console.log_file", "null", *map(str, extra)]
 
 

@@ -25,7 +25,7 @@ def splits(folder) -> list[str]:
 
 def evaluate(stage: str, data: list[str], run, out, *extra: str) -> dict:
     """validate/test the run's best checkpoint in-process; reports go to `out`."""
-    main([stage, "--config", str(REPO / "configs/demo.yaml"), *data, "--trainer.default_root_dir", str(out),
+    main([stage, "--config", str(REPO / "configs/demo_frame.yaml"), *data, "--trainer.default_root_dir", str(out),
           "--ckpt_path", str(run / "checkpoints" / "best.ckpt"), *extra])
     name = "validate" if stage == "validate" else "test"
     report = json.loads((out / f"{name}_report.json").read_text())
@@ -74,7 +74,7 @@ def test_same_classes_in_another_order_are_remapped_by_name(small_h5, trained_ru
     ("mels32", "built with n_mels=32, but the checkpoint"),
 ])
 def test_another_class_set_or_frontend_is_one_line(trained_run, other_builds, tmp_path, capsys, build, fragment):
-    code, err = cli_exit(capsys, "test", "--config", REPO / "configs/demo.yaml", *splits(other_builds / build),
+    code, err = cli_exit(capsys, "test", "--config", REPO / "configs/demo_frame.yaml", *splits(other_builds / build),
                          "--trainer.default_root_dir", tmp_path, "--ckpt_path", trained_run / "checkpoints/best.ckpt")
     line = one_error(code, err)
     assert fragment in line and str(trained_run / "checkpoints/best.ckpt") in line
@@ -107,12 +107,12 @@ def test_limited_validation_scores_only_the_files_it_saw(small_h5, trained_run, 
 def test_evaluation_without_ckpt_path_uses_the_runs_best_checkpoint(small_h5, trained_run, tmp_path, capsys):
     out = tmp_path / "run"
     shutil.copytree(trained_run / "checkpoints", out / "checkpoints")
-    main(["test", "--config", str(REPO / "configs/demo.yaml"), *splits(small_h5["train"].parent),
+    main(["test", "--config", str(REPO / "configs/demo_frame.yaml"), *splits(small_h5["train"].parent),
           "--trainer.default_root_dir", str(out)])
     assert f"no --ckpt_path given: using {out / 'checkpoints' / 'best.ckpt'}" in capsys.readouterr().err
     assert json.loads((out / "test_report.json").read_text())["ckpt_path"] == str(out / "checkpoints/best.ckpt")
-    code, err = cli_exit(capsys, "validate", "--config", REPO / "configs/demo.yaml", *splits(small_h5["train"].parent),
-                         "--trainer.default_root_dir", tmp_path / "empty")
+    code, err = cli_exit(capsys, "validate", "--config", REPO / "configs/demo_frame.yaml",
+                         *splits(small_h5["train"].parent), "--trainer.default_root_dir", tmp_path / "empty")
     assert code == 2 and "validate needs a trained model: pass --ckpt_path" in err
     assert not (tmp_path / "empty" / "validate_report.json").exists()
 
@@ -121,8 +121,9 @@ def test_a_checkpoint_from_a_newer_format_is_refused(small_h5, trained_run, tmp_
     ckpt = torch.load(trained_run / "checkpoints/best.ckpt", map_location="cpu", weights_only=False)
     ckpt["leak_lightning"]["format_version"] = 99
     torch.save(ckpt, tmp_path / "future.ckpt")
-    code, err = cli_exit(capsys, "test", "--config", REPO / "configs/demo.yaml", *splits(small_h5["train"].parent),
-                         "--trainer.default_root_dir", tmp_path, "--ckpt_path", tmp_path / "future.ckpt")
+    code, err = cli_exit(capsys, "test", "--config", REPO / "configs/demo_frame.yaml",
+                         *splits(small_h5["train"].parent), "--trainer.default_root_dir", tmp_path, "--ckpt_path",
+                         tmp_path / "future.ckpt")
     assert code == 2 and "written by a newer leak_lightning (checkpoint format 99" in err
 
 
@@ -163,7 +164,7 @@ def test_fit_refuses_validating_on_its_training_split(small_h5, tmp_path, capsys
     shutil.copy(small_h5["train"], copy)
     own = first_files(small_h5["train"], tmp_path / "own.H5", 6)  # no build id: known as the same file only
     for train, val in ((small_h5["train"], small_h5["train"]), (small_h5["train"], copy), (own, own)):
-        code, err = cli_exit(capsys, "fit", "--config", REPO / "configs/demo.yaml", "--data.train_h5",
+        code, err = cli_exit(capsys, "fit", "--config", REPO / "configs/demo_frame.yaml", "--data.train_h5",
                              train, "--data.val_h5", val, "--data.test_h5", small_h5["test"],
                              "--trainer.default_root_dir", tmp_path / "run", "--console.log_file", "null")
         assert f"--data.val_h5 {val} is the training split" in one_error(code, err)
@@ -224,8 +225,9 @@ def test_resuming_on_a_changed_training_split_says_what_changed(small_h5, traine
     build_dataset(wav, tmp_path / "fewer", progress=False)
     run = tmp_path / "run"
     shutil.copytree(trained_run / "checkpoints", run / "checkpoints")
-    args = ["fit", "--config", REPO / "configs/demo.yaml", *splits(tmp_path / "fewer"), "--trainer.default_root_dir",
-            run, "--ckpt_path", "last", "--trainer.max_epochs", "2", "--console.log_file", "null"]
+    args = ["fit", "--config", REPO / "configs/demo_frame.yaml", *splits(tmp_path / "fewer"),
+            "--trainer.default_root_dir", run, "--ckpt_path", "last", "--trainer.max_epochs", "2",
+            "--console.log_file", "null"]
     line = one_error(*cli_exit(capsys, *args))
     assert "the training split changed" in line and "0 recording(s) added and 2 removed (by their audio)" in line
     assert "--resume_on_changed_data true" in line

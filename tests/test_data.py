@@ -194,7 +194,7 @@ def test_every_cache_mode_trains(small_h5, tmp_path, cache):
 
     from leak_lightning.training_cli import LeakCLI
 
-    cli = LeakCLI(args=["fit", "--config", str(REPO / "configs/demo.yaml"), *data_args(small_h5),
+    cli = LeakCLI(args=["fit", "--config", str(REPO / "configs/demo_frame.yaml"), *data_args(small_h5),
                         "--trainer.fast_dev_run", "2", "--trainer.default_root_dir", str(tmp_path),
                         "--data.cache", cache, "--data.num_workers", "1", "--data.batch_size", "256"])
     assert cli.datamodule.modes == {"train": cache, "val": cache}

@@ -122,7 +122,7 @@ def test_the_cli_passes_the_rule_to_the_module(small_h5, tmp_path):
 
     from leak_lightning.training_cli import LeakCLI
 
-    cli = LeakCLI(run=False, args=["--config", str(REPO / "configs/demo.yaml"), *data_args(small_h5),
+    cli = LeakCLI(run=False, args=["--config", str(REPO / "configs/demo_frame.yaml"), *data_args(small_h5),
                                    "--trainer.default_root_dir", str(tmp_path), "--model.decision.aggregation", "mean",
                                    "--model.decision.vote_fraction", "0.75"])
     assert cli.model.decision.options == DecisionOptions("mean", 0.75)

@@ -356,8 +356,9 @@ def test_build_fit_and_predict_across_two_torchrun_nodes(tmp_path):
                                                                      schema.SPLIT_FILES.values())]
     nodes = ["--trainer.num_nodes", "2", "--trainer.devices", "1", "--trainer.accelerator", "cpu",
              "--trainer.strategy", "ddp"]
-    outs = on_two_nodes("fit", "fit", "--config", str(REPO / "configs/demo.yaml"), *splits, "--trainer.max_epochs", "1",
-                        "--trainer.default_root_dir", str(tmp_path / "run"), "--console.log_file", "null", *nodes)
+    outs = on_two_nodes("fit", "fit", "--config", str(REPO / "configs/demo_frame.yaml"), *splits,
+                        "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path / "run"),
+                        "--console.log_file", "null", *nodes)
     assert "device: CPU, 2 process(es)" in outs[0] and "training finished after 1 epochs" in outs[0]
     best = tmp_path / "run" / "checkpoints" / "best.ckpt"
     on_two_nodes("predict", "predict", "--ckpt_path", str(best), "--data.predict_path", str(tmp_path / "wav"),

@@ -261,7 +261,7 @@ def test_stale_temporaries_of_dead_savers_are_removed(small_h5, tmp_path, capsys
     stale.write_bytes(b"x" * 1000)
     alive = ckpts / f".best.ckpt.tmp-{os.getppid()}"  # a live process's save in progress: left alone
     alive.write_bytes(b"y")
-    main(["fit", "--config", str(REPO / "configs/demo.yaml"), *data_args(small_h5), "--trainer.default_root_dir",
+    main(["fit", "--config", str(REPO / "configs/demo_frame.yaml"), *data_args(small_h5), "--trainer.default_root_dir",
           str(tmp_path), "--trainer.max_steps", "1", "--console.log_file", "null"])
     assert not stale.exists() and alive.exists()
     assert f"removed 1 temporary file(s) left by killed checkpoint saves: {stale.name}" in capsys.readouterr().err
@@ -286,8 +286,8 @@ def test_a_killed_ddp_rank_is_one_line_with_the_resume_command(small_h5, tmp_pat
 
 @pytest.mark.slow
 def test_a_model_option_the_checkpoint_overrides_is_named(small_h5, tmp_path, capsys):
-    args = ["fit", "--config", str(REPO / "configs/demo.yaml"), *data_args(small_h5), "--trainer.default_root_dir",
-            str(tmp_path), "--trainer.max_steps", "2", "--console.log_file", "null"]
+    args = ["fit", "--config", str(REPO / "configs/demo_frame.yaml"), *data_args(small_h5),
+            "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "2", "--console.log_file", "null"]
     main(args)
     capsys.readouterr()
     main([*args, "--trainer.max_steps", "3", "--ckpt_path", "last", "--model.net.channels", "[8, 8, 8, 8]"])

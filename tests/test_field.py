@@ -29,7 +29,7 @@ def tested(small_h5, trained_run, tmp_path_factory):
     """`test` of the session's model (reports, per-file CSV and plots in a copy of its run directory)."""
     run = tmp_path_factory.mktemp("tested")
     shutil.copytree(trained_run / "checkpoints", run / "checkpoints")
-    main(["test", "--config", str(REPO / "configs/demo.yaml"), *data_args(small_h5), "--trainer.default_root_dir",
+    main(["test", "--config", str(REPO / "configs/demo_frame.yaml"), *data_args(small_h5), "--trainer.default_root_dir",
           str(run), "--console.log_file", "null"])
     return run
 
@@ -188,7 +188,7 @@ def test_the_report_names_its_set_and_a_new_report_drops_files_it_does_not_name(
         assert hashlib.sha256((run / name).read_bytes()).hexdigest() == digest, name
     for row in csv.DictReader(open(run / "test_predictions.csv", encoding="utf-8")):  # the decision and its basis
         assert row["leak_decision"] == str(int(float(row["decision_score"]) >= float(row["decision_cutoff"])))
-    main(["test", "--config", str(REPO / "configs/demo.yaml"), *data_args(small_h5), "--trainer.default_root_dir",
+    main(["test", "--config", str(REPO / "configs/demo_frame.yaml"), *data_args(small_h5), "--trainer.default_root_dir",
           str(run), "--console.log_file", "null", "--reports.plots", "false"])
     report = json.loads((run / "test_report.json").read_text())
     assert list(report["outputs"]) == ["test_predictions.csv"]
@@ -199,7 +199,7 @@ def test_the_report_names_its_set_and_a_new_report_drops_files_it_does_not_name(
 def test_tensorboard_by_default_with_step_loss_lr_and_hp_metric(small_h5, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    main(["fit", "--config", str(REPO / "configs/demo.yaml"), *data_args(small_h5), "--trainer.default_root_dir",
+    main(["fit", "--config", str(REPO / "configs/demo_frame.yaml"), *data_args(small_h5), "--trainer.default_root_dir",
           str(tmp_path), "--trainer.max_epochs", "2", "--data.batch_size", "512", "--trainer.log_every_n_steps", "4",
           "--console.log_file", "null"])
     events = EventAccumulator(str(tmp_path / "lightning_logs" / "version_0"))
@@ -216,7 +216,7 @@ def test_tensorboard_by_default_with_step_loss_lr_and_hp_metric(small_h5, tmp_pa
 
 @pytest.mark.slow
 def test_other_loggers_default_to_the_run_directory(small_h5, tmp_path):
-    main(["fit", "--config", str(REPO / "configs/demo.yaml"), *data_args(small_h5), "--trainer.default_root_dir",
+    main(["fit", "--config", str(REPO / "configs/demo_frame.yaml"), *data_args(small_h5), "--trainer.default_root_dir",
           str(tmp_path), "--trainer.max_steps", "3", "--trainer.logger", "CSVLogger",
           "--trainer.log_every_n_steps", "1", "--console.log_file", "null"])
     metrics = list(csv.DictReader(open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")))
@@ -233,7 +233,7 @@ def test_help_version_and_the_bf16_warning(small_h5, tmp_path, capsys):
     from leak_lightning import __version__
 
     assert r.stdout.strip() == f"leak_lightning {__version__}"
-    main(["fit", "--config", str(REPO / "configs/demo.yaml"), *data_args(small_h5), "--trainer.default_root_dir",
+    main(["fit", "--config", str(REPO / "configs/demo_frame.yaml"), *data_args(small_h5), "--trainer.default_root_dir",
           str(tmp_path), "--trainer.fast_dev_run", "true", "--trainer.precision", "bf16-mixed", "--trainer.accelerator",
           "cpu", "--data.batch_size", "256"])
     assert "--trainer.precision bf16-mixed on a CPU runs about 20x slower" in capsys.readouterr().err

@@ -136,7 +136,7 @@ def test_bytes_human(n, text):
 @pytest.mark.slow
 def test_bad_log_level_env_is_one_clear_line(small_h5, tmp_path, run_cli, monkeypatch):
     monkeypatch.setenv("TRAINER_LOG_LEVEL", "CHATTY")
-    r = run_cli("fit", "--config", REPO / "configs/demo.yaml", *data_args(small_h5),
+    r = run_cli("fit", "--config", REPO / "configs/demo_frame.yaml", *data_args(small_h5),
                 "--trainer.default_root_dir", tmp_path)
     assert r.returncode == 2
     assert "$TRAINER_LOG_LEVEL='CHATTY' is not a valid level" in r.stderr and "Traceback" not in r.stderr
@@ -144,7 +144,7 @@ def test_bad_log_level_env_is_one_clear_line(small_h5, tmp_path, run_cli, monkey
 
 @pytest.mark.slow
 def test_run_writes_banner_epoch_lines_and_a_json_lines_log(small_h5, tmp_path, run_cli):
-    r = run_cli("fit", "--config", REPO / "configs/demo.yaml", *data_args(small_h5), "--trainer.max_epochs", "2",
+    r = run_cli("fit", "--config", REPO / "configs/demo_frame.yaml", *data_args(small_h5), "--trainer.max_epochs", "2",
                 "--trainer.default_root_dir", tmp_path, "--console.json_lines", "true",
                 "--console.log_file", "train.jsonl", "--data.batch_size", "512")
     assert r.returncode == 0, r.stderr[-3000:]

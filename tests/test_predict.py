@@ -17,7 +17,7 @@ def predict(h5, run, target, out_dir, *extra) -> dict[str, dict]:
     import shutil
 
     shutil.copytree(run / "checkpoints", out_dir / "checkpoints")
-    main(["predict", "--config", str(REPO / "configs/demo.yaml"), *data_args(h5), "--trainer.default_root_dir",
+    main(["predict", "--config", str(REPO / "configs/demo_frame.yaml"), *data_args(h5), "--trainer.default_root_dir",
           str(out_dir), "--data.predict_path", str(target), "--console.log_file", "null", *extra])
     return {row["path"]: row for row in csv.DictReader((out_dir / "predictions.csv").open(encoding="utf-8"))}
 

@@ -250,7 +250,7 @@ def test_the_cli_takes_the_candidates(small_h5, tmp_path):
 
     from leak_lightning.training_cli import LeakCLI
 
-    cli = LeakCLI(run=False, args=["--config", str(REPO / "configs/demo.yaml"), *data_args(small_h5),
+    cli = LeakCLI(run=False, args=["--config", str(REPO / "configs/demo_frame.yaml"), *data_args(small_h5),
                                    "--trainer.default_root_dir", str(tmp_path), "--model.decision.aggregation", "auto",
                                    "--model.decision.fractions", "[0.6, 0.95]"])
     assert cli.model.decision.options == DecisionOptions("auto", 0.5, (0.6, 0.95))

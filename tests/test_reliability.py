@@ -22,7 +22,7 @@ TESTS = Path(__file__).resolve().parent
 
 
 def fit_cmd(h5, run: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "leak_lightning", "fit", "--config", str(REPO / "configs/demo.yaml"),
+    return [sys.executable, "-m", "leak_lightning", "fit", "--config", str(REPO / "configs/demo_frame.yaml"),
             *data_args(h5), "--trainer.default_root_dir", str(run), "--data.batch_size", "512",
             "--trainer.max_epochs", "3", "--trainer.deterministic", "true", "--console.log_file", "null", *extra]
 

@@ -119,7 +119,7 @@ def test_balanced_sampling_beyond_multinomials_category_limit():
 def test_pos_weight_auto_and_balance_from_the_cli(small_h5, tmp_path, ll_records):
     from leak_lightning.training_cli import LeakCLI
 
-    cli = LeakCLI(args=["fit", "--config", str(REPO / "configs/demo.yaml"), *data_args(small_h5),
+    cli = LeakCLI(args=["fit", "--config", str(REPO / "configs/demo_frame.yaml"), *data_args(small_h5),
                         "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path),
                         "--model.pos_weight", "auto", "--data.balance", "true", "--data.batch_size", "256"])
     # 70 training files, 14 per class: each class has 56 negatives for 14 positives

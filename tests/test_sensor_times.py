@@ -271,7 +271,7 @@ def test_a_predict_killed_between_its_two_renames_leaves_a_pair_the_next_predict
     shutil.copytree(trained_run / "checkpoints", run / "checkpoints")
 
     def argv(sensor: str) -> list[str]:
-        return ["--config", str(REPO / "configs/demo.yaml"), *data_args(small_h5), "--trainer.default_root_dir",
+        return ["--config", str(REPO / "configs/demo_frame.yaml"), *data_args(small_h5), "--trainer.default_root_dir",
                 str(run), "--data.predict_path", str(_night_folder(tmp_path / sensor, sensor)),
                 "--console.log_file", "null"]
 

@@ -36,7 +36,7 @@ def test_print_config_shows_overrides_and_defaults(small_h5, capsys):
 @pytest.mark.slow
 def test_fit_then_validate_and_test_in_new_processes(small_h5, tmp_path, run_cli):
     run = tmp_path / "run"
-    common = ["--config", REPO / "configs/demo.yaml", *data_args(small_h5), "--trainer.default_root_dir", run]
+    common = ["--config", REPO / "configs/demo_frame.yaml", *data_args(small_h5), "--trainer.default_root_dir", run]
     r = run_cli("fit", *common, "--trainer.max_epochs", "2", "--data.batch_size", "512")
     assert r.returncode == 0, r.stderr[-3000:]
     assert (run / "checkpoints/best.ckpt").is_file() and (run / "checkpoints/last.ckpt").is_file()
@@ -65,7 +65,7 @@ def test_fit_then_validate_and_test_in_new_processes(small_h5, tmp_path, run_cli
 @pytest.mark.slow
 def test_last_checkpoint_follows_every_epoch_not_only_new_bests(small_h5, tmp_path):
     # "epoch" in min mode is best at epoch 0 and never again: only last.ckpt can follow the run
-    main(["fit", "--config", str(REPO / "configs/demo.yaml"), *data_args(small_h5), "--data.batch_size", "1024",
+    main(["fit", "--config", str(REPO / "configs/demo_frame.yaml"), *data_args(small_h5), "--data.batch_size", "1024",
           "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs", "3",
           "--checkpoint.monitor", "epoch", "--checkpoint.mode", "min"])
     steps = {name: torch.load(tmp_path / "checkpoints" / f"{name}.ckpt", map_location="cpu",
@@ -75,7 +75,7 @@ def test_last_checkpoint_follows_every_epoch_not_only_new_bests(small_h5, tmp_pa
 
 @pytest.mark.slow
 def test_a_longer_resumed_run_keeps_decaying_instead_of_restarting(small_h5, tmp_path):
-    args = ["fit", "--config", str(REPO / "configs/demo.yaml"), *data_args(small_h5), "--data.batch_size", "1024",
+    args = ["fit", "--config", str(REPO / "configs/demo_frame.yaml"), *data_args(small_h5), "--data.batch_size", "1024",
             "--trainer.default_root_dir", str(tmp_path), "--model.optimizer.lr", "0.001"]
     main([*args, "--trainer.max_epochs", "1"])  # 6 steps: the cosine ends at the minimum
     main([*args, "--trainer.max_epochs", "2", "--ckpt_path", "last"])  # 6 more steps
@@ -88,7 +88,7 @@ def test_a_longer_resumed_run_keeps_decaying_instead_of_restarting(small_h5, tmp
 @pytest.mark.slow
 def test_a_new_fit_never_replaces_an_earlier_run_unasked(small_h5, tmp_path, capsys):
     run = tmp_path / "run"
-    common = ["--config", REPO / "configs/demo.yaml", *data_args(small_h5), "--trainer.default_root_dir", run,
+    common = ["--config", REPO / "configs/demo_frame.yaml", *data_args(small_h5), "--trainer.default_root_dir", run,
               "--trainer.max_steps", "2", "--data.batch_size", "1024", "--console.log_file", "null"]
     main(["fit", *map(str, common)])
     best = (run / "checkpoints/best.ckpt").read_bytes()
@@ -102,7 +102,7 @@ def test_a_new_fit_never_replaces_an_earlier_run_unasked(small_h5, tmp_path, cap
 
 
 def test_missing_checkpoint_is_one_clear_line(small_h5, tmp_path, capsys):
-    code, err = cli_exit(capsys, "test", "--config", REPO / "configs/demo.yaml", *data_args(small_h5),
+    code, err = cli_exit(capsys, "test", "--config", REPO / "configs/demo_frame.yaml", *data_args(small_h5),
                          "--trainer.default_root_dir", tmp_path / "nothing", "--ckpt_path", "best")
     assert code == 2
     assert f"{tmp_path / 'nothing' / 'checkpoints' / 'best.ckpt'} does not exist" in err
@@ -111,7 +111,7 @@ def test_missing_checkpoint_is_one_clear_line(small_h5, tmp_path, capsys):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
 def test_gpu_without_cuda_is_one_clear_line(small_h5, tmp_path, capsys):
-    code, err = cli_exit(capsys, "fit", "--config", REPO / "configs/demo.yaml", *data_args(small_h5),
+    code, err = cli_exit(capsys, "fit", "--config", REPO / "configs/demo_frame.yaml", *data_args(small_h5),
                          "--trainer.default_root_dir", tmp_path, "--trainer.accelerator", "gpu")
     assert code == 2
     assert "CUDA is not available" in err and "Traceback" not in err
@@ -119,7 +119,7 @@ def test_gpu_without_cuda_is_one_clear_line(small_h5, tmp_path, capsys):
 
 def test_leak_class_is_chosen_by_name(small_h5, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
-        main(["fit", "--config", str(REPO / "configs/demo.yaml"), *data_args(small_h5),
+        main(["fit", "--config", str(REPO / "configs/demo_frame.yaml"), *data_args(small_h5),
               "--trainer.default_root_dir", str(tmp_path), "--model.leak_class_name", "PUMP",
               "--trainer.fast_dev_run", "true"])
     assert exit_.value.code == 2
@@ -129,7 +129,7 @@ def test_leak_class_is_chosen_by_name(small_h5, tmp_path, capsys):
 @pytest.mark.slow
 def test_ddp_two_cpu_ranks_match_one_process(small_h5, tmp_path, run_cli):
     run = tmp_path / "run"
-    common = ["--config", REPO / "configs/demo.yaml", *data_args(small_h5), "--trainer.default_root_dir", run]
+    common = ["--config", REPO / "configs/demo_frame.yaml", *data_args(small_h5), "--trainer.default_root_dir", run]
     assert run_cli("fit", *common, "--trainer.max_epochs", "1").returncode == 0
     reports = {}
     for devices in ("1", "2"):
@@ -151,7 +151,7 @@ def test_ddp_fit_with_uneven_validation_shares(small_h5, tmp_path, run_cli, cach
     # 7 validation files over 2 ranks, one file per batch: 3 batches on one rank, 4 on the other
     val = first_files(small_h5["val"], tmp_path / "val7.h5", 7)
     run = tmp_path / "run"
-    r = run_cli("fit", "--config", REPO / "configs/demo.yaml", "--data.train_h5", small_h5["train"],
+    r = run_cli("fit", "--config", REPO / "configs/demo_frame.yaml", "--data.train_h5", small_h5["train"],
                 "--data.val_h5", val, "--data.test_h5", "null", "--trainer.default_root_dir", run,
                 "--trainer.max_epochs", "1", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
                 "--trainer.strategy", "ddp", "--data.cache", cache, "--data.num_workers", "1",
@@ -161,7 +161,8 @@ def test_ddp_fit_with_uneven_validation_shares(small_h5, tmp_path, run_cli, cach
 
 
 @pytest.mark.slow
-def test_demo_config_learns_the_synthetic_task(tmp_path, run_cli):
+@pytest.mark.parametrize("config", ["configs/demo.yaml", "configs/demo_frame.yaml"], ids=["recording", "frame"])
+def test_demo_config_learns_the_synthetic_task(tmp_path, run_cli, config):
     from leak_lightning.builder.build import build_dataset
     from leak_lightning.synthetic import make_dataset
 
@@ -169,7 +170,7 @@ def test_demo_config_learns_the_synthetic_task(tmp_path, run_cli):
     build_dataset(tmp_path / "wav", tmp_path / "data", progress=False)
     h5 = {k: tmp_path / "data" / f"{v}_DATASET.H5" for k, v in
           (("train", "TRAINING"), ("val", "VALIDATION"), ("test", "TESTING"))}
-    common = ["--config", REPO / "configs/demo.yaml", *data_args(h5), "--trainer.default_root_dir", tmp_path / "run"]
+    common = ["--config", REPO / config, *data_args(h5), "--trainer.default_root_dir", tmp_path / "run"]
     r = run_cli("fit", *common, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     r = run_cli("test", *common, "--ckpt_path", "best")
@@ -188,7 +189,7 @@ def test_predict_on_wavs_matches_test_on_the_built_dataset(small_h5, trained_run
 
     run = tmp_path / "run"
     shutil.copytree(trained_run / "checkpoints", run / "checkpoints")
-    common = ["--config", REPO / "configs/demo.yaml", *data_args(small_h5), "--trainer.default_root_dir", run]
+    common = ["--config", REPO / "configs/demo_frame.yaml", *data_args(small_h5), "--trainer.default_root_dir", run]
     main(["test", *map(str, common), "--ckpt_path", "best"])
     wavs = tmp_path / "wavs"
     shutil.copytree(small_h5["train"].parent.parent / "wav" / "TESTING", wavs)
@@ -267,7 +268,7 @@ def test_fused_adamw_is_the_same_update_and_off_by_default_on_cpu(small_h5, tmp_
 
     def one_step(*extra: str):
         cli = LeakCLI(run=False, args=[
-            "--config", str(REPO / "configs/demo.yaml"), *data_args(small_h5), "--seed_everything", "1",
+            "--config", str(REPO / "configs/demo_frame.yaml"), *data_args(small_h5), "--seed_everything", "1",
             "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path),
             "--data.batch_size", "256", *extra])
         before = {k: v.clone() for k, v in cli.model.net.state_dict().items()}
@@ -287,9 +288,9 @@ def test_blocks_of_steps_are_the_same_training_as_single_steps(small_h5, tmp_pat
     finals = {}
     for k in ("1", "3"):
         run = tmp_path / k
-        main(["fit", "--config", str(REPO / "configs/demo.yaml"), *data_args(small_h5), "--trainer.default_root_dir",
-              str(run), "--trainer.max_epochs", "1", "--data.batch_size", "512", "--data.steps_per_call", k,
-              "--console.log_file", "null", "--trainer.deterministic", "true"])
+        main(["fit", "--config", str(REPO / "configs/demo_frame.yaml"), *data_args(small_h5),
+              "--trainer.default_root_dir", str(run), "--trainer.max_epochs", "1", "--data.batch_size", "512",
+              "--data.steps_per_call", k, "--console.log_file", "null", "--trainer.deterministic", "true"])
         ckpt = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
         finals[k] = ckpt
     assert finals["1"]["global_step"] == finals["3"]["global_step"] == 11  # optimizer steps, not blocks
