@@ -223,10 +223,10 @@ def _one_line(err: Exception, args: list[str]) -> str:
             where = getattr(yerr, "problem_mark", None)
             line = f" line {where.line + 1}, column {where.column + 1}" if where else ""
             return f"{path}:{line}: not valid YAML ({getattr(yerr, 'problem', None) or yerr})"
-    text = lines[0]
-    if text.endswith(":") and len(lines) > 1:
-        text += " " + lines[1]
-    given = next((line for line in lines[2:] if line.startswith("Given value:")), None)
+    text, used = lines[0], 1
+    while text.endswith(":") and used < len(lines):  # nested reasons: a class_path's own option, under its key
+        text, used = f"{text} {lines[used]}", used + 1
+    given = next((line for line in lines[used:] if line.startswith("Given value:")), None)
     return f"{text} ({given})" if given else text
 
 

@@ -32,6 +32,10 @@ def test_a_parse_error_is_one_line_not_the_usage(small_h5, tmp_path, capsys):
     assert len(err.strip().splitlines()) <= 2  # at most Lightning's "Seed set" beside it
     line = one_error(*cli_exit(capsys, *fit_args(small_h5, tmp_path, "--trainer.max_epochs", "many")))
     assert 'Parser key "trainer.max_epochs"' in line and "Given value: many" in line
+    # an option the network does not take (LeakCNN's layout given to RecordingNet): the reason, not a bare colon
+    net = ("--model.net", "leak_lightning.models.RecordingNet", "--model.net.layout", "1d")
+    line = one_error(*cli_exit(capsys, *fit_args(small_h5, tmp_path, *net)))
+    assert "RecordingNet': Option 'layout' is not accepted" in line
 
 
 def test_a_yaml_syntax_error_names_the_file_and_line(small_h5, tmp_path, capsys):

@@ -241,3 +241,31 @@ def test_validation_decides_each_recording_from_its_pooled_probability(small_h5)
     assert torch.equal(got["targets"][:, leak].bool(), truth)
     want_auroc = float(binary_auroc(probs[:, leak], truth.int()))
     assert got["metrics"]["file_leak_auroc"] == pytest.approx(want_auroc, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_two_ddp_ranks_train_and_validate_the_recording_model_as_one_process(small_h5, tmp_path, run_cli):
+    import json
+
+    from helpers.files import first_files
+
+    # 7 validation recordings over 2 ranks, one a batch: uneven shares of the recordings' table
+    val = first_files(small_h5["val"], tmp_path / "val7.h5", 7)
+    run = tmp_path / "run"
+    common = ["--config", REPO / "configs/demo.yaml", "--data.train_h5", small_h5["train"], "--data.val_h5", val,
+              "--data.test_h5", "null", "--trainer.default_root_dir", run, "--model.net.channels", "[8, 16]",
+              "--model.net.embed", "8", "--data.eval_batch_size", "80"]
+    r = run_cli("fit", *common, "--trainer.max_epochs", "1", "--trainer.devices", "2", "--trainer.accelerator",
+                "cpu", "--trainer.strategy", "ddp", "--data.batch_size", "400")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "whole recordings" in r.stdout + r.stderr
+    reports = {}
+    for devices in ("1", "2"):
+        r = run_cli("validate", *common, "--ckpt_path", "best", "--trainer.devices", devices,
+                    "--trainer.accelerator", "cpu", "--trainer.strategy", "ddp" if devices == "2" else "auto")
+        assert r.returncode == 0, r.stderr[-3000:]
+        reports[devices] = json.loads((run / "validate_report.json").read_text())["metrics"]
+    one, two = reports["1"], reports["2"]
+    assert one["files_scored"] == two["files_scored"] == 7
+    for key in ("file_leak_auroc", "file_accuracy", "threshold", "loss"):  # AUROC: NaN with one class among 7
+        assert two[key] == pytest.approx(one[key], abs=1e-5, nan_ok=True), key
