@@ -236,6 +236,7 @@ def site_rows(work: Path, args, det: LeakDetector, ckpt: Path, name: str, train_
         reestimate_norms,
         refit_rule,
         site_segments,
+        tie_policy,
     )
     from leak_lightning.evaluation import sweep
     from leak_lightning.models.decision import DecisionRule
@@ -285,10 +286,11 @@ def site_rows(work: Path, args, det: LeakDetector, ckpt: Path, name: str, train_
             folds = min(5, want_leaks, n - want_leaks)
             base_f1 = _f1(base.decide(rest), truth[held])
             site.setdefault(f"{n}: base rule", []).append(base_f1)
+            policy = tie_policy(det.model)  # what adapt does on a tie for this kind of model
             for ties in ("adapt", "keep"):  # an adapted rule only as good as the base one: taken, or not
                 rule, _, _, kept, _ = refit_rule([windows[i] for i in pick.tolist()], truth[pick], base, folds, draw,
                                                  ties)
-                key = f"{n}: adapted" + ("" if ties == "keep" else ", ties adapt")
+                key = f"{n}: adapted" + ("" if ties == policy else ", the other tie policy")
                 site.setdefault(key, []).append(_f1(rule.decide(rest), truth[held]))
                 if ties == "keep":  # the keep-or-take test: kept while a rule fitted on the labels did better?
                     fitted = DecisionRule(base.options)
@@ -298,7 +300,7 @@ def site_rows(work: Path, args, det: LeakDetector, ckpt: Path, name: str, train_
                     site.setdefault(f"{n}: kept, a fitted rule better", []).append(int(kept and better))
             # both: adapt --unlabelled on all the site's recordings, then adapt on the n labelled ones
             rule, *_ = refit_rule([again[i] for i in pick.tolist()], truth[pick], fresh.model.decision, folds, draw,
-                                  "keep")
+                                  policy)
             site.setdefault(f"{n}: norms + adapted", []).append(
                 _f1(rule.decide([w for w, h in zip(again, held) if h]), truth[held]))
             if finetune and n in args.finetune_labelled:  # adapt --finetune_steps, as adapt does
@@ -352,8 +354,8 @@ def print_sites(rows: dict, costs: dict, args) -> None:
     print("\nthe rule's reading per site (chosen on validation; the same for every site out of the box):")
     for kind, by_site in rows.items():
         print(f"  {kind}: {sorted(set(r for s in by_site.values() for r in s['reading']))}")
-    print("\nthe keep-or-take test of adapt: draws where the base rule was kept, and of those, draws where a rule "
-          "fitted on the same labels did better on the held-out recordings:")
+    print("\nthe keep-or-take test of adapt, keeping ties: draws where the base rule was kept, and of those, draws "
+          "where a rule fitted on the same labels did better on the held-out recordings:")
     for kind, by_site in rows.items():
         for name, site in by_site.items():
             print(f"  {kind}, {name}: " + ", ".join(
@@ -375,10 +377,11 @@ def print_sites(rows: dict, costs: dict, args) -> None:
     for kind, by_site in rows.items():
         for name, site in by_site.items():
             print(f"  {kind}, {name}: {cell(site['ceiling: base'])} / {cell(site['ceiling: norms'])}")
-    print("\nadapted, when a cross-validated tie takes the adapted rule (adapt keeps the base rule on a tie):")
+    print("\nadapted under the other tie policy (adapt keeps the base rule on a tie for the frame model, takes the "
+          "adapted one for the recording model: adapt.tie_policy):")
     for kind, by_site in rows.items():
         for name, site in by_site.items():
-            print(f"  {kind}, {name}: " + ", ".join(f"n={n} {cell(site[f'{n}: adapted, ties adapt'])}"
+            print(f"  {kind}, {name}: " + ", ".join(f"n={n} {cell(site[f'{n}: adapted, the other tie policy'])}"
                                                     for n in args.labelled))
     print("\nthe same draws' held-out recordings under the base rule (the comparison for each adapted column):")
     for kind, by_site in rows.items():

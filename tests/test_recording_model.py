@@ -269,3 +269,19 @@ def test_two_ddp_ranks_train_and_validate_the_recording_model_as_one_process(sma
     assert one["files_scored"] == two["files_scored"] == 7
     for key in ("file_leak_auroc", "file_accuracy", "threshold", "loss"):  # AUROC: NaN with one class among 7
         assert two[key] == pytest.approx(one[key], abs=1e-5, nan_ok=True), key
+
+
+def test_adapt_takes_a_tie_for_the_recording_model_and_keeps_it_for_the_frame_model():
+    from helpers.models import classifier
+
+    from leak_lightning.adapt import refit_rule, tie_policy
+    from leak_lightning.models.decision import DecisionOptions, DecisionRule
+
+    windows = [torch.tensor([0.9])] * 4 + [torch.tensor([0.1])] * 16  # one number each: the base rule is perfect
+    truth = torch.tensor([True] * 4 + [False] * 16)
+    base = DecisionRule(DecisionOptions(aggregation="mean"))
+    kept = {}
+    for kind, model in (("recording", recording_model()), ("frame", classifier())):
+        rule, before, after, kept[kind], _ = refit_rule(windows, truth, base, 4, 0, tie_policy(model))
+        assert before["f1"] == after["f1"] == 1.0  # a tie
+    assert kept == {"recording": False, "frame": True}
