@@ -362,11 +362,14 @@ def print_sites(rows: dict, costs: dict, args) -> None:
                 f"n={n} ({max(MIN_PER_SIDE, round(n / 5))} leaks) kept {sum(site[f'{n}: kept'])}/"
                 f"{len(site[f'{n}: kept'])}, better existed {sum(site[f'{n}: kept, a fitted rule better'])}"
                 for n in args.labelled))
-    print("\nadapt --unlabelled on all the site's recordings, then adapt on the n labelled ones:")
-    for kind, by_site in rows.items():
-        for name, site in by_site.items():
-            print(f"  {kind}, {name}: " + ", ".join(f"n={n} {cell(site[f'{n}: norms + adapted'])}"
-                                                    for n in args.labelled))
+    def per_size(title: str, key: str) -> None:
+        """One line per model and site: the cells of `key` at each number of labelled recordings."""
+        print(f"\n{title}")
+        for kind, by_site in rows.items():
+            for name, site in by_site.items():
+                print(f"  {kind}, {name}: " + ", ".join(f"n={n} {cell(site[f'{n}: {key}'])}" for n in args.labelled))
+
+    per_size("adapt --unlabelled on all the site's recordings, then adapt on the n labelled ones:", "norms + adapted")
     if args.finetune_steps:
         print(f"\nadapt --finetune_steps {args.finetune_steps} (frame model: the head fine-tuned, then the rule "
               "re-fitted; the base kept unless cross-validation says better):")
@@ -377,16 +380,10 @@ def print_sites(rows: dict, costs: dict, args) -> None:
     for kind, by_site in rows.items():
         for name, site in by_site.items():
             print(f"  {kind}, {name}: {cell(site['ceiling: base'])} / {cell(site['ceiling: norms'])}")
-    print("\nadapted under the other tie policy (adapt keeps the base rule on a tie for the frame model, takes the "
-          "adapted one for the recording model: adapt.tie_policy):")
-    for kind, by_site in rows.items():
-        for name, site in by_site.items():
-            print(f"  {kind}, {name}: " + ", ".join(f"n={n} {cell(site[f'{n}: adapted, the other tie policy'])}"
-                                                    for n in args.labelled))
-    print("\nthe same draws' held-out recordings under the base rule (the comparison for each adapted column):")
-    for kind, by_site in rows.items():
-        for name, site in by_site.items():
-            print(f"  {kind}, {name}: " + ", ".join(f"n={n} {cell(site[f'{n}: base rule'])}" for n in args.labelled))
+    per_size("adapted under the other tie policy (adapt keeps the base rule on a tie for the frame model, takes the "
+             "adapted one for the recording model: adapt.tie_policy):", "adapted, the other tie policy")
+    per_size("the same draws' held-out recordings under the base rule (the comparison for each adapted column):",
+             "base rule")
 
 
 def report(table: dict, args) -> None:
