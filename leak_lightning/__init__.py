@@ -12,7 +12,7 @@ __all__ = ["LeakDetector", "Prediction", "__version__"]
 def __getattr__(name: str):
     # lazy: the builder's decoder processes import this package and must not pay for torch and Lightning
     if name in ("LeakDetector", "Prediction"):
-        from . import predict
+        from .inference import predict
 
         return getattr(predict, name)
     raise AttributeError(f"module 'leak_lightning' has no attribute {name!r}")

@@ -27,14 +27,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from leak_lightning.logs import bytes_human, setup_logging  # noqa: E402
+from leak_lightning.runtime.logs import bytes_human, setup_logging  # noqa: E402
 
 log = logging.getLogger("leak_lightning.benchmark")
 
 
 def make_corpus(root: Path, files: int, unique: int, sample_rate: int, channels: int) -> None:
     """Synthesize `unique` clips, then copy them under new sensor names up to `files`."""
-    from leak_lightning.synthetic import DEFAULT_LABELS, make_dataset
+    from synthetic import DEFAULT_LABELS, make_dataset
 
     if root.exists():
         shutil.rmtree(root)
@@ -75,7 +75,7 @@ def _run_naive(root, out, limit, q) -> None:
     import torch
     import torchaudio
 
-    from leak_lightning.features import FeatureConfig, LogMelFrontend
+    from leak_lightning.audio.features import FeatureConfig, LogMelFrontend
 
     cfg = FeatureConfig()
     frontend = LogMelFrontend(cfg)

@@ -33,11 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lightning as L  # noqa: E402
 
+from leak_lightning.audio.features import FeatureConfig  # noqa: E402
 from leak_lightning.builder.writer import SplitWriter  # noqa: E402
-from leak_lightning.features import FeatureConfig  # noqa: E402
-from leak_lightning.logs import setup_logging  # noqa: E402
 from leak_lightning.models import LeakCNN  # noqa: E402
 from leak_lightning.models.augment import Augmentation, SpectrumAugment  # noqa: E402
+from leak_lightning.runtime.logs import setup_logging  # noqa: E402
 
 log = logging.getLogger("leak_lightning.benchmark")
 REPO = Path(__file__).resolve().parents[1]
@@ -199,7 +199,7 @@ def lightning_fit(h5: dict[str, Path], batch: int, warmup: int, steps: int, root
                   compile_: str | None, channels: list[int], fused: bool, profile_steps: int,
                   augment: bool = False, steps_per_call: int = 1, layout: str = "2d") -> Result:
     """The real path: LeakCLI's parser, data module, module, callbacks and Trainer.fit."""
-    from leak_lightning.training_cli import LeakCLI
+    from leak_lightning.cli.leak_cli import LeakCLI
 
     timer = StepTimer(warmup, steps, profile_steps)
     cli = LeakCLI(run=False, args=[
@@ -361,7 +361,7 @@ class EpochTimer(L.Callback):
 def user_fit(h5: dict[str, Path], args, root: Path) -> dict:
     """A user's real fit: configs/default.yaml (progress bar, TensorBoard, validation every epoch, every
     callback), one epoch to warm up (compile), the next ones timed."""
-    from leak_lightning.training_cli import LeakCLI
+    from leak_lightning.cli.leak_cli import LeakCLI
 
     timer = EpochTimer()
     t0 = time.perf_counter()

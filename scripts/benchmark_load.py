@@ -23,10 +23,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from leak_lightning.audio.features import FeatureConfig  # noqa: E402
 from leak_lightning.builder.writer import SplitWriter  # noqa: E402
 from leak_lightning.data import schema  # noqa: E402
 from leak_lightning.data.h5 import load_segments, load_targets, read_info  # noqa: E402
-from leak_lightning.features import FeatureConfig  # noqa: E402
 
 CLASSES = ["BACKGROUND", "CRACK", "LEAK", "NORMAL", "UNCLASSIFIED"]
 

@@ -12,7 +12,7 @@ condition, F1 with minus F1 without augmentation for each training seed, their m
 Corpora and trained runs are kept in the workdir under names that carry their settings (corpus size,
 epochs, patience, extra options), so a re-run reuses only what matches.
 
-One standard synthetic corpus (leak_lightning.synthetic) is built and trained on twice (configs/demo_frame.yaml,
+One standard synthetic corpus (scripts/synthetic.py) is built and trained on twice (configs/demo_frame.yaml,
 augmentation on / off). Each condition is a fresh corpus of `--test-files` recordings per class (5
 classes), drawn with other sensors and seeds: in-domain, pipe resonances ×0.8/×0.9/×1.1/×1.2, sensor
 gain −12/+12 dB, a background noise the training corpus never has (machinery), and another sample
@@ -28,7 +28,7 @@ machinery background it never mixes in, and resonances x1.3 with machinery), for
 same corpora and seeds (`--models frame recording`: configs/demo_frame.yaml, LeakCNN, the frame model whose window
 reading is chosen on validation, and configs/demo.yaml, RecordingNet, which pools the whole recording). Per site each
 augmented model scores every recording once; then, per draw, n labelled recordings (n = 10, 20, 50: a fifth of
-them leaks, at least 3) adapt its decision rule exactly as `adapt` does (leak_lightning.adapt.refit_rule:
+them leaks, at least 3) adapt its decision rule exactly as `adapt` does (leak_lightning.inference.adapt.refit_rule:
 cross-validated, the base rule kept unless adapting is better), and the leak F1 of the base rule and of the
 adapted one are measured on the site's other recordings. The table gives medians over training seeds
 and draws, with their range. Also printed: `adapt --unlabelled` then `adapt`; with `--finetune-steps N`,
@@ -55,14 +55,15 @@ from torchmetrics.functional.classification import binary_auroc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from leak_lightning.adapt import MIN_PER_SIDE  # noqa: E402
+from synthetic import Conditions, make_dataset  # noqa: E402
+
 from leak_lightning.builder.build import build_dataset  # noqa: E402
-from leak_lightning.checkpoint_io import read_checkpoint  # noqa: E402
+from leak_lightning.checkpoint.io import read_checkpoint  # noqa: E402
 from leak_lightning.cli import main as cli  # noqa: E402
-from leak_lightning.evaluation import expected_calibration_error  # noqa: E402
-from leak_lightning.logs import setup_logging  # noqa: E402
-from leak_lightning.predict import LeakDetector  # noqa: E402
-from leak_lightning.synthetic import Conditions, make_dataset  # noqa: E402
+from leak_lightning.inference.adapt import MIN_PER_SIDE  # noqa: E402
+from leak_lightning.inference.predict import LeakDetector  # noqa: E402
+from leak_lightning.runtime.logs import setup_logging  # noqa: E402
+from leak_lightning.training.evaluation import expected_calibration_error  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("leak_lightning.benchmark")
@@ -196,7 +197,7 @@ def main() -> None:
 
 
 def _f1(decided: torch.Tensor, truth: torch.Tensor) -> float:
-    from leak_lightning.adapt import leak_figures
+    from leak_lightning.inference.adapt import leak_figures
 
     return leak_figures(decided, truth)["f1"]
 
@@ -229,7 +230,7 @@ def training_cost(ckpt: Path) -> float:
 
 def site_rows(work: Path, args, det: LeakDetector, ckpt: Path, name: str, train_seed: int, site: dict,
               cost: dict | None) -> None:
-    from leak_lightning.adapt import (
+    from leak_lightning.inference.adapt import (
         SiteRecording,
         finetuned,
         leak_windows_of,
@@ -238,8 +239,8 @@ def site_rows(work: Path, args, det: LeakDetector, ckpt: Path, name: str, train_
         site_segments,
         tie_policy,
     )
-    from leak_lightning.evaluation import sweep
     from leak_lightning.models.decision import DecisionRule
+    from leak_lightning.training.evaluation import sweep
 
     recordings = corpus(work, name, 0, args.test_files)
     t0 = time.perf_counter()

@@ -30,14 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmark_build import measure  # noqa: E402 (a fresh spawned process per measurement)
 
-from leak_lightning.logs import bytes_human, parse_bytes  # noqa: E402
+from leak_lightning.runtime.logs import bytes_human, parse_bytes  # noqa: E402
 
 CLASSES = ["BACKGROUND", "CRACK", "LEAK", "NORMAL", "UNCLASSIFIED"]
 
 
 def write(path: Path, files: int, seed: int) -> Path:
+    from leak_lightning.audio.features import FeatureConfig
     from leak_lightning.builder.writer import SplitWriter
-    from leak_lightning.features import FeatureConfig
 
     cfg, rng = FeatureConfig(), np.random.default_rng(seed)
     w = SplitWriter(path, cfg, CLASSES)

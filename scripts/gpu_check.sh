@@ -28,7 +28,7 @@ bench layout 80 --layout-cost --repeats 2 --warmup 30 --steps 200
 bench augment_cost 60 --augment-cost --repeats 2 --warmup 30 --steps 200
 { /usr/bin/time -f "--help %e s" $PY -m leak_lightning --help > /dev/null
   /usr/bin/time -f "fit --help %e s" $PY -m leak_lightning fit --help > /dev/null
-  $PY -X importtime -c "import leak_lightning.training_cli" 2>&1 | sort -t'|' -k2 -n | tail -8; } > "$OUT/startup.log" 2>&1
+  $PY -X importtime -c "import leak_lightning.cli.leak_cli" 2>&1 | sort -t'|' -k2 -n | tail -8; } > "$OUT/startup.log" 2>&1
 W=/tmp/e2e
 e2e() {  # a tiny corpus through every subcommand on CUDA; wall times of each
   local t0=$SECONDS

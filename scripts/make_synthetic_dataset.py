@@ -13,8 +13,9 @@ try:
 except ImportError:  # run as `python scripts/make_synthetic_dataset.py` from a plain checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from leak_lightning.logs import setup_logging  # noqa: E402
-from leak_lightning.synthetic import Conditions, make_dataset  # noqa: E402
+from synthetic import Conditions, make_dataset  # noqa: E402
+
+from leak_lightning.runtime.logs import setup_logging  # noqa: E402
 
 log = logging.getLogger("leak_lightning.synthetic")
 

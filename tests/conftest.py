@@ -28,8 +28,9 @@ def run_cli():
 @pytest.fixture(scope="session")
 def small_h5(tmp_path_factory) -> dict[str, Path]:
     """A tiny synthetic dataset built once per session: {'train'|'val'|'test': path}."""
+    from synthetic import make_dataset
+
     from leak_lightning.builder.build import build_dataset
-    from leak_lightning.synthetic import make_dataset
 
     root = tmp_path_factory.mktemp("small")
     make_dataset(root / "wav", layout="origin", files_per_label=20, sensors_per_label=6, seed=1)
@@ -53,7 +54,7 @@ def trained_run(small_h5, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     """A small labelled site the detector never heard (resonances 30 % higher, machinery), once per module."""
-    from leak_lightning.synthetic import Conditions, make_dataset
+    from synthetic import Conditions, make_dataset
 
     root = tmp_path_factory.mktemp("site") / "district"
     make_dataset(root, layout="pool", labels=("LEAK", "NORMAL", "BACKGROUND"), files_per_label=4,

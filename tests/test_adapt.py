@@ -7,12 +7,13 @@ import json
 import pytest
 import torch
 from helpers.files import cli_exit, one_error
+from synthetic import make_dataset
 
-from leak_lightning import LeakDetector, adapt
-from leak_lightning.checkpoint_io import read_checkpoint
-from leak_lightning.fileio import file_digest
+from leak_lightning import LeakDetector
+from leak_lightning.checkpoint.io import read_checkpoint
+from leak_lightning.inference import adapt
 from leak_lightning.models.decision import DecisionOptions, DecisionRule
-from leak_lightning.synthetic import make_dataset
+from leak_lightning.runtime.fileio import file_digest
 
 
 def test_folds_deal_leaks_and_others_round_the_folds():

@@ -13,17 +13,18 @@ from pathlib import Path
 import pytest
 from helpers.files import cli_exit, one_error, start_paused
 
-from leak_lightning import LeakDetector, adapt
-from leak_lightning.checkpoint_io import read_checkpoint
-from leak_lightning.contract import default_output, run_dir_of
-from leak_lightning.fileio import file_digest
+from leak_lightning import LeakDetector
+from leak_lightning.checkpoint.contract import default_output, run_dir_of
+from leak_lightning.checkpoint.io import read_checkpoint
+from leak_lightning.inference import adapt
+from leak_lightning.runtime.fileio import file_digest
 
 # `python -c` runner: adapt paused at a named point ("scoring": before any recording is scored, holding the
 # output's lock; "published": the new checkpoint renamed into place, its report not yet), until a signal
 PAUSED_ADAPT = """
 import sys, time
 from helpers import _announce
-from leak_lightning import adapt
+from leak_lightning.inference import adapt
 from leak_lightning.cli import main
 
 ready, where, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
@@ -109,7 +110,7 @@ def test_the_report_is_inside_the_checkpoint_and_the_json_names_it(trained_run, 
 def test_a_checkpoint_is_published_before_its_report_and_never_beside_another(tmp_path, monkeypatch):
     import errno
 
-    from leak_lightning.checkpoint_io import AtomicCheckpointIO
+    from leak_lightning.checkpoint.io import AtomicCheckpointIO
 
     out, report = tmp_path / "x.ckpt", tmp_path / "x_adapt_report.json"
     out.write_bytes(b"north's checkpoint")

@@ -23,8 +23,8 @@ from leak_lightning.audio.decode import (
     WindowReader,
     clip_or_reason,
 )
+from leak_lightning.audio.features import FeatureConfig
 from leak_lightning.audio.scan import printable, scan_audio
-from leak_lightning.features import FeatureConfig
 
 SPEC = ClipSpec.of(FeatureConfig())
 

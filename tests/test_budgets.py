@@ -10,7 +10,7 @@ from helpers.files import REPO, cli_exit, data_args, one_error
 
 from leak_lightning.data.datamodule import LeakDataModule
 from leak_lightning.data.h5 import read_info
-from leak_lightning.logs import parse_bytes, setup_logging
+from leak_lightning.runtime.logs import parse_bytes, setup_logging
 
 OPTION = "data.max_cache_bytes"
 EXAMPLE = "write e.g. 4GB, 512MB or a number of bytes"

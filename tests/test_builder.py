@@ -16,10 +16,10 @@ import pytest
 import torch
 from helpers.files import REPO, cli_exit, make_origin, make_pool, tone, write_wav
 
+from leak_lightning.audio.features import FeatureConfig, LogMelFrontend
 from leak_lightning.builder.build import build_dataset
 from leak_lightning.builder.discover import WavItem, split_pool
 from leak_lightning.data import schema
-from leak_lightning.features import FeatureConfig, LogMelFrontend
 
 NAMES = tuple(schema.SPLIT_FILES.values())
 

@@ -17,7 +17,7 @@ import torch
 from helpers.files import data_args
 
 from leak_lightning import LeakDetector
-from leak_lightning.checkpoint_io import current_hparams, migrate_state, read_checkpoint
+from leak_lightning.checkpoint.io import current_hparams, migrate_state, read_checkpoint
 from leak_lightning.cli import main
 
 DATA = Path(__file__).parent / "data"
@@ -81,12 +81,12 @@ def test_the_digest_names_a_function_not_its_address():
     import subprocess
     import sys
 
-    from leak_lightning.contract import binding_digest
-    from leak_lightning.module import default_optimizer
+    from leak_lightning.checkpoint.contract import binding_digest
+    from leak_lightning.training.module import default_optimizer
 
     ckpt = {"hyper_parameters": {"optimizer": default_optimizer, "net": torch.nn.Linear(2, 3)}}
-    code = ("import torch; from leak_lightning.contract import binding_digest; "
-            "from leak_lightning.module import default_optimizer; "
+    code = ("import torch; from leak_lightning.checkpoint.contract import binding_digest; "
+            "from leak_lightning.training.module import default_optimizer; "
             "print(binding_digest({'hyper_parameters': {'optimizer': default_optimizer, "
             "'net': torch.nn.Linear(2, 3)}}))")
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()

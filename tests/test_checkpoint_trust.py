@@ -15,9 +15,9 @@ import torch
 from helpers.files import REPO, cli_exit, data_args, one_error
 
 from leak_lightning import LeakDetector
-from leak_lightning.callbacks.interrupt import _set_rng_state
-from leak_lightning.checkpoint_io import AtomicCheckpointIO, newest_valid_checkpoint, read_checkpoint
-from leak_lightning.module import LeakClassifier
+from leak_lightning.checkpoint.io import AtomicCheckpointIO, newest_valid_checkpoint, read_checkpoint
+from leak_lightning.training.callbacks.interrupt import _set_rng_state
+from leak_lightning.training.module import LeakClassifier
 
 OLD = Path(__file__).parent / "data" / "format1_tiny.ckpt"
 SYSTEM = f"{os.system.__module__}.{os.system.__name__}"  # how a pickle names os.system (posix.system here)
@@ -89,8 +89,8 @@ def test_every_loader_refuses_code_and_runs_none_of_it(trained_run, tmp_path, lo
 
 
 def test_export_and_adapt_refuse_before_any_work(evil, small_h5, tmp_path):
-    from leak_lightning.adapt import adapt_checkpoint
-    from leak_lightning.export import export
+    from leak_lightning.inference.adapt import adapt_checkpoint
+    from leak_lightning.inference.export import export
 
     path, marker = evil
     with pytest.raises(ValueError, match=f"{path}: not a usable checkpoint \\(it holds {SYSTEM}"):
@@ -135,8 +135,9 @@ def test_checkpoints_fit_writes_hold_only_plain_types(trained_run):
 
 
 def test_a_checkpoint_adapt_writes_holds_only_plain_types(trained_run, tmp_path):
-    from leak_lightning.adapt import adapt_checkpoint
-    from leak_lightning.synthetic import make_dataset
+    from synthetic import make_dataset
+
+    from leak_lightning.inference.adapt import adapt_checkpoint
 
     site = tmp_path / "site"
     make_dataset(site, layout="pool", labels=("LEAK", "NORMAL"), files_per_label=3, sensors_per_label=2, seed=5)
@@ -212,7 +213,7 @@ def test_every_command_refuses_a_crafted_checkpoint(evil, small_h5, tmp_path, ru
 def _naming(genuine: Path, out: Path, where: str, name: str) -> Path:
     """A real checkpoint whose hyper-parameters name `name` at `where`, its binding digest recomputed (anyone can:
     it guards against edits by mistake, not against someone who means it)."""
-    from leak_lightning.contract import SECTION, binding_digest
+    from leak_lightning.checkpoint.contract import SECTION, binding_digest
 
     ckpt = torch.load(genuine, map_location="cpu", weights_only=True)
     hp = ckpt["hyper_parameters"]

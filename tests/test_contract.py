@@ -44,7 +44,7 @@ def other_builds(small_h5, tmp_path_factory):
         for label in ("CRACK", "LEAK", "NORMAL"):
             shutil.copytree(wav / split / label, three / split / label)
     build_dataset(three, root / "three", progress=False)
-    from leak_lightning.features import FeatureConfig
+    from leak_lightning.audio.features import FeatureConfig
 
     build_dataset(wav, root / "mels32", features=FeatureConfig(n_mels=32), progress=False)
     return root
@@ -203,7 +203,7 @@ def _drop_class(ckpt: dict) -> None:
      "its contract names the classes"),
 ])
 def test_an_edited_checkpoint_is_one_line(small_h5, trained_run, tmp_path, capsys, name, edit, fragment):
-    from leak_lightning.checkpoint_io import read_checkpoint
+    from leak_lightning.checkpoint.io import read_checkpoint
 
     best = trained_run / "checkpoints/best.ckpt"
     read_checkpoint(best)  # as written by fit: it agrees with itself

@@ -192,7 +192,7 @@ def test_stream_split_yields_every_segment(small_h5):
 def test_every_cache_mode_trains(small_h5, tmp_path, cache):
     from helpers.files import REPO, data_args
 
-    from leak_lightning.training_cli import LeakCLI
+    from leak_lightning.cli.leak_cli import LeakCLI
 
     cli = LeakCLI(args=["fit", "--config", str(REPO / "configs/demo_frame.yaml"), *data_args(small_h5),
                         "--trainer.fast_dev_run", "2", "--trainer.default_root_dir", str(tmp_path),
@@ -203,8 +203,8 @@ def test_every_cache_mode_trains(small_h5, tmp_path, cache):
 
 def numbered_split(folder, num_files: int) -> tuple:
     """A split whose segment i holds the value i everywhere (float16 is exact below 2048)."""
+    from leak_lightning.audio.features import FeatureConfig
     from leak_lightning.builder.writer import SplitWriter
-    from leak_lightning.features import FeatureConfig
 
     cfg = FeatureConfig()
     spf = cfg.segment_shape[0] * cfg.segment_shape[1]
@@ -296,14 +296,14 @@ def test_a_different_batch_order_restarts_the_epoch_with_a_warning():
 @pytest.mark.parametrize("text, value", [("4GB", 4 * 2**30), ("512 MiB", 512 * 2**20), ("2e9", 2_000_000_000),
                                          (1536, 1536), ("1.5k", 1536)])
 def test_sizes_are_read_in_binary_multiples(text, value):
-    from leak_lightning.logs import parse_bytes
+    from leak_lightning.runtime.logs import parse_bytes
 
     assert parse_bytes(text, "data.max_cache_bytes") == value
 
 
 @pytest.mark.parametrize("text", ["lots", "4 parsecs", "-1GB", "0"])
 def test_a_size_that_is_not_one_is_named(text):
-    from leak_lightning.logs import parse_bytes
+    from leak_lightning.runtime.logs import parse_bytes
 
     with pytest.raises(ValueError, match=rf"data.max_cache_bytes='?{text}'?: (not a size|must be more than 0)"):
         parse_bytes(text, "data.max_cache_bytes")

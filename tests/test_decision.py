@@ -9,8 +9,8 @@ import pytest
 import torch
 from helpers.models import classifier
 
-from leak_lightning.evaluation import fit_platt
 from leak_lightning.models.decision import DecisionOptions, DecisionRule
+from leak_lightning.training.evaluation import fit_platt
 
 # 8 recordings × 4 windows; the first 4 leak. Chosen so that every rule below picks another threshold.
 WINDOWS = torch.tensor([
@@ -120,7 +120,7 @@ def test_the_module_decides_a_recording_with_its_configured_rule(aggregation, fr
 def test_the_cli_passes_the_rule_to_the_module(small_h5, tmp_path):
     from helpers.files import REPO, data_args
 
-    from leak_lightning.training_cli import LeakCLI
+    from leak_lightning.cli.leak_cli import LeakCLI
 
     cli = LeakCLI(run=False, args=["--config", str(REPO / "configs/demo_frame.yaml"), *data_args(small_h5),
                                    "--trainer.default_root_dir", str(tmp_path), "--model.decision.aggregation", "mean",

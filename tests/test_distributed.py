@@ -30,7 +30,7 @@ from leak_lightning.data.h5 import load_segments, read_info
 OBSERVER = textwrap.dedent("""
     import os, signal, subprocess, sys, time
     from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
-    from leak_lightning import distributed
+    from leak_lightning.runtime import distributed
     dead = subprocess.Popen([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
     dead.wait()
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
@@ -205,9 +205,9 @@ def test_a_leak_between_splits_across_shards_stops_the_join_as_it_stops_one_proc
 
 
 def test_the_build_id_is_the_corpus_and_its_options(tmp_path):
+    from leak_lightning.audio.features import FeatureConfig
     from leak_lightning.builder.discover import discover, label_mapping
     from leak_lightning.builder.shards import corpus_id
-    from leak_lightning.features import FeatureConfig
 
     make_pool(tmp_path / "in", sensors=3, per_sensor=1)
 
@@ -345,7 +345,7 @@ def on_two_nodes(rdzv_id: str, *args: str) -> list[str]:
 
 @pytest.mark.slow
 def test_build_fit_and_predict_across_two_torchrun_nodes(tmp_path):
-    from leak_lightning.synthetic import make_dataset
+    from synthetic import make_dataset
 
     make_dataset(tmp_path / "wav", layout="origin", files_per_label=8, sensors_per_label=3, seed=1)
     build_dataset(tmp_path / "wav", tmp_path / "one", progress=False)

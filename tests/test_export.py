@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers.files import cli_exit, one_error, start_paused
 
-from leak_lightning.export import export
+from leak_lightning.inference.export import export
 
 
 def listing(folder: Path) -> list[str]:
@@ -62,7 +62,7 @@ def test_other_checkpoints_sets_stay_and_stale_temporaries_go(ckpt, tmp_path):
 
 @pytest.mark.slow
 def test_the_fallback_commit_without_an_atomic_swap(ckpt, tmp_path, monkeypatch):
-    from leak_lightning import export as export_module
+    from leak_lightning.inference import export as export_module
 
     monkeypatch.setattr(export_module, "exchange", lambda a, b: False)
     out = tmp_path / "export"
@@ -130,7 +130,7 @@ def test_a_disk_too_small_is_one_line_before_exporting(ckpt, mount, capsys):
 
 @pytest.mark.parametrize("fmt", ["torchscript", pytest.param("onnx", marks=pytest.mark.slow)])
 def test_a_disk_that_fills_while_exporting_keeps_the_old_set(ckpt, mount, capsys, monkeypatch, fmt):
-    from leak_lightning import export as export_module
+    from leak_lightning.inference import export as export_module
 
     point = mount("size=1500k")
     out = point / "export"

@@ -14,11 +14,11 @@ import torch
 from helpers.files import data_args
 from helpers.models import classifier
 
-from leak_lightning import export as export_module
-from leak_lightning.export import TOLERANCE, _export_files, _sidecar, set_files
-from leak_lightning.features import FeatureConfig, LogMelFrontend
+from leak_lightning.audio.features import FeatureConfig, LogMelFrontend
+from leak_lightning.inference import export as export_module
+from leak_lightning.inference.export import TOLERANCE, _export_files, _sidecar, set_files
 from leak_lightning.models import RecordingNet
-from leak_lightning.module import LeakClassifier
+from leak_lightning.training.module import LeakClassifier
 
 NAMES = ["A", "LEAK", "C"]
 FEATURES = FeatureConfig()

@@ -21,11 +21,11 @@ from test_reliability import finish, fit_cmd, pause, start, wait_ready
 
 from leak_lightning.builder import writer as writer_module
 from leak_lightning.builder.build import build_dataset
-from leak_lightning.checkpoint_io import checkpoint_problem
+from leak_lightning.checkpoint.io import checkpoint_problem
 from leak_lightning.cli import main
 from leak_lightning.data import schema
 from leak_lightning.data.datamodule import LeakDataModule
-from leak_lightning.rundir import FolderLock
+from leak_lightning.runtime.rundir import FolderLock
 
 NAMES = tuple(schema.SPLIT_FILES.values())
 
@@ -301,7 +301,7 @@ def test_a_model_option_the_checkpoint_overrides_is_named(small_h5, tmp_path, ca
 # ---- 4. nothing is replaced under a reader ---------------------------------------------------------
 
 def test_a_build_never_replaces_splits_being_read(tmp_path):
-    from leak_lightning.rundir import DataLock
+    from leak_lightning.runtime.rundir import DataLock
 
     make_pool(tmp_path / "in", sensors=10, per_sensor=1)
     out = tmp_path / "out"
@@ -343,7 +343,7 @@ def test_a_streamed_split_replaced_during_a_run_stops_it(small_h5, tmp_path):
 
 
 def test_a_readers_note_copied_with_its_folder_names_no_one(tmp_path):
-    from leak_lightning.rundir import DataLock
+    from leak_lightning.runtime.rundir import DataLock
 
     make_pool(tmp_path / "in", sensors=10, per_sensor=1)
     build_dataset(tmp_path / "in", tmp_path / "out", progress=False)

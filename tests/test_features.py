@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from leak_lightning.features import FeatureConfig, LogMelFrontend, segment
+from leak_lightning.audio.features import FeatureConfig, LogMelFrontend, segment
 
 
 def htk_mel(f):

@@ -133,8 +133,8 @@ def real_segments(small_h5, n: int = 160) -> torch.Tensor:
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_with_parity_and_a_sidecar(small_h5, tested, tmp_path, fmt):
-    from leak_lightning.export import TOLERANCE, export
-    from leak_lightning.module import LeakClassifier
+    from leak_lightning.inference.export import TOLERANCE, export
+    from leak_lightning.training.module import LeakClassifier
 
     sidecar = export(tested / "checkpoints/best.ckpt", fmt, with_frontend=True, output=tmp_path)
     assert json.loads((tmp_path / "best.json").read_text()) == sidecar  # round-trips

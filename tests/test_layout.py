@@ -84,24 +84,26 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_no_import_cycle_in_the_package():
     graph = import_graph()
-    assert graph["leak_lightning.training_cli"] >= {"leak_lightning.checkpoint_io", "leak_lightning.module"}
+    assert graph["leak_lightning.cli.leak_cli"] >= {"leak_lightning.checkpoint.io", "leak_lightning.training.module"}
     assert not cycles(graph), cycles(graph)
 
 
 def test_checkpoint_io_sits_below_callbacks_export_predict_and_the_cli():
     graph = import_graph()
-    above = ("leak_lightning.callbacks", "leak_lightning.export", "leak_lightning.predict", "leak_lightning.cli",
-             "leak_lightning.training_cli", "leak_lightning.module")
-    assert not [m for m in graph["leak_lightning.checkpoint_io"] if m.startswith(above)]
-    for user in ("leak_lightning.export", "leak_lightning.predict", "leak_lightning.training_cli"):
-        assert "leak_lightning.checkpoint_io" in graph[user], user
-    for user in ("leak_lightning.export", "leak_lightning.predict"):  # no callback is a utility library
-        assert not [m for m in graph[user] if m.startswith("leak_lightning.callbacks")], user
-    import leak_lightning.callbacks.checkpointing as callbacks
-    from leak_lightning import checkpoint_io
+    above = ("leak_lightning.training.callbacks", "leak_lightning.inference.export", "leak_lightning.inference.predict",
+             "leak_lightning.cli",
+             "leak_lightning.cli.leak_cli", "leak_lightning.training.module")
+    assert not [m for m in graph["leak_lightning.checkpoint.io"] if m.startswith(above)]
+    for user in ("leak_lightning.inference.export", "leak_lightning.inference.predict", "leak_lightning.cli.leak_cli"):
+        assert "leak_lightning.checkpoint.io" in graph[user], user
+    # no callback is a utility library
+    for user in ("leak_lightning.inference.export", "leak_lightning.inference.predict"):
+        assert not [m for m in graph[user] if m.startswith("leak_lightning.training.callbacks")], user
+    import leak_lightning.training.callbacks.checkpointing as callbacks
+    from leak_lightning.checkpoint import io as checkpoint_io
 
     for name in ("AtomicCheckpointIO", "read_checkpoint", "newest_valid_checkpoint", "resolve_ckpt_path"):
-        assert getattr(checkpoint_io, name).__module__ == "leak_lightning.checkpoint_io"
+        assert getattr(checkpoint_io, name).__module__ == "leak_lightning.checkpoint.io"
         assert not hasattr(callbacks, name), name
 
 

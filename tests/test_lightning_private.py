@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from leak_lightning import lightning_private as lp
+from leak_lightning.runtime import lightning_private as lp
 
-PACKAGE = Path(lp.__file__).parent
+PACKAGE = Path(lp.__file__).parents[1]  # leak_lightning/
 
 
 @pytest.mark.parametrize("item", lp.USED, ids=lambda i: f"{i.owner}.{i.name}")

@@ -13,8 +13,17 @@ import time
 import pytest
 from helpers.files import REPO, data_args
 
-from leak_lightning import __version__, logs
-from leak_lightning.logs import RED, RESET, YELLOW, ElapsedTimeFormatter, bytes_human, resolve_level, setup_logging
+from leak_lightning import __version__
+from leak_lightning.runtime import logs
+from leak_lightning.runtime.logs import (
+    RED,
+    RESET,
+    YELLOW,
+    ElapsedTimeFormatter,
+    bytes_human,
+    resolve_level,
+    setup_logging,
+)
 
 
 def record(level=logging.INFO, msg="hello %s", args=("world",), **extra) -> logging.LogRecord:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers.models import classifier
 
-from leak_lightning.features import FeatureConfig
+from leak_lightning.audio.features import FeatureConfig
 from leak_lightning.models import LeakCNN
 from leak_lightning.models.augment import Augmentation
 

@@ -17,7 +17,7 @@ import torch
 from helpers.files import REPO, make_origin, one_error, tone, write_wav
 
 from leak_lightning.audio.decode import ClipSpec, SkipFile, WindowReader, WindowSource, read_clip
-from leak_lightning.features import FeatureConfig, LogMelFrontend
+from leak_lightning.audio.features import FeatureConfig, LogMelFrontend
 
 FEATURES = FeatureConfig()
 SPEC = ClipSpec.of(FEATURES)
@@ -123,7 +123,7 @@ def test_float_levels_are_skipped_with_their_own_reason(tmp_path):
 
 def test_build_and_predict_read_the_same_odd_files_the_same_way(tmp_path, trained_run):
     from leak_lightning.builder.build import build_dataset
-    from leak_lightning.predict import LeakDetector
+    from leak_lightning.inference.predict import LeakDetector
 
     make_origin(tmp_path / "in", per_label=2)
     leak = tmp_path / "in" / "TRAINING" / "LEAK"

@@ -9,8 +9,8 @@ import torch
 from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator
 
-from leak_lightning.evaluation import decision_basis, file_decisions
-from leak_lightning.plots import report_figures
+from leak_lightning.training.evaluation import decision_basis, file_decisions
+from leak_lightning.training.plots import report_figures
 
 NAMES = ["NO_LEAK", "NOISE", "LEAK"]
 LEAK = 2

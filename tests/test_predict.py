@@ -10,7 +10,7 @@ import soundfile as sf
 from helpers.files import REPO, cli_exit, data_args, one_error, tone, write_wav
 
 from leak_lightning.cli import main
-from leak_lightning.predict import Prediction, SensorRule, summarise_sensors
+from leak_lightning.inference.predict import Prediction, SensorRule, summarise_sensors
 
 
 def predict(h5, run, target, out_dir, *extra) -> dict[str, dict]:

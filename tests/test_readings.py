@@ -14,12 +14,12 @@ import pytest
 import torch
 from helpers.models import classifier
 
-from leak_lightning import adapt
-from leak_lightning.checkpoint_io import migrate_state, read_checkpoint
-from leak_lightning.contract import SECTION, binding_digest, check_integrity
-from leak_lightning.evaluation import sweep
+from leak_lightning.checkpoint.contract import SECTION, binding_digest, check_integrity
+from leak_lightning.checkpoint.io import migrate_state, read_checkpoint
+from leak_lightning.inference import adapt
 from leak_lightning.models.decision import DecisionOptions, DecisionRule, reading_state
-from leak_lightning.module import LeakClassifier
+from leak_lightning.training.evaluation import sweep
+from leak_lightning.training.module import LeakClassifier
 
 # A faint leak under passing noise: a leak's 10 windows all sit at 0.305 (steady, low); a recording without a leak
 # has half its windows at 0.905 (traffic) and half at 0.0.
@@ -248,7 +248,7 @@ def test_fractions_from_a_config_list_become_a_tuple():
 def test_the_cli_takes_the_candidates(small_h5, tmp_path):
     from helpers.files import REPO, data_args
 
-    from leak_lightning.training_cli import LeakCLI
+    from leak_lightning.cli.leak_cli import LeakCLI
 
     cli = LeakCLI(run=False, args=["--config", str(REPO / "configs/demo_frame.yaml"), *data_args(small_h5),
                                    "--trainer.default_root_dir", str(tmp_path), "--model.decision.aggregation", "auto",
@@ -261,7 +261,7 @@ def test_the_report_figures_describe_the_reading_not_the_options():
     import matplotlib
 
     matplotlib.use("Agg")
-    from leak_lightning.callbacks.reports import report_figures
+    from leak_lightning.training.callbacks.reports import report_figures
 
     model = classifier(["OTHER", "LEAK"])  # options: "auto", vote_fraction 0.5; the state below reads the floor
     model.decision.reading.copy_(reading_state("vote", 0.9))
@@ -284,7 +284,7 @@ def test_the_report_figures_describe_the_reading_not_the_options():
 
 
 def test_auto_is_no_reading_of_its_own():
-    from leak_lightning.evaluation import decision_basis, file_decisions
+    from leak_lightning.training.evaluation import decision_basis, file_decisions
 
     with pytest.raises(ValueError, match="aggregation 'auto' is not a reading of the windows: use 'vote' or 'mean'"):
         file_decisions(FLOOR, torch.tensor([0.5]), "auto")

@@ -12,14 +12,14 @@ import torch
 from helpers.files import REPO, data_args, tone, write_wav
 from torchmetrics.functional.classification import binary_auroc
 
-from leak_lightning.features import FeatureConfig
+from leak_lightning.audio.features import FeatureConfig
 from leak_lightning.models import RecordingNet
 from leak_lightning.models.augment import Augmentation, SpectrumAugment
 from leak_lightning.models.recording import PooledFrames
 
 
 def recording_model(names=("A", "LEAK", "C"), seed: int = 0, **net):
-    from leak_lightning.module import LeakClassifier
+    from leak_lightning.training.module import LeakClassifier
 
     torch.manual_seed(seed)
     f = FeatureConfig()
@@ -80,7 +80,7 @@ def test_a_background_is_a_whole_recording_mixed_frame_by_frame():
 
 
 def test_a_long_recording_decides_as_its_windows_pooled_whole(tmp_path):
-    from leak_lightning.predict import LeakDetector
+    from leak_lightning.inference.predict import LeakDetector
 
     model = recording_model()
     rng = np.random.default_rng(0)
@@ -109,7 +109,7 @@ def test_a_long_recording_decides_as_its_windows_pooled_whole(tmp_path):
 
 
 def test_every_window_has_its_seconds(tmp_path):
-    from leak_lightning.predict import LeakDetector, write_csv
+    from leak_lightning.inference.predict import LeakDetector, write_csv
 
     model = recording_model()
     model.prepare_predict()
@@ -139,8 +139,8 @@ def recording_run(small_h5, tmp_path_factory):
 
 @pytest.mark.slow
 def test_every_command_speaks_the_recording_model(small_h5, recording_run, site, tmp_path, run_cli):
-    from leak_lightning.checkpoint_io import read_checkpoint
-    from leak_lightning.predict import LeakDetector
+    from leak_lightning.checkpoint.io import read_checkpoint
+    from leak_lightning.inference.predict import LeakDetector
 
     ckpt = recording_run / "checkpoints" / "best.ckpt"
     raw, _ = read_checkpoint(ckpt)
@@ -274,7 +274,7 @@ def test_two_ddp_ranks_train_and_validate_the_recording_model_as_one_process(sma
 def test_adapt_takes_a_tie_for_the_recording_model_and_keeps_it_for_the_frame_model():
     from helpers.models import classifier
 
-    from leak_lightning.adapt import refit_rule, tie_policy
+    from leak_lightning.inference.adapt import refit_rule, tie_policy
     from leak_lightning.models.decision import DecisionOptions, DecisionRule
 
     windows = [torch.tensor([0.9])] * 4 + [torch.tensor([0.1])] * 16  # one number each: the base rule is perfect

@@ -135,7 +135,7 @@ def test_sigint_during_a_checkpoint_save(small_h5, tmp_path):
 
 
 def test_sigkill_during_a_save_leaves_the_previous_checkpoint_loadable(small_h5, tmp_path):
-    from leak_lightning.checkpoint_io import checkpoint_problem
+    from leak_lightning.checkpoint.io import checkpoint_problem
 
     ready = tmp_path / "ready"
     plugin = json.dumps({"class_path": "helpers.SlowCheckpointIO", "init_args": {"ready": str(ready), "nth": 3}})
@@ -188,7 +188,7 @@ def group_gone(pgid: int, timeout: float = 60) -> bool:
 
 @pytest.mark.parametrize("to_group", [False, True], ids=["rank0-only", "whole-group"])
 def test_ddp_interrupt_does_not_hang(small_h5, tmp_path, to_group):
-    from leak_lightning.checkpoint_io import checkpoint_problem
+    from leak_lightning.checkpoint.io import checkpoint_problem
 
     ready = tmp_path / "ready"
     # ranks vote every 2 batches (and at an epoch's last): a signal at step 3 stops them at step 4
@@ -275,7 +275,7 @@ def test_a_damaged_last_falls_back_to_best_and_resumes_to_the_end(small_h5, tmp_
 def test_early_stopping_waits_for_an_epoch_with_validation_but_not_for_a_misspelt_monitor():
     from types import SimpleNamespace
 
-    from leak_lightning.callbacks.checkpointing import LeakEarlyStopping
+    from leak_lightning.training.callbacks.checkpointing import LeakEarlyStopping
 
     es = LeakEarlyStopping(monitor="val/loss", mode="min")
     trainer = SimpleNamespace(callback_metrics={})

@@ -11,8 +11,8 @@ import torch
 from helpers.files import REPO, data_args
 from helpers.models import classifier
 
+from leak_lightning.audio.features import FeatureConfig, LogMelFrontend
 from leak_lightning.data.batches import CachedSplit, TrainBatches
-from leak_lightning.features import FeatureConfig, LogMelFrontend
 from leak_lightning.models.augment import Augmentation, SpectrumAugment
 
 CFG = FeatureConfig()
@@ -117,7 +117,7 @@ def test_balanced_sampling_beyond_multinomials_category_limit():
 
 
 def test_pos_weight_auto_and_balance_from_the_cli(small_h5, tmp_path, ll_records):
-    from leak_lightning.training_cli import LeakCLI
+    from leak_lightning.cli.leak_cli import LeakCLI
 
     cli = LeakCLI(args=["fit", "--config", str(REPO / "configs/demo_frame.yaml"), *data_args(small_h5),
                         "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path),
@@ -139,7 +139,7 @@ def test_the_threshold_comes_with_its_validation_precision_recall_and_calibratio
 
 
 def test_a_tiny_validation_set_warns_about_the_threshold(ll_records):
-    from leak_lightning.evaluation import FileScores
+    from leak_lightning.training.evaluation import FileScores
 
     model = classifier(features=CFG)
     truth = torch.tensor([True] * 4 + [False] * 16)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from helpers.files import REPO, data_args, start_paused, tone, write_wav
 
-from leak_lightning.predict import (
+from leak_lightning.inference.predict import (
     Prediction,
     SensorRule,
     finish_outputs,
@@ -239,8 +239,8 @@ def _announce(ready: str) -> None:
 
 def run_paused_predict(ready: str, argv: list[str]) -> None:
     """`python -m leak_lightning predict ARGV` that holds after the first of its two renames into place."""
-    from leak_lightning import predict
     from leak_lightning.cli import main
+    from leak_lightning.inference import predict
 
     publish, moved = predict._publish, []
 
@@ -295,7 +295,7 @@ def test_a_predict_killed_between_its_two_renames_leaves_a_pair_the_next_predict
 def test_predict_makes_a_half_moved_pair_whole_before_it_scores(tmp_path):
     from types import SimpleNamespace
 
-    from leak_lightning.callbacks.predictions import PredictionWriter
+    from leak_lightning.training.callbacks.predictions import PredictionWriter
 
     out = tmp_path / "predictions.csv"
     _write(tmp_path, out.name, "SOLD")

@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 from helpers.files import REPO, make_pool, tone, write_wav
 
-from leak_lightning.fileio import (
+from leak_lightning.runtime.fileio import (
     check_writable_file,
     remove_stale_temporaries,
     replacing,
     write_atomic,
 )
-from leak_lightning.rundir import DataLock, FolderLock, check_writable
+from leak_lightning.runtime.rundir import DataLock, FolderLock, check_writable
 
 
 def _nobody() -> pwd.struct_passwd | None:
@@ -162,8 +162,8 @@ def test_a_plain_open_inside_replacing_is_safe(shared, victim):
 
 
 def test_the_hdf5_temporary_ignores_a_link_at_its_old_name(shared, victim):
+    from leak_lightning.audio.features import FeatureConfig
     from leak_lightning.builder.writer import SplitWriter
-    from leak_lightning.features import FeatureConfig
 
     links = [plant(shared, name, victim) for name in old_temporaries("TRAINING_DATASET.H5")]
     cfg = FeatureConfig(n_mels=8)

@@ -17,7 +17,7 @@ CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_fast_dev_run_of_every_config(config, small_h5, tmp_path):
-    from leak_lightning.training_cli import LeakCLI
+    from leak_lightning.cli.leak_cli import LeakCLI
 
     cli = LeakCLI(args=["fit", "--config", str(config), *data_args(small_h5), "--trainer.fast_dev_run", "true",
                         "--trainer.default_root_dir", str(tmp_path), "--data.batch_size", "256"])
@@ -163,8 +163,9 @@ def test_ddp_fit_with_uneven_validation_shares(small_h5, tmp_path, run_cli, cach
 @pytest.mark.slow
 @pytest.mark.parametrize("config", ["configs/demo.yaml", "configs/demo_frame.yaml"], ids=["recording", "frame"])
 def test_demo_config_learns_the_synthetic_task(tmp_path, run_cli, config):
+    from synthetic import make_dataset
+
     from leak_lightning.builder.build import build_dataset
-    from leak_lightning.synthetic import make_dataset
 
     make_dataset(tmp_path / "wav", layout="origin", files_per_label=60, sensors_per_label=12, seed=0)
     build_dataset(tmp_path / "wav", tmp_path / "data", progress=False)
@@ -264,7 +265,7 @@ def test_the_module_compiles_its_network_when_asked(monkeypatch):
 
 
 def test_fused_adamw_is_the_same_update_and_off_by_default_on_cpu(small_h5, tmp_path):
-    from leak_lightning.training_cli import LeakCLI
+    from leak_lightning.cli.leak_cli import LeakCLI
 
     def one_step(*extra: str):
         cli = LeakCLI(run=False, args=[

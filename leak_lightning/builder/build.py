@@ -16,11 +16,11 @@ from typing import Literal
 import torch
 from tqdm import tqdm
 
+from ..audio.features import FeatureConfig
 from ..audio.scan import printable
 from ..data import schema
-from ..features import FeatureConfig
-from ..fileio import remove_stale_temporaries
-from ..rundir import DataLock, FolderLock
+from ..runtime.fileio import remove_stale_temporaries
+from ..runtime.rundir import DataLock, FolderLock
 from .discover import SPLITS, discover, label_mapping
 from .pipeline import BatchBuilder, SplitResult
 from .shards import (
@@ -282,7 +282,7 @@ def _building(output: Path):
 def _check_free_space(output: Path, files: int, cfg: FeatureConfig) -> None:
     """Refuse a build the disk cannot hold before spending hours on it (the old dataset stays until
     the new one is complete, so the new one needs its full size)."""
-    from ..logs import bytes_human
+    from ..runtime.logs import bytes_human
 
     per_file = cfg.num_long * cfg.num_short * cfg.n_mels * cfg.t_frames * 2 + 128  # float16 + chunk index, path
     need = int(files * per_file * 1.02) + 2**18
@@ -343,7 +343,7 @@ def _drop_conflicts(writer: SplitWriter, result: SplitResult, rows: dict[int, di
 
 
 def _log_summary(s: BuildSummary) -> None:
-    from ..logs import bytes_human
+    from ..runtime.logs import bytes_human
 
     for split, path in s.outputs.items():
         log.info("%-10s %6d files %9d segments %10s  %s", split, s.files[split], s.segments[split],

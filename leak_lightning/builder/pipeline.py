@@ -20,8 +20,8 @@ import torch
 from tqdm import tqdm
 
 from ..audio.decode import ClipSpec
+from ..audio.features import FeatureConfig, LogMelFrontend
 from ..audio.scan import printable
-from ..features import FeatureConfig, LogMelFrontend
 from .discover import WavItem
 from .workers import DecoderPool
 from .writer import SplitWriter

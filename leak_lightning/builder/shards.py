@@ -35,10 +35,10 @@ from pathlib import Path
 
 import h5py
 
+from ..audio.features import FeatureConfig
 from ..data import schema
-from ..features import FeatureConfig
-from ..fileio import fsync_dir, replacing, write_atomic
-from ..rundir import DataLock, FolderLock
+from ..runtime.fileio import fsync_dir, replacing, write_atomic
+from ..runtime.rundir import DataLock, FolderLock
 from .discover import SPLITS, WavItem
 from .pipeline import ContentIndex
 from .writer import SplitWriter, publish, write_reports

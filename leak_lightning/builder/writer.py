@@ -12,9 +12,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..audio.features import FeatureConfig
 from ..data import schema
-from ..features import FeatureConfig
-from ..fileio import check_output_name, fsync_dir, make_private, remove_private, write_atomic
+from ..runtime.fileio import check_output_name, fsync_dir, make_private, remove_private, write_atomic
 
 UNCLOSED: list[Path] = []  # temporaries HDF5 could not close (see SplitWriter.discard)
 

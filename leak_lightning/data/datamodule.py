@@ -15,9 +15,9 @@ import torch
 
 from ..audio.decode import ClipSpec
 from ..audio.scan import AUDIO_SUFFIXES, printable
-from ..contract import ModelContract
-from ..logs import bytes_human, parse_bytes
-from ..rundir import DataLock, command_line
+from ..checkpoint.contract import ModelContract
+from ..runtime.logs import bytes_human, parse_bytes
+from ..runtime.rundir import DataLock, command_line
 from .batches import CachedSplit, EvalBatches, TrainBatches, files_per_batch, to_cached
 from .h5 import (
     SplitInfo,

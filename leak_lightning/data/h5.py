@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import torch
 
-from ..features import FeatureConfig
+from ..audio.features import FeatureConfig
 from . import schema
 
 

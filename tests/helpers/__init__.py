@@ -8,8 +8,8 @@ from pathlib import Path
 
 import lightning as L
 
-from leak_lightning.callbacks.interrupt import GracefulInterrupt
-from leak_lightning.checkpoint_io import AtomicCheckpointIO
+from leak_lightning.checkpoint.io import AtomicCheckpointIO
+from leak_lightning.training.callbacks.interrupt import GracefulInterrupt
 
 
 def _announce(ready: str) -> None:
@@ -149,8 +149,8 @@ def _hold(ready: str) -> None:
 
 def run_paused_export(ready: str, argv: list[str], where: str) -> None:
     """`python -m leak_lightning export ARGV` that holds just before or just after its files are committed."""
-    from leak_lightning import export
     from leak_lightning.cli import main
+    from leak_lightning.inference import export
 
     commit = export._commit
 

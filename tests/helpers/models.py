@@ -6,9 +6,9 @@ from dataclasses import asdict
 
 
 def classifier(names=("A", "LEAK", "C"), features=None, net: dict | None = None, **kw):
-    from leak_lightning.features import FeatureConfig
+    from leak_lightning.audio.features import FeatureConfig
     from leak_lightning.models import LeakCNN
-    from leak_lightning.module import LeakClassifier
+    from leak_lightning.training.module import LeakClassifier
 
     f = features or FeatureConfig()
     cnn = LeakCNN(len(names), f.n_mels, f.t_frames, **(net or {}))

@@ -12,19 +12,19 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from .checkpoint_io import (
+from ..checkpoint.contract import ModelContract, default_output, run_dir_of
+from ..checkpoint.io import (
     AtomicCheckpointIO,
     default_checkpoint,
     last_checkpoint_note,
     refuse_to_replace_a_run,
     resolve_ckpt_path,
 )
-from .contract import ModelContract, default_output, run_dir_of
-from .distributed import claim_report, watch_ranks
-from .fileio import check_output_name, check_writable_file, remove_stale_temporaries
-from .logs import LEVELS, process_rank, setup_logging
-from .predict import sensors_csv
-from .rundir import DEFAULT_RUN_DIR, FolderLock, check_writable, checkpoint_dir
+from ..inference.predict import sensors_csv
+from ..runtime.distributed import claim_report, watch_ranks
+from ..runtime.fileio import check_output_name, check_writable_file, remove_stale_temporaries
+from ..runtime.logs import LEVELS, process_rank, setup_logging
+from ..runtime.rundir import DEFAULT_RUN_DIR, FolderLock, check_writable, checkpoint_dir
 
 log = logging.getLogger(__name__)
 MONITOR = "val/file_leak_f1"
@@ -34,8 +34,8 @@ class LeakCLI(LightningCLI):
     """LightningCLI with the data → model links, checkpoint/early-stopping groups and CUDA defaults."""
 
     def __init__(self, *args, **kwargs) -> None:
-        from .data.datamodule import LeakDataModule
-        from .module import LeakClassifier
+        from ..data.datamodule import LeakDataModule
+        from ..training.module import LeakClassifier
 
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         self.contract: ModelContract | None = None  # what --ckpt_path was trained on
@@ -77,11 +77,11 @@ class LeakCLI(LightningCLI):
                               ("t_frames", lambda dm: dm.features.t_frames)):
             parser.link_arguments("data", f"model.net.init_args.{attr}", apply_on="instantiate",
                                   compute_fn=lambda dm, compute=compute: compute(self._bound(dm)))
-        from .callbacks.checkpointing import LeakCheckpoint, LeakEarlyStopping
-        from .callbacks.console import ConsoleLogger
-        from .callbacks.interrupt import GracefulInterrupt
-        from .callbacks.predictions import PredictionWriter
-        from .callbacks.reports import ReportWriter
+        from ..training.callbacks.checkpointing import LeakCheckpoint, LeakEarlyStopping
+        from ..training.callbacks.console import ConsoleLogger
+        from ..training.callbacks.interrupt import GracefulInterrupt
+        from ..training.callbacks.predictions import PredictionWriter
+        from ..training.callbacks.reports import ReportWriter
 
         parser.add_lightning_class_args(LeakCheckpoint, "checkpoint")
         parser.add_lightning_class_args(LeakEarlyStopping, "early_stopping")
@@ -128,7 +128,7 @@ class LeakCLI(LightningCLI):
             check_writable(root)
             for key in ("train_h5", "val_h5"):  # before the run directory is claimed
                 if cfg["data"].get(key) and not Path(cfg["data"][key]).exists():
-                    from .data.h5 import read_info
+                    from ..data.h5 import read_info
 
                     read_info(cfg["data"][key])  # raises: not found, with the fix
             self._claim(cfg, root)
@@ -244,7 +244,7 @@ class LeakCLI(LightningCLI):
             trainer["benchmark"] = True
 
     def instantiate_trainer(self, **kwargs):
-        from .callbacks.checkpointing import LeakCheckpoint, LeakEarlyStopping
+        from ..training.callbacks.checkpointing import LeakCheckpoint, LeakEarlyStopping
 
         config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         if not config.get("plugins"):  # atomic checkpoint writes unless the user brings a CheckpointIO

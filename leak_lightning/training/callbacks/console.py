@@ -11,9 +11,9 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from .. import __version__
-from ..fileio import open_own
-from ..logs import START, ElapsedTimeFormatter, bytes_human, seconds_since_process_start
+from ... import __version__
+from ...runtime.fileio import open_own
+from ...runtime.logs import START, ElapsedTimeFormatter, bytes_human, seconds_since_process_start
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .features import FeatureConfig
+from ..audio.features import FeatureConfig
 
 # the `leak_lightning` section of a checkpoint; bump when its meaning changes. 2: the model is built from
 # net/optimizer/scheduler config and its decision buffers sit under `decision.` (format 1 is migrated on load)

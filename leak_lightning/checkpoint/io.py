@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO  # listed in lightning_private.py
 
+from ..audio.features import FeatureConfig
+from ..models.decision import reading_state
+from ..runtime.fileio import fsync_dir, replacing
+from ..runtime.logs import bytes_human
+from ..runtime.rundir import checkpoint_dir, resume_command
 from .contract import ModelContract
-from .features import FeatureConfig
-from .fileio import fsync_dir, replacing
-from .logs import bytes_human
-from .models.decision import reading_state
-from .rundir import checkpoint_dir, resume_command
 
 log = logging.getLogger(__name__)
 

@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio.scan import AUDIO_SUFFIXES, printable, scan_audio
-from .checkpoint_io import AtomicCheckpointIO, current_hparams, migrate_state, read_checkpoint
-from .contract import CHECKPOINT_FORMAT, DATA_STATE, SECTION, binding_digest, default_output
-from .evaluation import decision_counts
-from .fileio import check_writable_file, file_digest, foreign, name_max, write_atomic
-from .models.decision import DecisionOptions, DecisionRule
-from .rundir import FolderLock
+from ..audio.scan import AUDIO_SUFFIXES, printable, scan_audio
+from ..checkpoint.contract import CHECKPOINT_FORMAT, DATA_STATE, SECTION, binding_digest, default_output
+from ..checkpoint.io import AtomicCheckpointIO, current_hparams, migrate_state, read_checkpoint
+from ..models.decision import DecisionOptions, DecisionRule
+from ..runtime.fileio import check_writable_file, file_digest, foreign, name_max, write_atomic
+from ..runtime.rundir import FolderLock
+from ..training.evaluation import decision_counts
 
 log = logging.getLogger(__name__)
 MIN_PER_SIDE = 3  # leak and non-leak recordings each: the fewest that cross-validate a threshold at all
@@ -49,7 +49,7 @@ class SiteRecording:
 
 def site_segments(det, path: Path) -> torch.Tensor:
     """The log-mel segments of a recording's non-silent windows, as the model sees them (float16 values)."""
-    from .audio.decode import WindowReader
+    from ..audio.decode import WindowReader
 
     parts = [det.model.segments_of(torch.from_numpy(w[~s]).to(det.device))
              for w, s in WindowReader(path, det.spec) if (~s).any()]
@@ -379,8 +379,8 @@ def _training_key(det, path: Path, label: str, kind: str) -> int | None:
     """A recording's digest as the builder keeps it in a split: of its decoded clip ("audio"), or of its file name
     and label ("name", splits built before audio digests)."""
     if kind == "audio":
-        from .audio.decode import clip_or_reason
-        from .builder.workers import audio_digest
+        from ..audio.decode import clip_or_reason
+        from ..builder.workers import audio_digest
 
         clip = clip_or_reason(path, det.spec)
         return None if isinstance(clip, str) else audio_digest(clip.samples)

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
-from .contract import default_output
-from .features import FeatureConfig, LogMelFrontend
-from .fileio import (
+from .. import __version__
+from ..audio.features import FeatureConfig, LogMelFrontend
+from ..checkpoint.contract import default_output
+from ..runtime.fileio import (
     check_free_space,
     exchange,
     fsync_dir,
@@ -39,7 +39,7 @@ from .fileio import (
     remove_stale_temporaries,
     write_atomic,
 )
-from .rundir import FolderLock
+from ..runtime.rundir import FolderLock
 
 log = logging.getLogger(__name__)
 EXPORT_FORMAT = 1  # the sidecar's layout
@@ -251,8 +251,8 @@ def _write_failed(err: Exception, folder: Path) -> ValueError:
 def export(ckpt_path: str | Path, fmt: str = "onnx", with_frontend: bool = False,
            output: str | Path | None = None) -> dict:
     """Write the export(s) and the sidecar as one set; return the sidecar (it names the files and their parity)."""
-    from .checkpoint_io import read_checkpoint
-    from .module import LeakClassifier
+    from ..checkpoint.io import read_checkpoint
+    from ..training.module import LeakClassifier
 
     ckpt_path = Path(ckpt_path)
     folder = Path(output) if output else default_output(ckpt_path, "export")
@@ -394,7 +394,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def run_export(argv: list[str]) -> int:
-    from .logs import fail_line, setup_logging
+    from ..runtime.logs import fail_line, setup_logging
 
     parser = _Parser(prog="python -m leak_lightning export",
                      description="Export a checkpoint as ONNX or TorchScript with a JSON sidecar.")

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio.decode import BAND_LIMITED, OUT_OF_RANGE, SILENT, ClipSpec, WindowReader, WindowSource, reason_of
-from .audio.scan import printable
-from .fileio import TMP_MARK, check_output_name, fsync_dir, pid_alive, remove_stale_temporaries, write_atomic
+from ..audio.decode import BAND_LIMITED, OUT_OF_RANGE, SILENT, ClipSpec, WindowReader, WindowSource, reason_of
+from ..audio.scan import printable
+from ..runtime.fileio import TMP_MARK, check_output_name, fsync_dir, pid_alive, remove_stale_temporaries, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -392,8 +392,8 @@ class LeakDetector:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto") -> LeakDetector:
-        from .checkpoint_io import read_checkpoint
-        from .module import LeakClassifier
+        from ..checkpoint.io import read_checkpoint
+        from ..training.module import LeakClassifier
 
         ckpt, _ = read_checkpoint(path, "checkpoint")  # refuses foreign files and newer formats in one line
         dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else

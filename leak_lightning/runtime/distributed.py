@@ -39,7 +39,7 @@ def _how(code: int) -> str:
 def _lost_rank(observer) -> None:
     """The observer found a dead child rank: stop the others as Lightning does, then report once and exit 2
     (unless rank 0's main thread is already reporting; it then exits 2 itself)."""
-    from .checkpoint_io import last_checkpoint_note
+    from ..checkpoint.io import last_checkpoint_note
     from .logs import fail_line
 
     for proc in observer._child_processes:

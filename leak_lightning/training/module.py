@@ -23,7 +23,9 @@ from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MultilabelAUROC, MultilabelAveragePrecision, MultilabelF1Score
 
-from .checkpoint_io import (
+from ..audio.features import FeatureConfig, LogMelFrontend
+from ..checkpoint.contract import SECTION, ModelContract, binding_digest
+from ..checkpoint.io import (
     current_hparams,
     load_checkpoint,
     migrate_state,
@@ -31,7 +33,11 @@ from .checkpoint_io import (
     safe_unpickling,
     unusable,
 )
-from .contract import SECTION, ModelContract, binding_digest
+from ..models.augment import Augmentation, SpectrumAugment
+from ..models.compiled import CompiledNet, CompileOptions
+from ..models.decision import DecisionOptions, DecisionRule, SegmentTable
+from ..models.optim import AdamW, CosineToEnd
+from ..models.recording import PooledFrames
 from .evaluation import (
     DEFAULT_GRID,
     FileScores,
@@ -39,12 +45,6 @@ from .evaluation import (
     file_metrics,
     score_files,
 )
-from .features import FeatureConfig, LogMelFrontend
-from .models.augment import Augmentation, SpectrumAugment
-from .models.compiled import CompiledNet, CompileOptions
-from .models.decision import DecisionOptions, DecisionRule, SegmentTable
-from .models.optim import AdamW, CosineToEnd
-from .models.recording import PooledFrames
 
 log = logging.getLogger(__name__)
 _NO_SCALER = ("32-true", "32", "bf16-mixed", "bf16-true", "64-true", "64")

@@ -18,7 +18,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from ..rundir import checkpoint_dir, resume_command
+from ...runtime.rundir import checkpoint_dir, resume_command
 
 log = logging.getLogger(__name__)
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}

@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
-from ..fileio import file_digest, write_atomic
+from ...runtime.fileio import file_digest, write_atomic
 
 log = logging.getLogger(__name__)
 

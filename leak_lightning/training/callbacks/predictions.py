@@ -7,8 +7,16 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from ..audio.scan import printable
-from ..predict import Prediction, SensorRule, finish_outputs, sensors_csv, summarise, summarise_sensors, write_outputs
+from ...audio.scan import printable
+from ...inference.predict import (
+    Prediction,
+    SensorRule,
+    finish_outputs,
+    sensors_csv,
+    summarise,
+    summarise_sensors,
+    write_outputs,
+)
 
 __all__ = ["PredictionWriter", "sensors_csv"]
 

@@ -13,8 +13,8 @@ import signal
 import sys
 from pathlib import Path
 
-from . import __version__
-from .logs import fail_line, setup_logging
+from .. import __version__
+from ..runtime.logs import fail_line, setup_logging
 
 log = logging.getLogger("leak_lightning.cli")
 
@@ -61,7 +61,7 @@ def function_command(name: str, fn, description: str, argv: list[str], every_ran
 
 
 def run_adapt(argv: list[str]) -> int:
-    from .adapt import adapt_checkpoint
+    from ..inference.adapt import adapt_checkpoint
 
     kwargs = function_command("adapt", adapt_checkpoint, "Adapt a trained detector's decision rule to a new site.",
                               argv)
@@ -91,7 +91,7 @@ def _raise_interrupt(signum, frame) -> None:
 
 
 def run_build(argv: list[str]) -> int:
-    from .builder.build import build_dataset
+    from ..builder.build import build_dataset
 
     kwargs = function_command("build", build_dataset,
                               "Build TRAINING/VALIDATION/TESTING_DATASET.H5 from WAV folders.", argv,
@@ -112,7 +112,7 @@ def run_build(argv: list[str]) -> int:
         log.error("%s: %s while writing the dataset; nothing was replaced (an earlier dataset there is intact) "
                   "and the temporary files were removed; free space or choose another --output",
                   kwargs.get("output"), reason)
-        from .builder.writer import UNCLOSED
+        from ..builder.writer import UNCLOSED
 
         if UNCLOSED:  # h5py would crash freeing the half-closed file at exit: leave without freeing it
             logging.shutdown()
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     if args[0] == "build":
         sys.exit(run_build(args[1:]))
     if args[0] == "export":
-        from .export import run_export
+        from ..inference.export import run_export
 
         sys.exit(run_export(args[1:]))
     if args[0] == "adapt":
@@ -150,9 +150,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     from argparse import ArgumentError
 
-    from .logs import quiet_lightning
-    from .rundir import FolderLock
-    from .training_cli import LeakCLI
+    from ..runtime.logs import quiet_lightning
+    from ..runtime.rundir import FolderLock
+    from .leak_cli import LeakCLI
 
     quiet_lightning()  # Lightning's notices and the warnings about choices the CLI makes on purpose
     try:
