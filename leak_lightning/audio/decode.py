@@ -3,7 +3,7 @@
 Runs inside the builder's decoder processes, so it imports neither torch nor the frontend at
 module level: a worker that never resamples starts in a fraction of a second.
 
-Quality flags (DESIGN.md, "Recording quality"): `silent` (digital silence or a constant: a
+Quality flags (docs/design.md, "Recording quality"): `silent` (digital silence or a constant: a
 dead sensor, or a stereo pair that cancels in the downmix), `clipped` (at least 1 % of the
 samples at full scale), `out_of_range` (float samples beyond ±1: wrongly scaled, e.g. to
 ±32767), `truncated` (fewer frames than the container declares). The builder skips silent and
@@ -76,15 +76,15 @@ class Clip(NamedTuple):
     flags: tuple[str, ...]
 
 
-# Integer PCM is read as integers and scaled here: libsndfile's own int→float conversion
-# ran at ~6,500 files/s against ~15,000 for int16 reads (10 s, 4096 Hz clips, one core).
-# The scale is libsndfile's (divide by 0x8000 / 0x80000000), so the values are identical.
+# Integer PCM is read as integers and scaled here: faster than libsndfile's own int→float conversion
+# (scripts/benchmark_kernels.py, "int16 reads"). The scale is libsndfile's (divide by 0x8000 / 0x80000000),
+# so the values are identical.
 _INT_READS = {"PCM_16": ("int16", 1 / 2**15), "PCM_24": ("int32", 1 / 2**31),
               "PCM_32": ("int32", 1 / 2**31)}
 
-# torchaudio's polyphase sinc kernel needs orig/gcd(orig, new) taps per output sample:
-# 48 kHz → 4096 Hz is 375 (1.5 ms a 10 s clip) but 44.1 kHz → 4096 Hz is 11,025 (38 ms).
-# Above this many taps the FFT method is used instead (7 ms, same error on a test tone).
+# torchaudio's polyphase sinc kernel needs orig/gcd(orig, new) taps per output sample: 48 kHz → 4096 Hz
+# is 375 but 44.1 kHz → 4096 Hz is 11,025. Above this many taps the FFT method (the same error on a test
+# tone) is used instead, being the faster one there (scripts/benchmark_kernels.py, "resample").
 _MAX_SINC_TAPS = 2048
 _resamplers: dict = {}  # per process; a worker decodes files one at a time
 
@@ -229,7 +229,7 @@ def is_silent(mono: np.ndarray) -> bool:
 
 def _downmix(raw: np.ndarray) -> np.ndarray:
     channels = raw.shape[1]
-    # A matrix-vector product downmixes ~10x faster than data.mean(axis=1) for 2 channels.
+    # a matrix-vector product: faster than data.mean(axis=1) (scripts/benchmark_kernels.py, "downmix")
     return raw @ np.full(channels, 1 / channels, dtype=np.float32) if channels > 1 else raw[:, 0]
 
 

@@ -174,8 +174,8 @@ def _summary(outputs: dict, files: dict[str, int], features: FeatureConfig, skip
 
 def _pipeline(device: str, num_workers: int | None, batch_size: int | None) -> tuple[torch.device, int, int, int]:
     """(device, this worker's cores, decoder processes, files per mel batch) from the options and the machine.
-    On CPU the cores are shared between decoders and the mel; measured on 2 cores, an intra-op pool on top of
-    the decoders oversubscribes them (~1,000 vs ~1,500 files/s)."""
+    On CPU the cores are shared between decoders and the mel: an intra-op pool on top of the decoders
+    oversubscribes them (scripts/benchmark_build.py --workers)."""
     dev = _resolve_device(device)
     cores = _cores()
     on_cpu = dev.type == "cpu"

@@ -1,8 +1,9 @@
 """Decoder processes that write clips straight into shared-memory batch buffers.
 
-Processes, not threads: soundfile makes several short GIL-releasing calls per file, and on
-16 cores + an H200 a thread pool stalled at ~1,700 files/s on GIL hand-offs while the GPU
-waited. Each worker takes a slice of a batch and fills rows of a buffer the parent created.
+Processes, not threads: soundfile makes several short GIL-releasing calls per file, and a thread
+pool stalled on GIL hand-offs while the GPU waited (measure with scripts/benchmark_build.py --workers,
+and scripts/gpu_check.sh on a GPU machine).
+Each worker takes a slice of a batch and fills rows of a buffer the parent created.
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ def audio_digest(samples: np.ndarray) -> int:
     Decoded samples rather than file bytes: a copy renamed, re-wrapped (other metadata chunks) or
     losslessly re-encoded (WAV → FLAC) is the same audio and must count as the same recording.
     """
-    # sha256 over the buffer in place (no copy): with the CPU's SHA instructions ~0.2 ms for a 10 s clip,
-    # where blake2b took 0.5 ms and a bytes copy 0.16 ms more (measured on this 2-core machine)
+    # sha256 over the buffer in place (no copy): the CPU's SHA instructions make it faster than blake2b
+    # (scripts/benchmark_kernels.py, "audio digest")
     raw = np.ascontiguousarray(samples, dtype=np.float32)
     return int.from_bytes(hashlib.sha256(raw).digest()[:8], "little")
 

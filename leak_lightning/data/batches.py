@@ -40,7 +40,8 @@ class CachedSplit:
     def gather(self, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows `index` (on segments' device) → (x, y) on `device`."""
         if self.segments.device.type == "cpu":
-            # numpy fancy indexing: torch.index_select with 2 threads on 2 vCPUs fell 70x (DESIGN.md)
+            # numpy fancy indexing: torch.index_select competes for the cores with torch's own threads
+            # (scripts/benchmark_kernels.py, "gather")
             idx = index.numpy()
             x = torch.from_numpy(self.segments.numpy()[idx])
             y = torch.from_numpy(self.targets.numpy()[idx // self.segments_per_file])

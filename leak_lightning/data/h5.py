@@ -285,8 +285,8 @@ def _check_values(info: SplitInfo, block: np.ndarray, first_row: int) -> None:
     """NaN/Inf, and dB values no recording can give with this frontend (a flipped exponent bit)."""
     lo, hi = info.features.db_range()
     if block.size:
-        # one vectorised pass (torch.aminmax: ~16 ms for 200 MB of float16, numpy's half-precision
-        # isfinite/min/max ~650 ms); NaN propagates into it. The per-row search runs only on failure.
+        # one vectorised pass (torch.aminmax: numpy's half-precision min/max is far slower, see
+        # scripts/benchmark_kernels.py "value check"); NaN propagates into it. The per-row search runs only on failure.
         low, high = (float(v) for v in torch.aminmax(torch.from_numpy(np.ascontiguousarray(block)).reshape(-1)))
         if lo <= low and high <= hi:
             return
@@ -306,8 +306,8 @@ def _check_values(info: SplitInfo, block: np.ndarray, first_row: int) -> None:
 def load_segments(info: SplitInfo, rows: int = 4096) -> np.ndarray:
     """All segments as float16 [N_seg, n_mels, T], checked (checksums, NaN/Inf, dB range).
 
-    Read `rows` file rows at a time into one array: HDF5 read a whole split of one-row chunks in one call with
-    ~0.4 GB of its own on top of a 1 GB split (100,000 files, benchmark_stream.py), and the checks took more."""
+    Read `rows` file rows at a time into one array: HDF5 reading a whole split of one-row chunks in one call holds
+    a large buffer of its own on top of the split, and the checks took more (scripts/benchmark_stream.py)."""
     out = np.empty((info.num_files, *info.segment_shape), dtype=np.float16)
     for lo in range(0, info.num_files, rows):
         hi = min(lo + rows, info.num_files)

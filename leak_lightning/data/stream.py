@@ -165,8 +165,8 @@ def stream_loader(split: StreamSplit, num_workers: int, pin_memory: bool) -> Dat
     # RNG, which would shift the masking RNG of a resumed run by one draw per loader started.
     gen = torch.Generator().manual_seed(epoch_seed(split.seed, split.epoch))
     # Forked workers, whatever the interpreter's default (spawn where a parent set it; forkserver from Python
-    # 3.14): a spawned worker imports torch again. Measured on 2 workers (benchmark_stream.py set-up, 20,000
-    # files): fork 0.90 GB peak PSS and 1.5 s an epoch, spawn 1.55 GB and 5.0 s. Workers only read HDF5
+    # 3.14): a spawned worker imports torch again, costing memory and start-up time each epoch
+    # (scripts/benchmark_stream.py measures a streamed epoch and its peak memory). Workers only read HDF5
     # (opened after the fork), never CUDA.
     fork = mp.get_context("fork") if num_workers and "fork" in mp.get_all_start_methods() else None
     return DataLoader(split, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, generator=gen,
