@@ -10,7 +10,7 @@ validation split, then, each in a fresh process, sets up LeakDataModule for `fit
 Page cache "cold": the split's pages are dropped first (posix_fadvise DONTNEED, no root needed). Memory is the
 peak proportional set size (PSS) of the process and its DataLoader workers together, sampled every 20 ms: PSS
 counts a page the workers share with their parent once, where RSS would count it in each. "over budget" is the
-peak minus the budget: the fixed overhead the README states. Medians of --repeats.
+peak minus the budget: the fixed overhead docs/design.md states. Medians of --repeats.
 """
 
 from __future__ import annotations

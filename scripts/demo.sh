@@ -18,9 +18,9 @@ $PY -m leak_lightning test --config configs/demo.yaml "${DATA[@]}" --ckpt_path b
 # a user with only the checkpoint and recordings: no config, no HDF5
 $PY -m leak_lightning predict --ckpt_path "$RUN/checkpoints/best.ckpt" --data.predict_path "$OUT/wav/TESTING" \
   --output "$OUT/predictions.csv"
-$PY -m leak_lightning export --ckpt_path "$RUN/checkpoints/best.ckpt" --format onnx --with-frontend \
+$PY -m leak_lightning export --ckpt_path "$RUN/checkpoints/best.ckpt" --format onnx --with_frontend true \
   --output "$OUT/export"
-# the same over two processes (across nodes on a cluster: see the README's recipes): two build workers
+# the same over two processes (across nodes on a cluster: see docs/design.md, Several processes and machines): two build workers
 # (torchrun) make the same dataset, and predict on two ranks writes the same CSV
 $PY -m torch.distributed.run --standalone --nproc_per_node 2 -m leak_lightning build --input "$OUT/wav" \
   --output "$OUT/data_2workers" --overwrite true --log_level WARNING

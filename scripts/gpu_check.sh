@@ -42,7 +42,7 @@ e2e() {  # a tiny corpus through every subcommand on CUDA; wall times of each
        --data.test_h5 $W/data/TESTING_DATASET.H5 \
   && /usr/bin/time -f "predict wall %e s" $PY -m leak_lightning predict --ckpt_path $W/run/checkpoints/best.ckpt \
        --data.predict_path $W/wav/TESTING \
-  && $PY -m leak_lightning export --ckpt_path $W/run/checkpoints/best.ckpt --format torchscript --with-frontend
+  && $PY -m leak_lightning export --ckpt_path $W/run/checkpoints/best.ckpt --format torchscript --with_frontend true
   echo "e2e $1 rc=$? $((SECONDS - t0)) s" | tee -a "$OUT/device.txt"
 }
 e2e first > "$OUT/e2e_first.log" 2>&1

@@ -17,7 +17,8 @@ import torch
 from helpers.files import data_args
 
 from leak_lightning import LeakDetector
-from leak_lightning.checkpoint.io import current_hparams, migrate_state, read_checkpoint
+from leak_lightning.checkpoint.io import read_checkpoint
+from leak_lightning.checkpoint.migrations import current_hparams, migrate_state
 from leak_lightning.cli import main
 
 DATA = Path(__file__).parent / "data"

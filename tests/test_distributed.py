@@ -330,7 +330,7 @@ def test_predict_on_two_ranks_writes_the_rows_of_one_process(small_h5, trained_r
 # ---- the multi-node recipe, run: two torchrun "nodes" on one machine ------------------------------------------
 
 def on_two_nodes(rdzv_id: str, *args: str) -> list[str]:
-    """The README's torchrun command on two nodes (one process each) with a local c10d rendezvous: both outputs."""
+    """docs/design.md's torchrun command on two nodes (one process each) with a local c10d rendezvous: both outputs."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -1,10 +1,9 @@
 """The package's shape: no import cycle (function-level imports included), checkpoint I/O below its users,
-one name per module, and the README's layout naming what exists."""
+one name per module (the layout block of docs/design.md: tests/test_docs.py)."""
 
 from __future__ import annotations
 
 import ast
-import re
 from pathlib import Path
 
 from helpers.files import REPO
@@ -110,17 +109,3 @@ def test_checkpoint_io_sits_below_callbacks_export_predict_and_the_cli():
 def test_no_two_modules_share_a_name():
     names = [p.stem for p in PACKAGE.rglob("*.py") if p.stem != "__init__"]
     assert sorted({n for n in names if names.count(n) > 1}) == []
-
-
-def test_the_readme_layout_names_what_exists():
-    text = (REPO / "README.md").read_text()
-    block = text[text.index("## Layout"):]
-    block = block[block.index("```") + 3:]
-    block = block[: block.index("```")]
-    named = set(re.findall(r"^\s{2,4}([\w/]+(?:\.py)?)\s", block, flags=re.M))
-    package = {p.name + ("/" if p.is_dir() else "") for p in PACKAGE.iterdir()
-               if (p.suffix == ".py" and p.stem != "__init__" and p.stem != "__main__") or
-               (p.is_dir() and (p / "__init__.py").exists())}
-    listed = {n for n in named if n.endswith((".py", "/"))} - {"configs/", "scripts/", "tests/", "leak_lightning/"}
-    assert listed == package, f"README lists {sorted(listed - package)} that do not exist and misses " \
-                              f"{sorted(package - listed)}"

@@ -15,7 +15,8 @@ import torch
 from helpers.models import classifier
 
 from leak_lightning.checkpoint.contract import SECTION, binding_digest, check_integrity
-from leak_lightning.checkpoint.io import migrate_state, read_checkpoint
+from leak_lightning.checkpoint.io import read_checkpoint
+from leak_lightning.checkpoint.migrations import migrate_state
 from leak_lightning.inference import adapt
 from leak_lightning.models.decision import DecisionOptions, DecisionRule, reading_state
 from leak_lightning.training.evaluation import sweep

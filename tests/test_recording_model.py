@@ -226,7 +226,7 @@ def test_validation_decides_each_recording_from_its_pooled_probability(small_h5)
                         enable_model_summary=False, enable_checkpointing=False)
     trainer.validate(model, datamodule=LeakDataModule(val_h5=str(small_h5["val"]), batch_size=400, cache="ram"),
                      verbose=False)
-    got = model.last_results
+    got = model.file_eval.result
     # an independent reference: every recording of the split through the network at once
     x = torch.from_numpy(load_segments(info)).reshape(info.num_files, info.segments_per_file, *info.segment_shape[2:])
     with torch.no_grad():

@@ -145,8 +145,8 @@ def test_a_tiny_validation_set_warns_about_the_threshold(ll_records):
     truth = torch.tensor([True] * 4 + [False] * 16)
     windows = torch.where(truth[:, None], 0.9, 0.1).expand(-1, 40)  # perfectly separable: a wide plateau
     scores = FileScores(torch.arange(20), windows, torch.zeros(20, 3), torch.eye(3)[truth.long()], 0)
-    model._fit_decision(scores, truth, leaks=4)
-    model._fit_decision(scores, truth, leaks=4)
+    model.file_eval.fit(model.decision, scores, truth, leaks=4)
+    model.file_eval.fit(model.decision, scores, truth, leaks=4)
     warnings = [r.getMessage() for r in ll_records if "was swept on only" in r.getMessage()]
     t = float(model.decision.threshold)
     assert warnings == [f"the threshold ({t:.2f}) was swept on only 4 LEAK file(s) among 20: "

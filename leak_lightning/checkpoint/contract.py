@@ -1,6 +1,6 @@
 """What a checkpoint was trained on, and checking data against it (no Lightning here).
 
-The checkpoint is the authority (DESIGN.md): evaluation and prediction take its class names,
+The checkpoint is the authority (docs/design.md): evaluation and prediction take its class names,
 leak class and feature config, check the data's against them, remap a different class order by
 name, and refuse a different class set or frontend with one line naming both.
 """
@@ -27,8 +27,8 @@ DECISION_BUFFERS = ("threshold", "calibration", "threshold_stats", "reading")
 def binding_digest(ckpt: dict) -> str:
     """sha256 binding a checkpoint's contract section to what it must agree with: the model's
     hyper-parameters, every weight's shape, the decision buffers' values and the training split's
-    identity. Written by `LeakClassifier.on_save_checkpoint` (the last hook of a save, when all of these
-    are in the dict) and checked on every read: an edited class list, a dropped class or swapped
+    identity. Written by `record.write_decision_record` (last: from the last hook of a save, when all of these
+    are in the dict, and from `adapt`) and checked on every read: an edited class list, a dropped class or swapped
     hyper-parameters no longer match."""
     section = {k: v for k, v in (ckpt.get(SECTION) or {}).items() if k != "binding"}
     state = ckpt.get("state_dict") or {}
@@ -102,12 +102,13 @@ class ModelContract:
         return cls(tuple(names), str(leak), FeatureConfig.from_dict(features), str(source), training,
                    section.get("site"))
 
-    def section(self, threshold: float) -> dict:
-        """The contract part of the checkpoint's `leak_lightning` section (`LeakClassifier.on_save_checkpoint`
-        adds the threshold's validation statistics and the calibration)."""
+    def section(self) -> dict:
+        """The contract part of the checkpoint's `leak_lightning` section (`record.write_decision_record` adds the
+        decision record and the binding). The class list and leak class repeat the hyper-parameters' on purpose:
+        `check_integrity` compares the two, which is what refuses a one-sided edit of a checkpoint without a
+        digest (as all were before the binding)."""
         return {"format_version": CHECKPOINT_FORMAT, "class_names": list(self.class_names),
-                "leak_class_name": self.leak_class_name, "feature_config": asdict(self.features),
-                "threshold": threshold}
+                "leak_class_name": self.leak_class_name, "feature_config": asdict(self.features)}
 
     def columns_for(self, names: list[str], features: FeatureConfig, data: str | Path) -> list[int]:
         """For each of the checkpoint's classes, its column in data whose classes are `names`.

@@ -2,7 +2,7 @@
 
 This module stays light (no torch, no Lightning at import): `--help` and `--version` answer at
 once, and the heavy modules load only for the subcommand that needs them. Every error a user can
-act on ends as one line and exit status 2.
+act on ends as one line and exit status 2 (errors.py says which line and status).
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ import logging
 import os
 import signal
 import sys
-from pathlib import Path
+from typing import Literal
 
 from .. import __version__
 from ..runtime.logs import fail_line, setup_logging
+from .errors import EXIT_OK, EXIT_USAGE, fail
 
 log = logging.getLogger("leak_lightning.cli")
 
@@ -27,6 +28,11 @@ SUBCOMMANDS = {
     "export": "write a checkpoint's network (and frontend) as ONNX or TorchScript with a JSON sidecar",
     "adapt": "re-fit a checkpoint's threshold and calibration to a new site from its labelled recordings",
 }
+# Flags renamed to the one style (underscores, a value for every option), per subcommand: the old spelling is
+# translated before parsing, with a note. SWITCHES took no value (argparse's store_true): given bare, it means true.
+RENAMED = {"export": {"--with-frontend": "--with_frontend"}}
+SWITCHES = {"export": {"--with_frontend"}}
+OLD_UNTIL = "0.5"
 
 
 def usage() -> str:
@@ -39,9 +45,25 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def modern_flags(name: str, argv: list[str]) -> tuple[list[str], list[str]]:
+    """`argv` with the old spellings of `name`'s flags in the current style, and a note for each one found."""
+    renamed, switches = RENAMED.get(name, {}), SWITCHES.get(name, set())
+    out, notes = [], []
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        new = renamed.get(flag, flag)
+        bare = new in switches and not eq and (i + 1 == len(argv) or argv[i + 1].startswith("-"))
+        if new != flag or bare:
+            notes.append(f"{flag}{' without a value' if bare and new == flag else ''} is now {new}"
+                         f"{' true' if bare else ''}; the old spelling is accepted until {OLD_UNTIL}")
+        out += [new, "true"] if bare else [f"{new}{eq}{value}"]
+    return out, notes
+
+
 def function_command(name: str, fn, description: str, argv: list[str], every_rank: bool = False):
-    """A subcommand that calls one function with its arguments (`build`, `adapt`): the parsed keyword arguments,
-    with logging set up (on every rank of a launcher with `every_rank`), or the exit status 2 after one error line."""
+    """A subcommand that calls one function with its arguments (`build`, `adapt`, `export`): the parsed keyword
+    arguments, with logging set up (on every rank of a launcher with `every_rank`), or the exit status 2 after one
+    error line. Old spellings of its flags are accepted with a note (`modern_flags`)."""
     from argparse import ArgumentError
 
     from jsonargparse import ActionConfigFile, ArgumentParser
@@ -51,13 +73,45 @@ def function_command(name: str, fn, description: str, argv: list[str], every_ran
     parser.add_argument("--log_level", type=str | None, default=None,
                         help="DEBUG, INFO, WARNING or ERROR (default: $TRAINER_LOG_LEVEL or INFO)")
     parser.add_function_arguments(fn, as_positional=False)
+    argv, notes = modern_flags(name, argv)
     try:
         cfg = parser.parse_args(argv)
         setup_logging(cfg.pop("log_level"), every_rank=every_rank)
     except (ArgumentError, ValueError) as err:
-        return fail_line(f"{_one_line(err, argv)}; see `python -m leak_lightning {name} --help` for the options")
+        setup_logging("INFO")
+        for note in notes:
+            log.warning("%s", note)
+        return fail(err, name, argv, parsing=True)
+    for note in notes:
+        log.warning("%s", note)
     cfg.pop("config", None)
     return parser.instantiate_classes(cfg).as_dict()
+
+
+def export_options(ckpt_path: str, format: Literal["onnx", "torchscript"] = "onnx", with_frontend: bool = False,
+                   output: str | None = None) -> None:
+    """Export a checkpoint as ONNX or TorchScript with a JSON sidecar.
+
+    Args:
+        ckpt_path: the checkpoint to export
+        format: onnx (needs pip install 'leak_lightning[export]') or torchscript
+        with_frontend: also export a model that takes waveform windows and includes the log-mel frontend
+        output: folder for the files (default: <run dir>/export for a run's checkpoint, else
+            <checkpoint dir>/<checkpoint stem>_export beside it)
+    """
+
+
+def run_export(argv: list[str]) -> int:
+    kwargs = function_command("export", export_options, export_options.__doc__.splitlines()[0], argv)
+    if isinstance(kwargs, int):
+        return kwargs
+    from ..inference.export import export
+
+    try:
+        export(kwargs["ckpt_path"], kwargs["format"], kwargs["with_frontend"], kwargs["output"])
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        return fail(err, "export")
+    return EXIT_OK
 
 
 def run_adapt(argv: list[str]) -> int:
@@ -71,19 +125,11 @@ def run_adapt(argv: list[str]) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         adapt_checkpoint(**kwargs)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        return fail_line(str(err))
-    except (OSError, RuntimeError) as err:  # a full disk, a GPU out of memory: the base checkpoint is untouched
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else _first_line(err)
-        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
-        return fail_line(f"adapt stopped: {where}{reason}; the base checkpoint is untouched")
-    except KeyboardInterrupt as err:
-        fail_line(f"adapt interrupted ({str(err) or 'SIGINT'}): its temporary files were removed; an earlier --output "
-                  "stays unless the new checkpoint was already in place")
-        return 143 if str(err) == "SIGTERM" else 130
+    except (ValueError, OSError, RuntimeError, KeyboardInterrupt) as err:
+        return fail(err, "adapt")  # a full disk, a GPU out of memory: the base checkpoint is untouched
     finally:
         signal.signal(signal.SIGTERM, previous)
-    return 0
+    return EXIT_OK
 
 
 def _raise_interrupt(signum, frame) -> None:
@@ -103,51 +149,36 @@ def run_build(argv: list[str]) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         build_dataset(**kwargs)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        log.error("%s", err)
-        return 2
+    except (ValueError, FileNotFoundError, FileExistsError, KeyboardInterrupt) as err:
+        return fail(err, "build")
     except (OSError, RuntimeError) as err:  # a full disk, a lost mount: discarded, the old dataset untouched
-        reason = _write_failure(err, kwargs.get("output"))
         log.debug("details", exc_info=True)
-        log.error("%s: %s while writing the dataset; nothing was replaced (an earlier dataset there is intact) "
-                  "and the temporary files were removed; free space or choose another --output",
-                  kwargs.get("output"), reason)
+        status = fail(err, "build", output=kwargs.get("output"))
         from ..builder.writer import UNCLOSED
 
         if UNCLOSED:  # h5py would crash freeing the half-closed file at exit: leave without freeing it
             logging.shutdown()
-            os._exit(2)
-        return 2
-    except KeyboardInterrupt as err:
-        log.error("build interrupted (%s): temporary files removed, existing outputs untouched",
-                  str(err) or "SIGINT")  # Ctrl-C's KeyboardInterrupt has no text
-        return 143 if str(err) == "SIGTERM" else 130
+            os._exit(status)
+        return status
     finally:
         signal.signal(signal.SIGTERM, previous)
-    return 0
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     if not args or args[0] in ("-h", "--help"):
         print(usage())
-        sys.exit(0 if args else 2)
+        sys.exit(EXIT_OK if args else EXIT_USAGE)
     if args[0] == "--version":
         print(f"leak_lightning {__version__}")
-        sys.exit(0)
-    if args[0] == "build":
-        sys.exit(run_build(args[1:]))
-    if args[0] == "export":
-        from ..inference.export import run_export
-
-        sys.exit(run_export(args[1:]))
-    if args[0] == "adapt":
-        sys.exit(run_adapt(args[1:]))
+        sys.exit(EXIT_OK)
+    commands = {"build": run_build, "export": run_export, "adapt": run_adapt}
+    if args[0] in commands:
+        sys.exit(commands[args[0]](args[1:]))
     if args[0] not in SUBCOMMANDS:
-        setup_logging("INFO")
-        log.error("unknown subcommand %r; one of %s (see python -m leak_lightning --help)", args[0],
-                  ", ".join(SUBCOMMANDS))
-        sys.exit(2)
+        sys.exit(fail_line(f"unknown subcommand {args[0]!r}; one of {', '.join(SUBCOMMANDS)} "
+                           "(see python -m leak_lightning --help)"))
     from argparse import ArgumentError
 
     from ..runtime.logs import quiet_lightning
@@ -157,77 +188,10 @@ def main(argv: list[str] | None = None) -> None:
     quiet_lightning()  # Lightning's notices and the warnings about choices the CLI makes on purpose
     try:
         LeakCLI(args=argv)
-    except ArgumentError as err:  # a bad flag, value or config file: the error, then where to look
-        _fail(f"{_one_line(err, args)}; see `python -m leak_lightning {_subcommand(args)} --help` for the options")
-    except (ValueError, FileNotFoundError) as err:
-        if isinstance(err.__cause__, (ValueError, FileNotFoundError)) and _raised_here(err.__cause__):
-            err = err.__cause__  # our own check, raised inside a data → model link (jsonargparse wraps it)
-        _fail(_worker_error(str(err)))
+    except (ArgumentError, ValueError, FileNotFoundError) as err:  # a bad flag, value, config file or input
+        sys.exit(fail(err, _subcommand(args), args))
     finally:
         FolderLock.release_all()
-
-
-def _write_failure(err: OSError | RuntimeError, output) -> str:
-    """Why writing the dataset failed, in words. h5py reports a full disk as a RuntimeError without an errno
-    (its text is HDF5's error stack), so the free space is checked instead of the message."""
-    import shutil
-
-    if getattr(err, "errno", None):
-        return os.strerror(err.errno)
-    folder = Path(output or ".")
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    try:
-        if shutil.disk_usage(folder).free < 2**26:
-            return os.strerror(28)  # "No space left on device"
-    except OSError:
-        pass
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
-
-
-def _first_line(err: BaseException) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-
-
-def _raised_here(err: BaseException) -> bool:
-    """Whether `err` was raised by this package's code (its traceback ends in a leak_lightning module)."""
-    tb, last = err.__traceback__, None
-    while tb is not None:
-        last, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
-    return last is not None and Path(last).resolve().is_relative_to(Path(__file__).resolve().parent)
-
-
-def _worker_error(message: str) -> str:
-    """A DataLoader worker's error arrives as 'Caught ValueError in DataLoader worker ... Original Traceback
-    ...': keep the original message (torch re-raises it as a new exception whose text is the only carrier of
-    the original; listed in lightning_private.py)."""
-    if message.startswith("Caught ") and "Original Traceback" in message:
-        last = message.strip().splitlines()[-1]
-        return last.split(": ", 1)[1] if ": " in last else last
-    return message
-
-
-def _fail(message: str) -> None:
-    sys.exit(fail_line(message))
-
-
-def _one_line(err: Exception, args: list[str]) -> str:
-    """jsonargparse's multi-line parse error as one line; a YAML error names its file and line."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
-    import yaml
-
-    for path in (b for a, b in zip(args, args[1:]) if a in ("--config", "-c")):  # a broken file says where
-        try:
-            yaml.safe_load(Path(path).read_text())
-        except (OSError, yaml.YAMLError) as yerr:
-            where = getattr(yerr, "problem_mark", None)
-            line = f" line {where.line + 1}, column {where.column + 1}" if where else ""
-            return f"{path}:{line}: not valid YAML ({getattr(yerr, 'problem', None) or yerr})"
-    text, used = lines[0], 1
-    while text.endswith(":") and used < len(lines):  # nested reasons: a class_path's own option, under its key
-        text, used = f"{text} {lines[used]}", used + 1
-    given = next((line for line in lines[used:] if line.startswith("Given value:")), None)
-    return f"{text} ({given})" if given else text
 
 
 def _subcommand(args: list[str]) -> str:

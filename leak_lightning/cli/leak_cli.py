@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from functools import partial
 from pathlib import Path
 
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from ..checkpoint.contract import ModelContract, default_output, run_dir_of
@@ -25,6 +24,7 @@ from ..runtime.distributed import claim_report, watch_ranks
 from ..runtime.fileio import check_output_name, check_writable_file, remove_stale_temporaries
 from ..runtime.logs import LEVELS, process_rank, setup_logging
 from ..runtime.rundir import DEFAULT_RUN_DIR, FolderLock, check_writable, checkpoint_dir
+from .errors import run_stopped
 
 log = logging.getLogger(__name__)
 MONITOR = "val/file_leak_f1"
@@ -41,7 +41,15 @@ class LeakCLI(LightningCLI):
         self.contract: ModelContract | None = None  # what --ckpt_path was trained on
         self._asked: dict = {}  # --model.* options given with --ckpt_path
         self.ckpt_hparams: dict | None = None  # its hyper-parameters, in this version's arguments
-        super().__init__(LeakClassifier, LeakDataModule, *args, **kwargs)
+        try:
+            super().__init__(LeakClassifier, LeakDataModule, *args, **kwargs)
+        except (RuntimeError, OSError) as err:
+            if getattr(self, "trainer", None) is None:  # not a run's: before the trainer, or a bug
+                raise
+            self._run_stopped(err)
+        finally:
+            if kwargs.get("run", True):  # with run=False the caller runs the trainer: the run directory stays held
+                FolderLock.release_all()
 
     def init_parser(self, **kwargs) -> LightningArgumentParser:
         # parse errors raise, so `main` prints one line instead of ~100 lines of usage
@@ -70,9 +78,14 @@ class LeakCLI(LightningCLI):
                             help="fit --ckpt_path: go on although the training split is not the one the checkpoint "
                                  "was trained on (recordings added or removed since)")
         # what the data says fills the model's (and its network's) sizes; with --ckpt_path, the checkpoint's
-        for attr in ("class_names", "feature_config"):
+        for attr in ("class_names", "feature_config", "train_class_counts"):
             parser.link_arguments("data", f"model.{attr}", compute_fn=partial(self._data_says, attr),
                                   apply_on="instantiate")
+        # pos_weight auto is computed from these when fit starts; a user's pos_weight cannot be a link's target
+        # (jsonargparse refuses a linked value on the command line), so the counts are linked, not the weights.
+        # 0 files, not None, without a training split: the model then names data.train_h5 as the fix
+        parser.link_arguments("data", "model.train_files", apply_on="instantiate",
+                              compute_fn=lambda dm: self._bound(dm).train_files or 0)
         for attr, compute in (("num_classes", lambda dm: dm.num_classes), ("n_mels", lambda dm: dm.features.n_mels),
                               ("t_frames", lambda dm: dm.features.t_frames)):
             parser.link_arguments("data", f"model.net.init_args.{attr}", apply_on="instantiate",
@@ -178,28 +191,31 @@ class LeakCLI(LightningCLI):
         if not cfg.get("ckpt_path") and not cfg.get("overwrite") and not cfg["trainer"].get("fast_dev_run"):
             refuse_to_replace_a_run(root)
 
-    def _run_subcommand(self, subcommand: str) -> None:
-        # Lightning re-raises what stopped a run; the ones a user can act on become one line here
-        watch_ranks(self.trainer.default_root_dir, subcommand)
-        if subcommand == "predict" and self.datamodule.predict_path:
+    def _run_stopped(self, err: RuntimeError | OSError) -> None:
+        """Lightning re-raises what stopped a run; the ones a user can act on become one line (errors.run_stopped)."""
+        many = self.trainer.world_size > 1 and isinstance(err, RuntimeError)
+        if many:
+            claim_report()  # not twice: Lightning's observer of the child ranks may be reporting it
+        # only a fit has a run to resume; validate/test/predict are simply run again
+        note = f"; {last_checkpoint_note(self.trainer.default_root_dir)}" if self.subcommand == "fit" else ""
+        stopped = run_stopped(err, self.subcommand, self.trainer.world_size, note)
+        if stopped is None:
+            raise err
+        raise stopped from err
+
+    def _before_run(self) -> None:
+        watch_ranks(self.trainer.default_root_dir, self.subcommand)
+        if self.subcommand == "predict" and self.datamodule.predict_path:
             self.datamodule.predict_recordings()  # a bad input is one line before DDP starts ranks that each say it
-        try:
-            super()._run_subcommand(subcommand)
-        except (RuntimeError, OSError) as err:
-            if self.trainer.world_size > 1 and isinstance(err, RuntimeError):
-                claim_report()  # not twice: Lightning's observer of the child ranks may be reporting it
-            # only a fit has a run to resume; validate/test/predict are simply run again
-            note = f"; {last_checkpoint_note(self.trainer.default_root_dir)}" if subcommand == "fit" else ""
-            if self.trainer.world_size > 1 and isinstance(err, RuntimeError):
-                raise ValueError(f"a DDP rank stopped, so the run cannot go on ({_first(err)}){note}") from err
-            if isinstance(err, FileNotFoundError) and err.errno is None:
-                raise  # our own check's one line (a missing input), printed as it is
-            if isinstance(err, OSError):
-                where = f"{err.filename}: " if getattr(err, "filename", None) else ""
-                raise ValueError(f"{where}{err.strerror or _first(err)}{note}") from err
-            raise
-        finally:
-            FolderLock.release_all()
+
+    def before_validate(self) -> None:
+        self._before_run()
+
+    def before_test(self) -> None:
+        self._before_run()
+
+    def before_predict(self) -> None:
+        self._before_run()
 
     def _bound(self, data):
         """The data module, first bound to the checkpoint's contract with --ckpt_path (checked against it,
@@ -246,24 +262,32 @@ class LeakCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):
         from ..training.callbacks.checkpointing import LeakCheckpoint, LeakEarlyStopping
 
-        config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        group = self.config_init.get(str(self.subcommand), self.config_init)  # the subcommand's, as Lightning reads
+        config = {**group.get("trainer", {}), **kwargs}
         if not config.get("plugins"):  # atomic checkpoint writes unless the user brings a CheckpointIO
-            config["plugins"] = [AtomicCheckpointIO()]
-        callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
+            kwargs["plugins"] = [AtomicCheckpointIO()]
         dropped = set()
         if config.get("enable_checkpointing") is False:  # Lightning refuses a ModelCheckpoint then
             dropped.add(LeakCheckpoint)
             if self.subcommand == "fit":
                 log.warning("--trainer.enable_checkpointing false: no best.ckpt or last.ckpt will be written "
                             "(Ctrl-C still saves last.ckpt)")
-        if not self._get(self.config_init, "early_stopping").enabled:
+        if not group["early_stopping"].enabled:
             dropped.add(LeakEarlyStopping)
-        callbacks = [c for c in callbacks if type(c) not in dropped]
+        # Lightning gives the trainer every callback group's instance: one switched off is a callback doing nothing
+        for key in [k for k in group.keys() if type(group[k]) in dropped]:
+            group[key] = Callback()
+        trainer = super().instantiate_trainer(**kwargs)
         if self.subcommand == "fit" and config.get("logger") is not False:  # it refuses a trainer without loggers
-            callbacks.append(LearningRateMonitor(logging_interval="step"))  # logged as "lr" (the schedule's name)
-        return self._instantiate_trainer(config, callbacks)
+            ours = [i for i, c in enumerate(trainer.callbacks) if not isinstance(c, ModelCheckpoint)
+                    and any(c is group[k] for k in group.keys())]
+            # logged as "lr" (the schedule's name); after the groups' callbacks, where Lightning puts extra ones
+            trainer.callbacks.insert(max(ours, default=len(trainer.callbacks) - 1) + 1,
+                                     LearningRateMonitor(logging_interval="step"))
+        return trainer
 
     def before_fit(self) -> None:
+        self._before_run()
         cfg = self.config["fit"]
         if self.contract is not None and (change := self.datamodule.training_changes(self.contract.training)):
             if not cfg.get("resume_on_changed_data"):
@@ -334,10 +358,3 @@ def _key(model, name: str) -> str | None:
     head, _, rest = name.partition(".")
     full = f"{head}.init_args.{rest}"
     return full if rest and full in model else None
-
-
-def _first(err: BaseException) -> str:
-    text = str(err).splitlines()[0] if str(err) else ""
-    # gloo: "[/path/pair.cc:561] Connection closed by peer [...]. This is typically caused by ..."
-    text = re.sub(r"^\[[^\]]*\]\s*", "", text).split(". This is typically")[0]
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__

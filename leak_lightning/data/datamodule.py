@@ -136,7 +136,7 @@ class LeakDataModule(L.LightningDataModule):
             least they need to stream), else it is streamed, its buffers sized within what is left (the larger,
             the better the shuffle). Stream workers are forked: they share what is cached, and each worker's
             buffers count. Per process: under DDP every rank holds its own copy, so a node with 8 ranks may use 8
-            budgets. Peak memory is this budget plus a fixed overhead (README).
+            budgets. Peak memory is this budget plus a fixed overhead (docs/design.md).
         balance: class-balanced sampling of the training split (with replacement, seeded and
             resumable like the plain shuffle); needs a cached split (device or ram).
         steps_per_call: optimizer steps per Lightning step: the loader serves blocks of this many

@@ -26,8 +26,10 @@ import numpy as np
 import torch
 
 from ..audio.scan import AUDIO_SUFFIXES, printable, scan_audio
-from ..checkpoint.contract import CHECKPOINT_FORMAT, DATA_STATE, SECTION, binding_digest, default_output
-from ..checkpoint.io import AtomicCheckpointIO, current_hparams, migrate_state, read_checkpoint
+from ..checkpoint.contract import DATA_STATE, SECTION, default_output
+from ..checkpoint.io import AtomicCheckpointIO, read_checkpoint
+from ..checkpoint.migrations import migrate
+from ..checkpoint.record import describe_rule, write_decision_record
 from ..models.decision import DecisionOptions, DecisionRule
 from ..runtime.fileio import check_writable_file, file_digest, foreign, name_max, write_atomic
 from ..runtime.rundir import FolderLock
@@ -134,7 +136,8 @@ def tie_policy(model) -> str:
     frame model (taking ties lowered the held-out F1 of the sites its base rule already served, by 0.01-0.03),
     "adapt" for a recording-level model (one number per recording gives the cross-validation few distinct
     outcomes, so its adapted rules often only tie: keeping them cost 0.01-0.08 held-out F1 at six of seven sites
-    with 20 labels and saved 0.01 at one). Both measured by scripts/benchmark_robustness.py --sites (README)."""
+    with 20 labels and saved 0.01 at one). Both measured by scripts/benchmark_robustness.py --sites
+    (docs/benchmarks.md)."""
     return "adapt" if model.whole_recordings else "keep"
 
 
@@ -317,29 +320,22 @@ def _adapted(base: Path, ckpt: dict, contract, input: str, site: str, folds: int
         site_info, report = _unlabelled(det, Path(input), trained)
     else:
         site_info, report = _labelled(det, Path(input), contract, folds, seed, finetune_steps, trained)
-        reused = _fitted_on_before(ckpt[SECTION].get("site"), site_info["digests"])
+        reused = _fitted_on_before((ckpt.get(SECTION) or {}).get("site"), site_info["digests"])
         site_info["reused_from_base_site"] = report["reused_from_base_site"] = reused
     adapted = copy.deepcopy(ckpt)
-    adapted["hyper_parameters"] = current_hparams(adapted.get("hyper_parameters") or {})
-    migrate_state(adapted)
+    migrate(adapted)
     model = det.model
-    for name, value in model.state_dict().items():  # the decision rule, or the re-estimated norms
-        if name.startswith(("decision.", "net.")):
+    for name, value in model.state_dict().items():  # the fine-tuned head, or the re-estimated norms
+        if name.startswith("net."):
             adapted["state_dict"][name] = value.detach().cpu().clone()
-    rule = model.decision
-    section = adapted[SECTION]
-    a, b = rule.calibration.tolist()
-    precision, recall = rule.threshold_stats.tolist()
-    section.update(format_version=CHECKPOINT_FORMAT, threshold=float(rule.threshold),
-                   threshold_validation={"precision": precision, "recall": recall})
-    section["calibration"] = {**section.get("calibration", {}), "a": a, "b": b, "method": "platt"}
-    section["decision"] = rule.describe()
-    report = {"site": site, "checkpoint": str(out), "base_checkpoint": str(base), "threshold": float(rule.threshold),
-              "calibration": {"a": a, "b": b}, **report}
+    record = describe_rule(model.decision, model.whole_recordings)
+    calibration = {k: record["calibration"][k] for k in ("a", "b")}
+    report = {"site": site, "checkpoint": str(out), "base_checkpoint": str(base), "threshold": record["threshold"],
+              "calibration": calibration, **report}
     # plain JSON values only: the report travels inside the checkpoint (read back by the safe unpickler)
-    section["site"] = {**about, **site_info, "report": json.loads(json.dumps(report, default=float))}
-    section.pop("binding", None)
-    section["binding"] = binding_digest(adapted)
+    adapted.setdefault(SECTION, {})["site"] = {**about, **site_info,
+                                               "report": json.loads(json.dumps(report, default=float))}
+    write_decision_record(adapted, model.decision, model.whole_recordings)  # the rule, the record, the binding
     return {**report, "_checkpoint": adapted}
 
 
@@ -477,7 +473,8 @@ def _labelled(det, root: Path, contract, folds: int, seed: int, finetune_steps: 
                     "threshold and calibration are kept", after["f1"], before["f1"])
     elif after["f1"] == before["f1"]:
         log.info("the adapted rule only ties the base rule in cross-validation (leak F1 %.3f); taken, as for every "
-                 "recording-level model (on held-out recordings a tie taken was better more often than not: README)",
+                 "recording-level model (on held-out recordings a tie taken was better more often than not: "
+                 "docs/benchmarks.md)",
                  after["f1"])
     base_described, base_text = base_rule.describe(), base_rule.reading_text()
     log.info("decision rule: %s → %s%s", base_text, rule.reading_text(), " (base kept)" if kept else "")

@@ -2,12 +2,13 @@
 sidecar with everything needed to turn its outputs into decisions (classes, leak index, threshold,
 aggregation, feature config). Each export is loaded back and compared with PyTorch before it is kept.
 
-    python -m leak_lightning export --ckpt_path runs/x/checkpoints/best.ckpt --format onnx --with-frontend
+    python -m leak_lightning export --ckpt_path runs/x/checkpoints/best.ckpt --format onnx --with_frontend true
+
+The command line (its options, `--config`, old flag spellings) is `leak_lightning.cli.run_export`.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -371,45 +372,20 @@ _RECORDING_DECISION = "leak = sigmoid(recording_logits[leak_index]) >= threshold
 
 
 def _sidecar(ckpt_path: Path, fmt: str, contract, model, files: dict) -> dict:
-    rule = model.decision
+    from ..checkpoint.record import describe_rule
+
+    record = describe_rule(model.decision, model.whole_recordings)  # as the checkpoint and the reports give it
     score = ("sigmoid(recording_logits[leak_index])" if model.whole_recordings
              else "the mean long-window leak probability")
     return {
         "format_version": EXPORT_FORMAT, "producer": f"leak_lightning {__version__}", "checkpoint": str(ckpt_path),
         "format": fmt, "class_names": list(contract.class_names), "leak_class_name": contract.leak_class_name,
         "leak_index": list(contract.class_names).index(contract.leak_class_name),
-        # format 1's keys stay for its readers; "rule" is the same rule as the checkpoint and reports describe it
-        "threshold": float(rule.threshold), "aggregation": rule.aggregation, "vote_fraction": rule.vote_fraction,
-        "rule": rule.describe(), "decides": "recording" if model.whole_recordings else "windows",
-        "calibration": {"method": "platt", "a": float(rule.calibration[0]), "b": float(rule.calibration[1]),
+        # format 1's keys stay for its readers; "rule" is the rule's own description, as in the checkpoint
+        **{k: record[k] for k in ("threshold", "aggregation", "vote_fraction")},
+        "rule": record["decision"], "decides": record["decides"],
+        "calibration": {**record["calibration"],
                         "probability": f"sigmoid(a * logit(clamp(s, 1e-4, 1 - 1e-4)) + b), s = {score}"},
         "feature_config": asdict(model.features), "files": files,
         "decision": _RECORDING_DECISION if model.whole_recordings else _WINDOWS_DECISION,
     }
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, not usage + exit
-        raise ValueError(f"{message}; see `python -m leak_lightning export --help`")
-
-
-def run_export(argv: list[str]) -> int:
-    from ..runtime.logs import fail_line, setup_logging
-
-    parser = _Parser(prog="python -m leak_lightning export",
-                     description="Export a checkpoint as ONNX or TorchScript with a JSON sidecar.")
-    parser.add_argument("--ckpt_path", required=True, help="the checkpoint to export")
-    parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
-    parser.add_argument("--with-frontend", "--with_frontend", dest="with_frontend", action="store_true",
-                        help="also export a model that takes waveform windows and includes the log-mel frontend")
-    parser.add_argument("--output", default=None,
-                        help="folder for the files (default: <run dir>/export for a run's checkpoint, else "
-                             "<checkpoint dir>/<checkpoint stem>_export beside it)")
-    parser.add_argument("--log_level", default=None)
-    try:
-        args = parser.parse_args(argv)
-        setup_logging(args.log_level)
-        export(args.ckpt_path, args.format, args.with_frontend, args.output)
-    except (ValueError, FileNotFoundError) as err:
-        return fail_line(str(err))
-    return 0

@@ -1,8 +1,8 @@
-"""Prediction: one owner for turning scored windows into per-recording answers.
+"""Prediction's outputs: the per-recording CSV, the per-sensor view beside it, and the Python API `LeakDetector`.
 
-`summarise` makes a `Prediction` from a recording's scored windows; the CLI's `PredictionWriter`
-(callbacks/predictions.py) writes them to a CSV and the Python API `LeakDetector` returns them, so both give the same
-numbers for the same recording.
+Recordings are scored and summarised by `scorer.WindowScorer` (`summarise` makes a `Prediction` from a recording's
+scored windows); the CLI's `PredictionWriter` (callbacks/predictions.py) writes its answers to a CSV and
+`LeakDetector` returns them, so both give the same numbers for the same recording.
 """
 
 from __future__ import annotations
@@ -15,81 +15,19 @@ import re
 import shutil
 import stat
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..audio.decode import BAND_LIMITED, OUT_OF_RANGE, SILENT, ClipSpec, WindowReader, WindowSource, reason_of
+from ..audio.decode import ClipSpec, WindowReader, WindowSource, reason_of
 from ..audio.scan import printable
 from ..runtime.fileio import TMP_MARK, check_output_name, fsync_dir, pid_alive, remove_stale_temporaries, write_atomic
+from .scorer import Prediction, WindowScorer, site_line
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """The answer for one recording.
-
-    status: "ok"; "flagged" (scored, but see `quality`); "silent" (no signal in any window: no score,
-    no decision: a dead sensor is not a healthy pipe); "unscored: <reason>" (decoded, but its score is
-    not a number: no decision); "skipped: <reason>" (could not be decoded, or recorded at a rate too
-    low for the frontend's band: quality `band_limited`).
-    """
-
-    path: str
-    status: str
-    leak_probability: float | None = None  # calibrated on validation (Platt): P(leak) for this recording
-    leak: bool | None = None  # the decision at the checkpoint's threshold and aggregation
-    # uncalibrated: the mean long-window leak probability (a recording-level network: its pooled probability)
-    leak_score: float | None = None
-    # mean probability per class over the windows (a recording-level network: from all its frames pooled)
-    class_scores: dict[str, float] = field(default_factory=dict)
-    window_scores: list[float] = field(default_factory=list)  # leak score per clip-long window (NaN: silent)
-    quality: tuple[str, ...] = ()
-    windows: int = 0
-    # what `leak` was decided from: leak = decision_score >= decision_cutoff (vote: the fraction of
-    # windows whose leak probability reaches the threshold, against the vote fraction; mean: the
-    # mean window against the threshold)
-    decision_score: float | None = None
-    decision_cutoff: float | None = None
-    # each window's (start, end) in seconds of the recording, beside its score: where a listener finds the leak
-    window_times: list[tuple[float, float]] = field(default_factory=list)
-
-    @property
-    def top_class(self) -> str | None:
-        return max(self.class_scores, key=self.class_scores.get) if self.class_scores else None
-
-
-def summarise(path: str, scored: list[tuple], flags, model, reason: str | None = None,
-              times: list[tuple[float, float]] = ()) -> Prediction:
-    """(window index, silent, long-window leak probabilities (L,), class probabilities (C,)[, pooled frame sums of
-    a recording-level network]) per window of one recording, and the windows' (start, end) seconds → its
-    Prediction. Silent windows take no part in the decision."""
-    if reason is not None:
-        named = tuple(f for f in (BAND_LIMITED, OUT_OF_RANGE) if reason.startswith(f"{f}:"))
-        return Prediction(path, f"skipped: {reason}", quality=named)
-    scored = sorted(scored, key=lambda r: r[0])
-    quality = tuple(sorted(flags))
-    live = [r for r in scored if not r[1]]
-    window_scores = [math.nan if r[1] else float(r[2].mean()) for r in scored]
-    where = {"window_scores": window_scores, "window_times": list(times), "windows": len(scored)}
-    if not live:
-        return Prediction(path, "silent", quality=quality or (SILENT,), **where)
-    if model.whole_recordings:  # the recording's own class probabilities, from all its frames pooled
-        probs = model.recording_probabilities(torch.stack([r[4] for r in live]))
-        inputs, classes = probs[model.leak_index].reshape(1), probs.tolist()
-    else:
-        inputs, classes = torch.stack([r[2] for r in live]), torch.stack([r[3] for r in live]).mean(0).tolist()
-    score, probability, leak, basis, cutoff = model.decide_recording(inputs)
-    if not (math.isfinite(score) and math.isfinite(probability)):  # NaN compares as "no leak": never a decision
-        return Prediction(path, "unscored: the score is not a number (the samples overflow the frontend; a float "
-                                "file scaled far beyond ±1?)", quality=quality, **where)
-    return Prediction(path, "flagged" if quality else "ok", probability, leak, score,
-                      dict(zip(model.class_names, classes)), window_scores, quality=quality, windows=len(scored),
-                      decision_score=basis, decision_cutoff=cutoff, window_times=list(times))
 
 
 def write_csv(path: Path, predictions: list[Prediction], class_names: list[str]) -> None:
@@ -386,6 +324,7 @@ class LeakDetector:
 
     def __init__(self, model, device: torch.device, windows_per_batch: int = 32) -> None:
         self.model, self.device, self.windows_per_batch = model, device, windows_per_batch
+        self.scorer: WindowScorer = model.prepare_predict()  # the one scoring path, `predict`'s too
         self.spec = ClipSpec.of(model.features)
         self.class_names: list[str] = list(model.class_names)
         self.site: dict | None = model.site  # the site the checkpoint was adapted to (`adapt`), or None
@@ -399,17 +338,9 @@ class LeakDetector:
         dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                            "cpu" if device == "auto" else device)
         model = LeakClassifier.for_inference(ckpt, dev)
-        model.prepare_predict()
-        if line := model.site_line():
+        if line := site_line(model.site, model.decision):
             logging.getLogger(__name__).info("%s", line)
         return cls(model, dev)
-
-    @torch.no_grad()
-    def _score(self, windows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        out = [self.model.score_windows(torch.from_numpy(windows[i: i + self.windows_per_batch]).to(self.device))
-               for i in range(0, len(windows), self.windows_per_batch)]
-        pooled = torch.cat([o.pooled for o in out]).cpu() if self.model.whole_recordings else None
-        return torch.cat([o.leak for o in out]).cpu(), torch.cat([o.classes for o in out]).cpu(), pooled
 
     def _run(self, name: str, reader) -> Prediction:
         return self._scored(name, reader)[0]
@@ -418,13 +349,11 @@ class LeakDetector:
         try:
             scored = []
             for windows, silent in reader:
-                leak, classes, pooled = self._score(windows)
-                first = len(scored)
-                scored += [(first + k, bool(s), leak[k], classes[k], None if pooled is None else pooled[k])
-                           for k, s in enumerate(silent)]
+                scores = self.scorer.score_in_batches(torch.from_numpy(windows), self.windows_per_batch)
+                scored += self.scorer.rows(range(len(scored), len(scored) + len(silent)), silent.tolist(), scores)
         except Exception as err:  # one recording: a reason, not a crash
-            return summarise(name, [], (), self.model, reason_of(err)), None
-        prediction = summarise(name, scored, reader.flags, self.model, times=reader.times)
+            return self.scorer.summarise(name, [], (), reason_of(err)), None
+        prediction = self.scorer.summarise(name, scored, reader.flags, times=reader.times)
         if prediction.leak is None:
             return prediction, None
         if self.model.whole_recordings:  # its score is its one pooled probability, what the rule read

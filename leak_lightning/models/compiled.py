@@ -10,7 +10,7 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch._dynamo.exc import TorchDynamoException  # listed in lightning_private.py
+from torch._dynamo.exc import TorchDynamoException  # torch.compiler exports no such base; see lightning_private.py
 
 log = logging.getLogger("leak_lightning.module")
 

@@ -21,6 +21,7 @@ _STATE: dict = {"root": None, "subcommand": None}
 
 def watch_ranks(root: str | None, subcommand: str) -> None:
     """Route Lightning's child-process observer through `_lost_rank` (idempotent)."""
+    # private: nothing public observes the child ranks (lightning_private.py)
     from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
 
     _STATE.update(root=root, subcommand=subcommand)

@@ -13,8 +13,9 @@ import logging
 import os
 import warnings
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import lightning as L
 import torch
@@ -23,28 +24,19 @@ from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MultilabelAUROC, MultilabelAveragePrecision, MultilabelF1Score
 
-from ..audio.features import FeatureConfig, LogMelFrontend
-from ..checkpoint.contract import SECTION, ModelContract, binding_digest
-from ..checkpoint.io import (
-    current_hparams,
-    load_checkpoint,
-    migrate_state,
-    refuse_foreign_code,
-    safe_unpickling,
-    unusable,
-)
+from ..audio.features import FeatureConfig
+from ..checkpoint.contract import SECTION, ModelContract
+from ..checkpoint.io import load_checkpoint, refuse_foreign_code, safe_unpickling, unusable
+from ..checkpoint.migrations import current_hparams, migrate_state
+from ..checkpoint.record import write_decision_record
+from ..inference.scorer import WindowScorer, WindowScores, score_segments, site_line
 from ..models.augment import Augmentation, SpectrumAugment
 from ..models.compiled import CompiledNet, CompileOptions
-from ..models.decision import DecisionOptions, DecisionRule, SegmentTable
+from ..models.decision import DecisionOptions, DecisionRule
 from ..models.optim import AdamW, CosineToEnd
 from ..models.recording import PooledFrames
-from .evaluation import (
-    DEFAULT_GRID,
-    FileScores,
-    expected_calibration_error,
-    file_metrics,
-    score_files,
-)
+from .evaluation import FileScores
+from .file_metrics import FileEvaluation
 
 log = logging.getLogger(__name__)
 _NO_SCALER = ("32-true", "32", "bf16-mixed", "bf16-true", "64-true", "64")
@@ -56,16 +48,6 @@ def default_optimizer(params: Iterable) -> torch.optim.Optimizer:
 
 def default_scheduler(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
     return CosineToEnd(optimizer, min_lr_ratio=0.01)
-
-
-class WindowScores(NamedTuple):
-    """Scores of clip-long windows: per long window the leak probability (W, L), per window the class
-    probabilities (W, C), and for a recording-level network each window's pooled frame sums (W, 1 + 4·D; merged
-    over a recording's windows by `PooledFrames.merge`), else None."""
-
-    leak: torch.Tensor
-    classes: torch.Tensor
-    pooled: torch.Tensor | None = None
 
 
 class LeakClassifier(L.LightningModule):
@@ -84,6 +66,9 @@ class LeakClassifier(L.LightningModule):
         leak_class_name: the class whose recording-level decision is the product (chosen by name).
         pos_weight: per-class positive weights of the BCE loss; "auto": each class's negatives over its
             positives in the training split (set when `fit` starts; a checkpoint keeps them).
+        train_class_counts, train_files: the training split's files per class (in `class_names` order) and in
+            all, for pos_weight "auto" (linked from the data by the CLI; from Python, the data module's
+            `train_class_counts` and `train_files`). Not hyper-parameters: a checkpoint keeps the weights.
         augment: training-time augmentation of the log-mel batches (models/augment.py), masks included.
         decision: how window probabilities become a recording's decision (models/decision.py).
         compile: torch.compile of the network (models/compiled.py; on by default when training on CUDA).
@@ -94,7 +79,8 @@ class LeakClassifier(L.LightningModule):
     def __init__(self, net: nn.Module, optimizer: OptimizerCallable = default_optimizer,
                  scheduler: LRSchedulerCallable = default_scheduler, class_names: list[str] | None = None,
                  feature_config: dict | None = None, leak_class_name: str = "LEAK",
-                 pos_weight: list[float] | Literal["auto"] | None = None, augment: Augmentation = Augmentation(),
+                 pos_weight: list[float] | Literal["auto"] | None = None, train_class_counts: list[int] | None = None,
+                 train_files: int | None = None, augment: Augmentation = Augmentation(),
                  decision: DecisionOptions = DecisionOptions(), compile: CompileOptions = CompileOptions(),
                  grad_clip: float | None = None) -> None:
         super().__init__()
@@ -102,7 +88,7 @@ class LeakClassifier(L.LightningModule):
         # init_args): a checkpoint rebuilds the same module from them.
         with warnings.catch_warnings():  # a net built in Python is saved by its weights (state_dict); that is enough
             warnings.filterwarnings("ignore", message=r"Attribute 'net' is an instance of `nn.Module`")
-            self.save_hyperparameters()
+            self.save_hyperparameters(ignore=["train_class_counts", "train_files"])
         if not class_names or feature_config is None:
             raise ValueError("class_names and feature_config come from the data (LeakDataModule) or a checkpoint")
         if leak_class_name not in class_names:
@@ -117,6 +103,7 @@ class LeakClassifier(L.LightningModule):
         self.augment = SpectrumAugment(_as(augment, Augmentation), f.n_mels, f.f_min, f.f_max or f.sample_rate / 2,
                                        self.leak_index)
         self.loss_fn = nn.BCEWithLogitsLoss(pos_weight=_pos_weight(pos_weight, len(class_names)))
+        self._train_counts = train_class_counts, train_files  # for pos_weight "auto", when `fit` starts
         decision = _as(decision, DecisionOptions)
         if self.whole_recordings and decision.aggregation != "mean":
             # one number per recording decides: its pooled probability; a vote over windows has nothing to read
@@ -127,13 +114,11 @@ class LeakClassifier(L.LightningModule):
         self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric(nan_strategy="disable") for s in ("train", "val", "test")})
         self.val_metrics = segment_metrics(len(class_names))
         self.test_metrics = segment_metrics(len(class_names))
-        spf = self.features.num_long * self.features.num_short
-        self.scored = SegmentTable(len(class_names), spf)  # an evaluation's probabilities, by row
-        self.recorded = SegmentTable(len(class_names), 1)  # a recording-level network's, by file
+        # validate/test per file (the reports read its `result`)
+        self.file_eval = FileEvaluation(len(class_names), f.num_long, f.num_short, self.leak_index, leak_class_name,
+                                        self.whole_recordings)
         self.compiled: CompiledNet | None = None
-        self.last_results: dict | None = None  # test/validate results for reports
         self.site: dict | None = None  # the site a checkpoint was adapted to (`adapt`), when it was
-        self._warned_small_val = False
 
     @property
     def whole_recordings(self) -> bool:
@@ -175,8 +160,11 @@ class LeakClassifier(L.LightningModule):
     def _weigh_classes(self) -> None:
         """pos_weight "auto": negatives over positives of each class in the training split (a resumed run
         restores the weights it started with, after this)."""
-        dm = self.trainer.datamodule
-        counts, files = getattr(dm, "train_class_counts", None), getattr(dm, "train_files", None)
+        counts, files = self._train_counts
+        if files is None:  # not linked: the CLI always links a number (0 without a training split)
+            raise ValueError("pos_weight='auto' needs the training split's class counts: pass "
+                             "train_class_counts=data.train_class_counts and train_files=data.train_files "
+                             "(a LeakDataModule with train_h5) to LeakClassifier")
         if counts is None or not files:
             raise ValueError("--model.pos_weight auto needs the training split's class counts: set data.train_h5")
         weights = [round((files - c) / max(c, 1), 4) for c in counts]
@@ -301,19 +289,19 @@ class LeakClassifier(L.LightningModule):
             recordings, frames = self(x.reshape(-1, spf, *x.shape[1:]))
             recordings = recordings.float()
             self.losses[f"{stage}_loss"].update(self.loss_fn(recordings, y[::spf]), len(recordings))
-            self.recorded.add(int(start) // spf, torch.sigmoid(recordings), y[::spf])
+            pooled = torch.sigmoid(recordings), y[::spf]
             logits = frames.reshape(-1, frames.shape[-1]).float()
         else:
             logits = self(x).float()
             self.losses[f"{stage}_loss"].update(self.loss_fn(logits, y), len(x))
+            pooled = None, None
         probs = torch.sigmoid(logits)
         with _counting_is_exact():
             metrics.update(probs, y.int())
-        self.scored.add(int(start), probs, y)
+        self.file_eval.update(int(start), probs, y, *pooled)
 
     def on_validation_epoch_start(self) -> None:
-        self.scored.reset()
-        self.recorded.reset()
+        self.file_eval.reset()
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val")
@@ -322,8 +310,7 @@ class LeakClassifier(L.LightningModule):
         self._eval_end("val", self.val_metrics, sweep=not self.trainer.sanity_checking)
 
     def on_test_epoch_start(self) -> None:
-        self.scored.reset()
-        self.recorded.reset()
+        self.file_eval.reset()
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, self.test_metrics, "test")
@@ -332,31 +319,7 @@ class LeakClassifier(L.LightningModule):
         self._eval_end("test", self.test_metrics, sweep=False)
 
     def _eval_end(self, stage: str, metrics: MetricCollection, sweep: bool) -> None:
-        reduce = lambda t, op: self.trainer.strategy.reduce(t, reduce_op=op)
-        probs, targets, seen = self.scored.gather(reduce, self.device)
-        f = self.features
-        scores = score_files(probs, targets, seen, f.num_long, f.num_short, self.leak_index)
-        if self.whole_recordings:  # a collective too: every rank runs the same network, so every rank joins it
-            scores = recording_scores(*self.recorded.gather(reduce, self.device), self.leak_index, scores.partial)
-        checking = self.trainer.sanity_checking
-        if not checking:
-            self._warn_if_partial(stage, scores)
-        leaks, n = int(scores.targets[:, self.leak_index].sum()), len(scores.index)
-        if not checking and n and not 0 < leaks < n:
-            log.warning("%s: %d of the %d files scored are %s: the leak F1/AUROC are undefined (NaN)%s", stage, leaks,
-                        n, self.hparams.leak_class_name, " and the threshold is not swept" * sweep)
-        truth = scores.targets[:, self.leak_index].bool()
-        sweep = sweep and 0 < leaks < n
-        if sweep:
-            self._fit_decision(scores, truth, leaks)
-        decided = self.decision.decide(scores.windows)
-        values = file_metrics(scores, decided, self.leak_index)
-        if sweep:
-            self.decision.record(values["file_leak_precision"], values["file_leak_recall"])
-        mean_score = scores.windows.mean(-1)
-        probability = self.decision.probability(mean_score)
-        values["file_leak_ece"] = torch.tensor(expected_calibration_error(probability, truth))
-        values["file_leak_ece_uncalibrated"] = torch.tensor(expected_calibration_error(mean_score, truth))
+        values: dict[str, torch.Tensor] = {}
         with _counting_is_exact():
             seg = metrics.compute()
         metrics.reset()
@@ -368,31 +331,12 @@ class LeakClassifier(L.LightningModule):
         loss = self.losses[f"{stage}_loss"]
         values["loss"] = loss.compute() if loss.update_count else torch.tensor(float("nan"))
         loss.reset()
-        values["threshold"] = self.decision.threshold.clone()
+        values = self.file_eval.compute(
+            self.decision, lambda t, op: self.trainer.strategy.reduce(t, reduce_op=op), self.device, stage,
+            sweep=sweep, quiet=self.trainer.sanity_checking, more=values, check=partial(self._warn_if_partial, stage))
         for key, v in values.items():
             # identical on every rank already; sync_dist only keeps Lightning's DDP bookkeeping quiet
             self.log(f"{stage}/{key}", v.float() if torch.is_tensor(v) else float(v), sync_dist=True)
-        basis, cutoff = self.decision.basis(scores.windows)
-        self.last_results = {"stage": stage, "metrics": {k: float(v) for k, v in values.items()},
-                             "decision_scores": basis.cpu(), "decision_cutoff": cutoff,
-                             "files": scores.index.cpu(), "file_probs": scores.class_scores.cpu(),
-                             "file_scores": mean_score.cpu(), "decisions": decided.cpu(),
-                             "windows": scores.windows.cpu(), "file_probability": probability.cpu(),
-                             "targets": scores.targets.cpu()}
-
-    def _fit_decision(self, scores: FileScores, truth: torch.Tensor, leaks: int) -> None:
-        """The threshold (best file F1 on validation) and the calibration; a warning when they are uncertain."""
-        t = self.decision.fit(scores.windows, truth)
-        if len(self.decision.sweeps) > 1:
-            log.debug("reading chosen on validation: %s (%s)", self.decision.reading_text(), "; ".join(
-                f"{s['aggregation']} {s['vote_fraction'] or ''}: F1 {s['f1']:.3f} on {s['plateau']} thresholds"
-                for s in self.decision.sweeps))
-        edge = t <= float(DEFAULT_GRID[0]) + 1e-6 or t >= float(DEFAULT_GRID[-1]) - 1e-6
-        if (edge or leaks < 20) and not self._warned_small_val:
-            self._warned_small_val = True  # once per run: it is the validation set's size that is the issue
-            log.warning("the threshold (%.2f%s) was swept on only %d %s file(s) among %d: it is uncertain; "
-                        "use a validation split with 20 or more leak files", t, ", at the edge of the sweep" * edge,
-                        leaks, self.hparams.leak_class_name, len(truth))
 
     def _warn_if_partial(self, stage: str, scores: FileScores) -> None:
         limit = self.trainer.limit_val_batches if stage == "val" else self.trainer.limit_test_batches
@@ -443,42 +387,25 @@ class LeakClassifier(L.LightningModule):
         return ModelContract(tuple(self.class_names), self.hparams.leak_class_name, self.features, "")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        rule = self.decision
-        checkpoint[SECTION] = self.contract().section(float(rule.threshold))
-        a, b = rule.calibration.tolist()
-        precision, recall = rule.threshold_stats.tolist()
-        checkpoint[SECTION].update(
-            threshold_validation={"precision": precision, "recall": recall},
-            calibration={"method": "platt", "a": a, "b": b,
-                         "input": "logit of the mean long-window leak probability, clamped to [1e-4, 1 - 1e-4]"})
-        # which kind of model decides: "windows" (a rule over the frame model's window scores) or "recording" (a
-        # recording-level network's pooled probability)
-        checkpoint[SECTION]["decides"] = "recording" if self.whole_recordings else "windows"
-        checkpoint[SECTION]["decision"] = rule.describe()
-        checkpoint[SECTION]["binding"] = binding_digest(checkpoint)  # last: it covers all of the above
+        # the section is written whole at every save, from the model's own contract and rule
+        checkpoint[SECTION] = self.contract().section()
+        write_decision_record(checkpoint, self.decision, self.whole_recordings)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         migrate_state(checkpoint)
         self.site = (checkpoint.get(SECTION) or {}).get("site")
 
     def site_line(self) -> str | None:
-        """One line on the site this checkpoint was adapted to, or None."""
-        s = self.site
-        if not s:
-            return None
-        if s.get("unlabelled"):
-            d = s["decided_leak"]
-            return (f"checkpoint adapted to site {s['name']!r} without labels: batch-norm statistics of "
-                    f"{s['recordings']} recordings (decided leak there: {d['before']} before, {d['after']} after)")
-        before, after = s["before"]["f1"], s["after_cross_validated"]["f1"]
-        rule = "its base rule kept" if s.get("kept_base_rule") else self.decision.reading_text()
-        return (f"checkpoint adapted to site {s['name']!r} on {s['recordings']} recordings ({s['leaks']} leaks; "
-                f"leak F1 {before:.3f} with the base rule, {after:.3f} adapted, cross-validated; {rule})")
+        """One line on the site this checkpoint was adapted to, or None (inference.scorer.site_line)."""
+        return site_line(self.site, self.decision)
 
-    # ---- prediction: raw recordings through the same frontend as the builder ----------------
-    def prepare_predict(self) -> None:
-        # not registered: its mel buffers would otherwise join the checkpoint's state_dict
-        object.__setattr__(self, "_frontend", LogMelFrontend(self.features).to(self.device))
+    # ---- prediction: raw recordings through the one scoring path (inference.scorer) ------------
+    def prepare_predict(self) -> WindowScorer:
+        """Score raw windows from here on through a WindowScorer with this model's frontend on its device:
+        `predict_step`, `LeakDetector` and the two helpers below. A plain attribute, not a submodule, so the
+        frontend's mel buffers never join the checkpoint's state_dict."""
+        self.scorer = WindowScorer(self)
+        return self.scorer
 
     def on_predict_start(self) -> None:
         self.prepare_predict()
@@ -486,29 +413,20 @@ class LeakClassifier(L.LightningModule):
     def segments_of(self, wave: torch.Tensor) -> torch.Tensor:
         """(W, num_samples) clip-long windows → their (W, L, S, n_mels, T) log-mel segments, float16 as the builder
         stores them (after prepare_predict)."""
-        return self._frontend(wave).half()
+        return self.scorer.segments(wave)
 
     def score_windows(self, wave: torch.Tensor) -> WindowScores:
-        """(W, num_samples) clip-long windows → their WindowScores."""
-        return self.score_segments(self.segments_of(wave))
+        """(W, num_samples) clip-long windows → their WindowScores (after prepare_predict)."""
+        return self.scorer.score(wave)
 
     def score_segments(self, seg: torch.Tensor) -> WindowScores:
-        """(W, L, S, n_mels, T) segments → leak probability per long window (W, L), class probabilities (W, C) and,
-        for a recording-level network, each window's pooled frame sums (its frame head gives the window scores)."""
-        n_windows, n_long, n_short = seg.shape[:3]
-        pooled = None
-        if self.whole_recordings:
-            sums, frames = self.net.pooled(seg.reshape(n_windows, n_long * n_short, *seg.shape[-2:]))
-            logits, pooled = frames.float(), sums.pack()
-        else:
-            logits = self(seg.reshape(-1, *seg.shape[-2:])).float()
-        probs = torch.sigmoid(logits).reshape(n_windows, n_long, n_short, -1)
-        return WindowScores(probs[..., self.leak_index].mean(2), probs.mean((1, 2)), pooled)
+        """(W, L, S, n_mels, T) segments → their WindowScores (inference.scorer.score_segments)."""
+        return score_segments(self, seg)
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         # (W, num_samples) clip-long windows; per window: recording, window number, silent
         wave, owner, index, silent = batch
-        scored = self.score_windows(wave)
+        scored = self.scorer.score(wave)
         out = {"owner": owner, "index": index, "silent": silent, "windows": scored.leak, "class_probs": scored.classes}
         return out if scored.pooled is None else {**out, "pooled": scored.pooled}
 
@@ -528,14 +446,6 @@ class LeakClassifier(L.LightningModule):
         score = flat.mean()
         basis, cutoff = self.decision.basis(flat)
         return float(score), float(self.decision.probability(score)), bool(basis[0] >= cutoff), float(basis[0]), cutoff
-
-
-def recording_scores(probs: torch.Tensor, targets: torch.Tensor, seen: torch.Tensor, leak_index: int,
-                     partial: int) -> FileScores:
-    """A recording-level network's (N, C) recording probabilities and targets, (N,) scored → FileScores whose
-    "windows" are what its decision reads: one number per recording, its pooled leak probability."""
-    return FileScores(index=torch.nonzero(seen).flatten(), windows=probs[seen][:, leak_index: leak_index + 1],
-                      class_scores=probs[seen], targets=targets[seen], partial=partial)
 
 
 def segment_metrics(num_classes: int) -> MetricCollection:

@@ -19,19 +19,31 @@ class LeakCheckpoint(ModelCheckpoint):
     mid-epoch validation).
     """
 
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        best = self.best_model_score  # every_n_train_steps saves top-k here
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        self._report_if_new_best(trainer, best)
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        best = self.best_model_score
         super().on_train_epoch_end(trainer, pl_module)
+        self._report_if_new_best(trainer, best)
         self._keep_last_current(trainer, at_train_epoch_end=True)
 
     def on_validation_end(self, trainer, pl_module) -> None:
+        best = self.best_model_score
         super().on_validation_end(trainer, pl_module)
+        self._report_if_new_best(trainer, best)
         self._keep_last_current(trainer, at_train_epoch_end=False)
 
     def _keep_last_current(self, trainer, at_train_epoch_end: bool) -> None:
-        # skipped when this step was saved already (a new best writes last.ckpt too)
+        # No public API writes last.ckpt on demand, and a second public ModelCheckpoint cannot either: 2.6
+        # writes last only in a step that saved a top-k file. Three private methods (runtime/lightning_private)
+        # keep Lightning's own rules: skip a step saved already (a new best writes last.ckpt too), save in the
+        # hook Lightning saves in (epoch end or validation end), and the same bookkeeping as its own saves.
         if (self.save_last is True and not self._should_skip_saving_checkpoint(trainer)
                 and self._should_save_on_train_epoch_end(trainer) == at_train_epoch_end):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            self._save_last_checkpoint(trainer, _name_metrics(trainer))
 
     def on_train_end(self, trainer, pl_module) -> None:
         # Lightning 2.6 writes last.ckpt here even under fast_dev_run, which then blocks the next
@@ -39,8 +51,11 @@ class LeakCheckpoint(ModelCheckpoint):
         if not trainer.fast_dev_run:
             super().on_train_end(trainer, pl_module)
 
-    def _update_best_and_save(self, current, trainer, monitor_candidates) -> None:
-        super()._update_best_and_save(current, trainer, monitor_candidates)
+    def _report_if_new_best(self, trainer, before) -> None:
+        """Log a new best by name and value, and let hp_metric follow it. Public attributes only: Lightning
+        assigns `best_model_score` a new object (the value it saved best.ckpt for) exactly when it saves one."""
+        if self.best_model_score is before:
+            return
         # hp_metric: the best value so far of this callback's monitor (the metric that chooses best.ckpt), which
         # TensorBoard's HPARAMS tab shows beside the run's hyper-parameters
         if self.best_model_score is not None:
@@ -49,6 +64,16 @@ class LeakCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero and self.best_model_path:
             log.info("new best %s=%.4f → %s", self.monitor, float(self.best_model_score), self.best_model_path,
                      extra={"colour": "success"})
+
+
+def _name_metrics(trainer) -> dict[str, torch.Tensor]:
+    """The metrics a checkpoint's file name may use, as ModelCheckpoint formats them: the logged ones, with
+    the epoch and step as integers."""
+    metrics = dict(trainer.callback_metrics)
+    for key, value in (("epoch", trainer.current_epoch), ("step", trainer.global_step)):
+        given = metrics.get(key)
+        metrics[key] = given.int() if isinstance(given, torch.Tensor) else torch.tensor(value)
+    return metrics
 
 
 class LeakEarlyStopping(EarlyStopping):

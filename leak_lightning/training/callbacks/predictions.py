@@ -1,4 +1,5 @@
-"""`predict`'s callback: the scored windows of every recording → one CSV row each (predict.summarise)."""
+"""`predict`'s callback: the scored windows of every recording → one CSV row each (inference.scorer.WindowScorer,
+the scoring path `LeakDetector` takes too)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from ...inference.predict import (
     SensorRule,
     finish_outputs,
     sensors_csv,
-    summarise,
     summarise_sensors,
     write_outputs,
 )
+from ...inference.scorer import WindowScorer, WindowScores
 
 __all__ = ["PredictionWriter", "sensors_csv"]
 
@@ -53,14 +54,10 @@ class PredictionWriter(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
                            dataloader_idx) -> None:
-        # a recording-level network's windows carry their pooled frame sums (a few KB each), merged per recording
-        # at its end: what is kept of a window is never its segments
-        pooled = prediction.get("pooled")
-        pooled = pooled.cpu() if pooled is not None else [None] * len(prediction["owner"])
-        rows = zip(prediction["owner"].tolist(), prediction["index"].tolist(), prediction["silent"].tolist(),
-                   prediction["windows"].cpu(), prediction["class_probs"].cpu(), pooled)
-        for owner, index, silent, windows, classes, sums in rows:
-            self._scored.setdefault(owner, []).append((index, silent, windows, classes, sums))
+        scores = WindowScores(prediction["windows"], prediction["class_probs"], prediction.get("pooled"))
+        rows = WindowScorer.rows(prediction["index"].tolist(), prediction["silent"].tolist(), scores)
+        for owner, row in zip(prediction["owner"].tolist(), rows):
+            self._scored.setdefault(owner, []).append(row)
 
     def on_predict_end(self, trainer, pl_module) -> None:
         dm = trainer.datamodule
@@ -70,8 +67,10 @@ class PredictionWriter(BasePredictionWriter):
             return printable(p.relative_to(root) if root.is_dir() else p)
 
         # each rank summarises its own recordings (the decision rule is the checkpoint's, the same everywhere)
-        predictions = [summarise(name(p), self._scored.get(i, []), source.status[i].flags, pl_module,
-                                 source.status[i].reason, source.status[i].times) for i, p in enumerate(source.paths)]
+        scorer: WindowScorer = pl_module.scorer
+        predictions = [scorer.summarise(name(p), self._scored.get(i, []), source.status[i].flags,
+                                        source.status[i].reason, source.status[i].times)
+                       for i, p in enumerate(source.paths)]
         predictions += [Prediction(name(e.path), f"skipped: {e.reason}") for e in dm.predict_unusable]
         if trainer.world_size > 1:  # rows, not windows, travel: a few hundred bytes a recording
             import torch.distributed as dist

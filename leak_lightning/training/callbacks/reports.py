@@ -11,7 +11,9 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
+from ...checkpoint.record import describe_rule
 from ...runtime.fileio import file_digest, write_atomic
+from ..file_metrics import FileResults
 
 log = logging.getLogger(__name__)
 
@@ -39,24 +41,25 @@ class ReportWriter(L.Callback):
 
     @rank_zero_only
     def _report(self, trainer: L.Trainer, module, stage: str, name: str) -> None:
-        results = module.last_results
-        if not results or results["stage"] != stage:
+        results = module.file_eval.result  # the pass just computed (training/file_metrics.py)
+        if results is None or results.stage != stage:
             return
         run_dir = Path(trainer.default_root_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        metrics = results["metrics"]
+        metrics = results.metrics
         info = trainer.datamodule.infos[stage]
         scored = int(metrics["files_scored"])
         rule = module.decision
+        record = describe_rule(rule, module.whole_recordings)  # as the checkpoint and the export sidecar give it
         # the rule's reading (state: chosen on validation), never its options
         report = {"stage": stage, "dataset": str(info.path),
-                  "threshold": float(rule.threshold), "aggregation": rule.aggregation,
-                  "vote_fraction": rule.vote_fraction, "decision": rule.describe(), "rule": rule.reading_text(),
+                  **{k: record[k] for k in ("threshold", "aggregation", "vote_fraction", "decision")},
+                  "rule": rule.reading_text(),
                   "leak_class": module.hparams.leak_class_name, "class_names": module.class_names,
                   "ckpt_path": trainer.ckpt_path,
                   # the threshold's precision and recall on validation, and the calibration of leak_probability
-                  "threshold_validation": dict(zip(("precision", "recall"), module.decision.threshold_stats.tolist())),
-                  "calibration": dict(zip(("a", "b"), module.decision.calibration.tolist()), method="platt"),
+                  "threshold_validation": record["threshold_validation"],
+                  "calibration": {k: record["calibration"][k] for k in ("a", "b", "method")},
                   # file-level metrics count a file only when every one of its segments was scored
                   "files": {"in_split": info.num_files, "scored": scored, "partly_scored_left_out":
                             int(metrics["files_partial"]), "not_scored": info.num_files - scored -
@@ -74,7 +77,7 @@ class ReportWriter(L.Callback):
             write_atomic(csv_path, lambda f: self._write_csv(f, trainer.datamodule.file_paths(stage),
                                                              results, module.class_names))
             outputs[csv_path.name] = file_digest(csv_path)
-        if self.plots and len(results["files"]):
+        if self.plots and len(results.files):
             outputs.update({p.name: file_digest(p) for p in self._plot(trainer, module, results, stage, run_dir, name)})
         report["outputs"] = outputs
         path = run_dir / f"{name}_report.json"
@@ -90,7 +93,7 @@ class ReportWriter(L.Callback):
             log.info("plots: %s", ", ".join(str(run_dir / n) for n in outputs if n.endswith(".png")))
 
     @staticmethod
-    def _plot(trainer, module, results: dict, stage: str, run_dir: Path, name: str) -> list[Path]:
+    def _plot(trainer, module, results: FileResults, stage: str, run_dir: Path, name: str) -> list[Path]:
         from lightning.pytorch.loggers import TensorBoardLogger
 
         from .. import plots
@@ -104,16 +107,16 @@ class ReportWriter(L.Callback):
         return paths
 
     @staticmethod
-    def _write_csv(f, paths: list[str], results: dict, names: list[str]) -> None:
+    def _write_csv(f, paths: list[str], results: FileResults, names: list[str]) -> None:
         writer = csv.writer(f)
         writer.writerow(["path", "true_label", "leak_score", "leak_probability", "leak_decision", "decision_score",
                          "decision_cutoff", *[f"score_{n}" for n in names]])
-        truth = results["targets"].argmax(-1).tolist()
-        for k, row in enumerate(results["files"].tolist()):  # the files scored whole, by row number
-            writer.writerow([paths[row], names[truth[k]], f"{float(results['file_scores'][k]):.6f}",
-                             f"{float(results['file_probability'][k]):.6f}", int(results["decisions"][k]),
-                             f"{float(results['decision_scores'][k]):.6f}", f"{results['decision_cutoff']:.6f}",
-                             *[f"{float(v):.6f}" for v in results["file_probs"][k]]])
+        truth = results.targets.argmax(-1).tolist()
+        for k, row in enumerate(results.files.tolist()):  # the files scored whole, by row number
+            writer.writerow([paths[row], names[truth[k]], f"{float(results.file_scores[k]):.6f}",
+                             f"{float(results.file_probability[k]):.6f}", int(results.decisions[k]),
+                             f"{float(results.decision_scores[k]):.6f}", f"{results.decision_cutoff:.6f}",
+                             *[f"{float(v):.6f}" for v in results.file_probs[k]]])
 
     @staticmethod
     def _log_table(stage: str, m: dict, names: list[str], num_files: int, rule: str) -> None:
@@ -129,7 +132,7 @@ class ReportWriter(L.Callback):
             log.info("  %-14s %8.4f %8.4f %8.4f", n, m[f"seg_ap/{n}"], m[f"seg_auroc/{n}"], m[f"seg_f1/{n}"])
 
 
-def report_figures(module, results: dict) -> dict:
+def report_figures(module, results: FileResults | dict) -> dict:
     """The report's figures by name, from what the module holds (kept apart from the writing so the
     figures a reader gets can be checked without a Trainer)."""
     from .. import plots
