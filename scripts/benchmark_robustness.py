@@ -63,7 +63,7 @@ from leak_lightning.cli import main as cli  # noqa: E402
 from leak_lightning.inference.adapt import MIN_PER_SIDE  # noqa: E402
 from leak_lightning.inference.predict import LeakDetector  # noqa: E402
 from leak_lightning.runtime.logs import setup_logging  # noqa: E402
-from leak_lightning.training.evaluation import expected_calibration_error  # noqa: E402
+from leak_lightning.models.evaluation import expected_calibration_error  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("leak_lightning.benchmark")
@@ -240,7 +240,7 @@ def site_rows(work: Path, args, det: LeakDetector, ckpt: Path, name: str, train_
         tie_policy,
     )
     from leak_lightning.models.decision import DecisionRule
-    from leak_lightning.training.evaluation import sweep
+    from leak_lightning.models.evaluation import sweep
 
     recordings = corpus(work, name, 0, args.test_files)
     t0 = time.perf_counter()

@@ -21,7 +21,7 @@ from leak_lightning.data import schema
 from leak_lightning.data.datamodule import LeakDataModule
 from leak_lightning.data.h5 import read_info
 from leak_lightning.data.recordings import WindowStream
-from leak_lightning.training.evaluation import decision_basis, file_decisions, sweep_threshold
+from leak_lightning.models.evaluation import decision_basis, file_decisions, sweep_threshold
 
 # 0.5 s clips of 2 long × 2 short windows, 8 mels, 1 frame: a row is 32 float16 values
 CFG = FeatureConfig(duration_sec=0.5, n_mels=8)

@@ -33,7 +33,7 @@ from ..checkpoint.record import describe_rule, write_decision_record
 from ..models.decision import DecisionOptions, DecisionRule
 from ..runtime.fileio import check_writable_file, file_digest, foreign, name_max, write_atomic
 from ..runtime.rundir import FolderLock
-from ..training.evaluation import decision_counts
+from ..models.evaluation import decision_counts
 
 log = logging.getLogger(__name__)
 MIN_PER_SIDE = 3  # leak and non-leak recordings each: the fewest that cross-validate a threshold at all

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..training.evaluation import Aggregation, calibrate, decision_basis, file_decisions, fit_platt, sweep
+from .evaluation import Aggregation, calibrate, decision_basis, file_decisions, fit_platt, sweep
 
 Reading = tuple[Aggregation, float | None]  # ("vote", the share of windows) or ("mean", None)
 VOTE, MEAN = 0.0, 1.0  # the kind in DecisionRule.reading

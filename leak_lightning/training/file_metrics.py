@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..models.decision import DecisionRule, SegmentTable
-from .evaluation import DEFAULT_GRID, FileScores, expected_calibration_error, file_metrics, score_files
+from ..models.evaluation import DEFAULT_GRID, FileScores, expected_calibration_error, file_metrics, score_files
 
 log = logging.getLogger(__name__)
 Reduce = Callable[[torch.Tensor, str], torch.Tensor]

@@ -35,7 +35,7 @@ from ..models.compiled import CompiledNet, CompileOptions
 from ..models.decision import DecisionOptions, DecisionRule
 from ..models.optim import AdamW, CosineToEnd
 from ..models.recording import PooledFrames
-from .evaluation import FileScores
+from ..models.evaluation import FileScores
 from .file_metrics import FileEvaluation
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from matplotlib.ticker import MaxNLocator
 from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc
 
 from ..runtime.fileio import replacing
-from .evaluation import DEFAULT_GRID, decision_counts, f1_per_threshold, file_decisions
+from ..models.evaluation import DEFAULT_GRID, decision_counts, f1_per_threshold, file_decisions
 
 STAGE_WORDS = {"val": "validation", "test": "test"}
 

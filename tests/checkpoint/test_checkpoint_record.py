@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.files import REPO
 from helpers.models import classifier
 
 from leak_lightning.checkpoint import describe_rule, write_decision_record
@@ -18,7 +19,7 @@ from leak_lightning.checkpoint.record import CALIBRATION_INPUT
 from leak_lightning.inference.export import _sidecar
 from leak_lightning.models.decision import reading_state
 
-OLD = Path(__file__).parent / "data" / "format1_tiny.ckpt"
+OLD = REPO / "tests" / "fixtures" / "format1_tiny.ckpt"
 
 
 def f32(x: float) -> float:

@@ -1,7 +1,7 @@
 """Checkpoints of earlier versions: a format-1 checkpoint (leak_lightning 0.2.0, 24 flat module arguments,
 decision buffers at the top level) still scores, evaluates and exports as it did.
 
-tests/data/format1_tiny.ckpt was trained by leak_lightning 0.2.0 (commit 116314a) with channels [4, 8, 8, 8],
+tests/fixtures/format1_tiny.ckpt was trained by leak_lightning 0.2.0 (commit 116314a) with channels [4, 8, 8, 8],
 hidden 8, pos_weight auto and vote_fraction 0.25; format1_tiny_predictions.json holds what 0.2.0's
 LeakDetector answered for the three recordings made below.
 """
@@ -9,19 +9,18 @@ LeakDetector answered for the three recordings made below.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers.files import data_args
+from helpers.files import REPO, data_args
 
 from leak_lightning import LeakDetector
 from leak_lightning.checkpoint.io import read_checkpoint
 from leak_lightning.checkpoint.migrations import current_hparams, migrate_state
 from leak_lightning.cli import main
 
-DATA = Path(__file__).parent / "data"
+DATA = REPO / "tests" / "fixtures"
 OLD = DATA / "format1_tiny.ckpt"
 
 

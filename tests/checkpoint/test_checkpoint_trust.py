@@ -19,7 +19,7 @@ from leak_lightning.checkpoint.io import AtomicCheckpointIO, newest_valid_checkp
 from leak_lightning.training.callbacks.interrupt import _set_rng_state
 from leak_lightning.training.module import LeakClassifier
 
-OLD = Path(__file__).parent / "data" / "format1_tiny.ckpt"
+OLD = REPO / "tests" / "fixtures" / "format1_tiny.ckpt"
 SYSTEM = f"{os.system.__module__}.{os.system.__name__}"  # how a pickle names os.system (posix.system here)
 
 

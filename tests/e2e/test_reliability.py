@@ -18,7 +18,7 @@ import torch
 from helpers.files import REPO, data_args, first_files
 
 pytestmark = pytest.mark.slow
-TESTS = Path(__file__).resolve().parent
+TESTS = REPO / "tests"  # helpers/, for the training processes started here
 
 
 def fit_cmd(h5, run: Path, *extra: str) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from leak_lightning.training.evaluation import (
+from leak_lightning.models.evaluation import (
     FileScores,
     f1_per_threshold,
     file_decisions,

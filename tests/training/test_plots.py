@@ -9,7 +9,7 @@ import torch
 from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator
 
-from leak_lightning.training.evaluation import decision_basis, file_decisions
+from leak_lightning.models.evaluation import decision_basis, file_decisions
 from leak_lightning.training.plots import report_figures
 
 NAMES = ["NO_LEAK", "NOISE", "LEAK"]

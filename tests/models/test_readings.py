@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from helpers.files import REPO
 from helpers.models import classifier
 
 from leak_lightning.checkpoint.contract import SECTION, binding_digest, check_integrity
@@ -19,7 +19,7 @@ from leak_lightning.checkpoint.io import read_checkpoint
 from leak_lightning.checkpoint.migrations import migrate_state
 from leak_lightning.inference import adapt
 from leak_lightning.models.decision import DecisionOptions, DecisionRule, reading_state
-from leak_lightning.training.evaluation import sweep
+from leak_lightning.models.evaluation import sweep
 from leak_lightning.training.module import LeakClassifier
 
 # A faint leak under passing noise: a leak's 10 windows all sit at 0.305 (steady, low); a recording without a leak
@@ -135,7 +135,7 @@ def test_a_flat_0_2_checkpoint_reads_its_own_fraction():
     rule = DecisionRule()
     rule.load_state_dict({k.removeprefix("decision."): v for k, v in ckpt["state_dict"].items()})
     assert rule.decide(WINDOWS).tolist() == [True, True, True, False]
-    real, _ = read_checkpoint(Path(__file__).parent / "data" / "format1_tiny.ckpt")  # 0.2.0 with vote_fraction 0.25
+    real, _ = read_checkpoint(REPO / "tests" / "fixtures" / "format1_tiny.ckpt")  # 0.2.0 with vote_fraction 0.25
     migrate_state(real)
     assert real["state_dict"]["decision.reading"].tolist() == [0.0, 0.25]
 
@@ -285,7 +285,7 @@ def test_the_report_figures_describe_the_reading_not_the_options():
 
 
 def test_auto_is_no_reading_of_its_own():
-    from leak_lightning.training.evaluation import decision_basis, file_decisions
+    from leak_lightning.models.evaluation import decision_basis, file_decisions
 
     with pytest.raises(ValueError, match="aggregation 'auto' is not a reading of the windows: use 'vote' or 'mean'"):
         file_decisions(FLOOR, torch.tensor([0.5]), "auto")

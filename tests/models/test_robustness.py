@@ -139,7 +139,7 @@ def test_the_threshold_comes_with_its_validation_precision_recall_and_calibratio
 
 
 def test_a_tiny_validation_set_warns_about_the_threshold(ll_records):
-    from leak_lightning.training.evaluation import FileScores
+    from leak_lightning.models.evaluation import FileScores
 
     model = classifier(features=CFG)
     truth = torch.tensor([True] * 4 + [False] * 16)

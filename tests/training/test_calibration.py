@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from leak_lightning.training.evaluation import calibrate, expected_calibration_error, fit_platt
+from leak_lightning.models.evaluation import calibrate, expected_calibration_error, fit_platt
 
 
 def test_platt_calibration_against_a_hand_computed_case():

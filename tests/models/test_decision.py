@@ -10,7 +10,7 @@ import torch
 from helpers.models import classifier
 
 from leak_lightning.models.decision import DecisionOptions, DecisionRule
-from leak_lightning.training.evaluation import fit_platt
+from leak_lightning.models.evaluation import fit_platt
 
 # 8 recordings × 4 windows; the first 4 leak. Chosen so that every rule below picks another threshold.
 WINDOWS = torch.tensor([
