@@ -103,6 +103,20 @@ def test_compute_with_sweep_fits_the_rule_on_the_files():
     assert rule.threshold_stats.tolist() == [1.0, 1.0]
 
 
+@pytest.mark.parametrize("truth", [[1, 1, 1], [0, 0, 0]], ids=["only leaks", "no leak"])
+def test_a_split_of_one_kind_keeps_the_rule_and_says_why(truth, ll_records):
+    """With leaks only (or none) every threshold gives the same F1: the rule must stay as trained, not move."""
+    ev = evaluation()
+    ev.update(0, PROBS, torch.eye(2)[torch.tensor(truth).repeat_interleave(4)])
+    rule = DecisionRule(DecisionOptions("mean"))
+    before = {k: v.clone() for k, v in rule.state_dict().items()}
+    compute(ev, rule, sweep=True)
+    for name, value in rule.state_dict().items():
+        torch.testing.assert_close(value, before[name], equal_nan=True)
+    assert any("the leak F1/AUROC are undefined (NaN) and the threshold is not swept" in r.getMessage()
+               for r in ll_records)
+
+
 def labels_by_hand(path) -> tuple[list[int], int]:
     with h5py.File(path, "r") as f:
         labels, names = f["labels"][:], f.attrs["labels_json"]
