@@ -62,8 +62,8 @@ from leak_lightning.checkpoint.io import read_checkpoint  # noqa: E402
 from leak_lightning.cli import main as cli  # noqa: E402
 from leak_lightning.inference.adapt import MIN_PER_SIDE  # noqa: E402
 from leak_lightning.inference.predict import LeakDetector  # noqa: E402
-from leak_lightning.runtime.logs import setup_logging  # noqa: E402
 from leak_lightning.models.evaluation import expected_calibration_error  # noqa: E402
+from leak_lightning.runtime.logs import setup_logging  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("leak_lightning.benchmark")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from functools import partial
+from operator import attrgetter
 from pathlib import Path
 
 import torch
@@ -79,17 +79,17 @@ class LeakCLI(LightningCLI):
                                  "was trained on (recordings added or removed since)")
         # what the data says fills the model's (and its network's) sizes; with --ckpt_path, the checkpoint's
         for attr in ("class_names", "feature_config", "train_class_counts"):
-            parser.link_arguments("data", f"model.{attr}", compute_fn=partial(self._data_says, attr),
+            parser.link_arguments("data", f"model.{attr}", compute_fn=self._link(attr, attrgetter(attr)),
                                   apply_on="instantiate")
         # pos_weight auto is computed from these when fit starts; a user's pos_weight cannot be a link's target
         # (jsonargparse refuses a linked value on the command line), so the counts are linked, not the weights.
         # 0 files, not None, without a training split: the model then names data.train_h5 as the fix
         parser.link_arguments("data", "model.train_files", apply_on="instantiate",
-                              compute_fn=lambda dm: self._bound(dm).train_files or 0)
+                              compute_fn=self._link("train_files", lambda dm: dm.train_files or 0))
         for attr, compute in (("num_classes", lambda dm: dm.num_classes), ("n_mels", lambda dm: dm.features.n_mels),
                               ("t_frames", lambda dm: dm.features.t_frames)):
             parser.link_arguments("data", f"model.net.init_args.{attr}", apply_on="instantiate",
-                                  compute_fn=lambda dm, compute=compute: compute(self._bound(dm)))
+                                  compute_fn=self._link(attr, compute))
         from ..training.callbacks.checkpointing import LeakCheckpoint, LeakEarlyStopping
         from ..training.callbacks.console import ConsoleLogger
         from ..training.callbacks.interrupt import GracefulInterrupt
@@ -224,9 +224,14 @@ class LeakCLI(LightningCLI):
             data.bind(self.contract)
         return data
 
-    def _data_says(self, attr: str, data):
-        """A data → model link."""
-        return getattr(self._bound(data), attr)
+    def _link(self, name: str, compute):
+        """A data → model link's function: `compute` of the data module as bound (the checkpoint's class order),
+        named for `--help`, which shows a link by its function's name."""
+        def link(data):
+            return compute(self._bound(data))
+
+        link.__name__ = link.__qualname__ = name
+        return link
 
     def _parse_ckpt_path(self) -> None:
         """The checkpoint's hyper-parameters rule the model's options (as in LightningCLI), taken from the

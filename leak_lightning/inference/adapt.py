@@ -31,9 +31,9 @@ from ..checkpoint.io import AtomicCheckpointIO, read_checkpoint
 from ..checkpoint.migrations import migrate
 from ..checkpoint.record import describe_rule, write_decision_record
 from ..models.decision import DecisionOptions, DecisionRule
+from ..models.evaluation import decision_counts
 from ..runtime.fileio import check_writable_file, file_digest, foreign, name_max, write_atomic
 from ..runtime.rundir import FolderLock
-from ..models.evaluation import decision_counts
 
 log = logging.getLogger(__name__)
 MIN_PER_SIDE = 3  # leak and non-leak recordings each: the fewest that cross-validate a threshold at all

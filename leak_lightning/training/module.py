@@ -33,9 +33,9 @@ from ..inference.scorer import WindowScorer, WindowScores, score_segments, site_
 from ..models.augment import Augmentation, SpectrumAugment
 from ..models.compiled import CompiledNet, CompileOptions
 from ..models.decision import DecisionOptions, DecisionRule
+from ..models.evaluation import FileScores
 from ..models.optim import AdamW, CosineToEnd
 from ..models.recording import PooledFrames
-from ..models.evaluation import FileScores
 from .file_metrics import FileEvaluation
 
 log = logging.getLogger(__name__)
@@ -66,9 +66,11 @@ class LeakClassifier(L.LightningModule):
         leak_class_name: the class whose recording-level decision is the product (chosen by name).
         pos_weight: per-class positive weights of the BCE loss; "auto": each class's negatives over its
             positives in the training split (set when `fit` starts; a checkpoint keeps them).
-        train_class_counts, train_files: the training split's files per class (in `class_names` order) and in
-            all, for pos_weight "auto" (linked from the data by the CLI; from Python, the data module's
-            `train_class_counts` and `train_files`). Not hyper-parameters: a checkpoint keeps the weights.
+        train_class_counts: the training split's files per class (in `class_names` order), for pos_weight
+            "auto" (linked from the data by the CLI; from Python, the data module's `train_class_counts`). Not
+            a hyper-parameter: a checkpoint keeps the weights.
+        train_files: the training split's files in all, with train_class_counts (linked; from Python, the data
+            module's `train_files`; 0: no training split).
         augment: training-time augmentation of the log-mel batches (models/augment.py), masks included.
         decision: how window probabilities become a recording's decision (models/decision.py).
         compile: torch.compile of the network (models/compiled.py; on by default when training on CUDA).

@@ -17,8 +17,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc
 
-from ..runtime.fileio import replacing
 from ..models.evaluation import DEFAULT_GRID, decision_counts, f1_per_threshold, file_decisions
+from ..runtime.fileio import replacing
 
 STAGE_WORDS = {"val": "validation", "test": "test"}
 
