@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from helpers.files import REPO, cli_exit, data_args, make_pool, one_error
-from test_reliability import finish, fit_cmd, pause, start, wait_ready
+from helpers.runs import finish, fit_cmd, pause, start, wait_ready
 
 from leak_lightning.builder import writer as writer_module
 from leak_lightning.builder.build import build_dataset

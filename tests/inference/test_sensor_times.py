@@ -279,7 +279,9 @@ def test_a_predict_killed_between_its_two_renames_leaves_a_pair_the_next_predict
     main(["predict", *argv("SA")])
     assert _read_pair(out) == ({"SA"}, {"SA"})
     ready = tmp_path / "ready"
-    code = f"import test_sensor_times as t; t.run_paused_predict({str(ready)!r}, {argv('SB')!r})"
+    here = str(Path(__file__).parent)  # this module, imported by the child for run_paused_predict
+    code = (f"import sys; sys.path.insert(0, {here!r}); import test_sensor_times as t; "
+            f"t.run_paused_predict({str(ready)!r}, {argv('SB')!r})")
     proc = start_paused(["-c", code], ready, "predict")
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)

@@ -201,7 +201,7 @@ def test_the_bands_pooled_levels_are_free_of_the_sensor_gain():
 def test_an_interrupted_recording_run_resumes_bitwise(small_h5, tmp_path):
     import signal
 
-    from test_reliability import assert_bitwise_equal, finish, fit_cmd, interrupt_and_resume, start, weights
+    from helpers.runs import assert_bitwise_equal, finish, fit_cmd, interrupt_and_resume, start, weights
 
     net = ("--model.net", "leak_lightning.models.RecordingNet", "--model.net.channels", "[8, 16]",
            "--model.net.embed", "8")
