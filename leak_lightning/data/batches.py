@@ -40,8 +40,9 @@ class CachedSplit:
     def gather(self, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows `index` (on segments' device) → (x, y) on `device`."""
         if self.segments.device.type == "cpu":
-            # numpy fancy indexing: torch.index_select competes for the cores with torch's own threads
-            # (scripts/benchmark_kernels.py, "gather")
+            # numpy fancy indexing: torch.index_select wins on idle cores but fell far behind with the cores
+            # oversubscribed (scripts/benchmark_kernels.py "gather", alone and beside other jobs); the gather is
+            # a small part of a step either way, so the worst case decides
             idx = index.numpy()
             x = torch.from_numpy(self.segments.numpy()[idx])
             y = torch.from_numpy(self.targets.numpy()[idx // self.segments_per_file])
