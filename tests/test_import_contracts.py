@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from helpers.files import REPO
 
 LINT = Path(sys.executable).parent / "lint-imports"
@@ -27,25 +28,24 @@ def test_the_contracts_are_kept():
     assert re.search(r"Contracts: [1-9]\d* kept, 0 broken\.", done.stdout), done.stdout
 
 
-def test_a_planted_upward_import_breaks_the_layers(tmp_path):
-    """audio (a bottom layer) importing the CLI (the top one) is named, with the line that does it."""
+PLANTED = {
+    # audio (a bottom layer) importing the CLI (the top one) is named, with the line that does it
+    "upward import": ("audio/scan.py", "\n\ndef _planted():\n    from ..cli import main\n\n    return main\n",
+                      ("Layers: cli on top", "BROKEN", "leak_lightning.audio.scan -> leak_lightning.cli")),
+    "lightning below the trainer": ("models/cnn.py", "\n\nimport lightning  # noqa: E402,F401\n",
+                                    ("leak_lightning.models is not allowed to import lightning",)),
+}
+
+
+@pytest.mark.parametrize("case", PLANTED)
+def test_a_planted_import_breaks_its_contract(case, tmp_path):
+    module, planted, said = PLANTED[case]
     shutil.copytree(REPO / "leak_lightning", tmp_path / "leak_lightning",
                     ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
-    scan = tmp_path / "leak_lightning" / "audio" / "scan.py"
-    scan.write_text(scan.read_text() + "\n\ndef _planted():\n    from ..cli import main\n\n    return main\n")
+    path = tmp_path / "leak_lightning" / module
+    path.write_text(path.read_text() + planted)
     done = _lint(tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "Layers: cli on top" in done.stdout and "BROKEN" in done.stdout, done.stdout
-    assert "leak_lightning.audio.scan -> leak_lightning.cli" in done.stdout, done.stdout
-
-
-def test_a_planted_lightning_import_breaks_the_plain_layers(tmp_path):
-    shutil.copytree(REPO / "leak_lightning", tmp_path / "leak_lightning",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
-    cnn = tmp_path / "leak_lightning" / "models" / "cnn.py"
-    cnn.write_text(cnn.read_text() + "\n\nimport lightning  # noqa: E402,F401\n")
-    done = _lint(tmp_path)
-    assert done.returncode == 1, done.stdout + done.stderr
-    assert "leak_lightning.models is not allowed to import lightning" in done.stdout, done.stdout
+    for words in said:
+        assert words in done.stdout, done.stdout

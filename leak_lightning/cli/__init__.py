@@ -7,6 +7,7 @@ act on ends as one line and exit status 2 (errors.py says which line and status)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -121,19 +122,26 @@ def run_adapt(argv: list[str]) -> int:
                               argv)
     if isinstance(kwargs, int):
         return kwargs
-    # SIGTERM unwinds like Ctrl-C: the temporary files and the output's lock are removed on the way out
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        adapt_checkpoint(**kwargs)
+        with sigterm_unwinds():  # the temporary files and the output's lock are removed on the way out
+            adapt_checkpoint(**kwargs)
     except (ValueError, OSError, RuntimeError, KeyboardInterrupt) as err:
         return fail(err, "adapt")  # a full disk, a GPU out of memory: the base checkpoint is untouched
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     return EXIT_OK
 
 
-def _raise_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+@contextlib.contextmanager
+def sigterm_unwinds():
+    """SIGTERM raised as KeyboardInterrupt("SIGTERM") inside the block: it unwinds like Ctrl-C (finally blocks
+    remove temporary files and locks), and the command's interrupt line names the signal."""
+    def interrupt(signum, frame) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_build(argv: list[str]) -> int:
@@ -144,11 +152,9 @@ def run_build(argv: list[str]) -> int:
                               every_rank=True)  # under a launcher each worker builds its own shard
     if isinstance(kwargs, int):
         return kwargs
-
-    # SIGTERM unwinds like Ctrl-C so the temporary files are removed on the way out.
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        build_dataset(**kwargs)
+        with sigterm_unwinds():  # the temporary files are removed on the way out
+            build_dataset(**kwargs)
     except (ValueError, FileNotFoundError, FileExistsError, KeyboardInterrupt) as err:
         return fail(err, "build")
     except (OSError, RuntimeError) as err:  # a full disk, a lost mount: discarded, the old dataset untouched
@@ -160,8 +166,6 @@ def run_build(argv: list[str]) -> int:
             logging.shutdown()
             os._exit(status)
         return status
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     return EXIT_OK
 
 
