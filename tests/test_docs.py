@@ -18,7 +18,7 @@ from helpers.files import REPO
 DOCS = REPO / "docs"
 PACKAGE = REPO / "leak_lightning"
 PAGES = sorted([REPO / "README.md", *DOCS.rglob("*.md")])
-SUBCOMMANDS = ("build", "fit", "validate", "test", "predict", "export", "adapt")
+SUBCOMMANDS = ("build", "fit", "validate", "test", "predict", "export", "adapt", "review")
 README_WORDS = 1200  # what a newcomer reads in five minutes; the rest belongs in docs/
 
 

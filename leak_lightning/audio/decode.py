@@ -272,6 +272,19 @@ def read_clip(path: str | Path, spec: ClipSpec) -> Clip:
     return Clip(_to_rate(mono, rate, spec)[: spec.num_samples], tuple(flags))
 
 
+def read_mono(path: str | Path, max_seconds: float) -> tuple[np.ndarray, int, bool]:
+    """A recording as it was recorded, for a listener: mono float32 at its own rate, its first `max_seconds`
+    (whether it was longer). Decoded as the windows are (the same reads, level checks and downmix)."""
+    f, declared = open_checked(path)
+    with f:
+        want = min(f.frames, math.ceil(max_seconds * f.samplerate))
+        raw, _, error = _read(f, want, path, 0)
+        longer = f.frames > want
+    if not len(raw):
+        raise SkipFile(f"no audio could be decoded ({error}); re-export the file as PCM WAV")
+    return _downmix(raw), f.samplerate, longer
+
+
 def clip_or_reason(path: str | Path, spec: ClipSpec) -> Clip | str:
     """`read_clip`, or the reason the file cannot be used: one file never ends a run."""
     try:

@@ -28,6 +28,8 @@ SUBCOMMANDS = {
     "predict": "score recordings (a file, a folder or a list) with a checkpoint alone → predictions CSV",
     "export": "write a checkpoint's network (and frontend) as ONNX or TorchScript with a JSON sidecar",
     "adapt": "re-fit a checkpoint's threshold and calibration to a new site from its labelled recordings",
+    "review": "a predictions CSV as a folder to open in a browser: sensors over nights, spectrograms, audio, "
+              "and a queue of recordings to label for adapt",
 }
 # Flags renamed to the one style (underscores, a value for every option), per subcommand: the old spelling is
 # translated before parsing, with a note. SWITCHES took no value (argparse's store_true): given bare, it means true.
@@ -144,6 +146,20 @@ def sigterm_unwinds():
         signal.signal(signal.SIGTERM, previous)
 
 
+def run_review(argv: list[str]) -> int:
+    from ..inference.review import review_site
+
+    kwargs = function_command("review", review_site, "Build a site's review folder from a predictions CSV.", argv)
+    if isinstance(kwargs, int):
+        return kwargs
+    try:
+        with sigterm_unwinds():  # the half-written folder and the output's lock are removed on the way out
+            review_site(**kwargs)
+    except (ValueError, OSError, KeyboardInterrupt) as err:
+        return fail(err, "review")
+    return EXIT_OK
+
+
 def run_build(argv: list[str]) -> int:
     from ..builder.build import build_dataset
 
@@ -177,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     if args[0] == "--version":
         print(f"leak_lightning {__version__}")
         sys.exit(EXIT_OK)
-    commands = {"build": run_build, "export": run_export, "adapt": run_adapt}
+    commands = {"build": run_build, "export": run_export, "adapt": run_adapt, "review": run_review}
     if args[0] in commands:
         sys.exit(commands[args[0]](args[1:]))
     if args[0] not in SUBCOMMANDS:

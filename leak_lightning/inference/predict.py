@@ -130,6 +130,13 @@ def _name_parts(path: str) -> tuple[str, str]:
     return parts[0], parts[2]
 
 
+def name_fields(path: str) -> tuple[str, datetime | None]:
+    """The sensor id and the time a recording's name holds (`S0012~R0003~20251119T101500~g12.wav`): ('', None)
+    without a sensor id, a None time where it holds none that can be read (`read_time`)."""
+    sensor, when = _name_parts(path)
+    return sensor, read_time(when) if sensor else None
+
+
 @dataclass(frozen=True)
 class _Recording:
     path: str
