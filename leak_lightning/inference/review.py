@@ -27,7 +27,7 @@ from typing import Literal
 
 import numpy as np
 
-from ..audio.decode import SkipFile, read_mono, reason_of, resample
+from ..audio.decode import SkipFile, read_mono, reason_of
 from ..runtime.fileio import check_output_name, exchange, file_digest, make_private, remove_private
 from ..runtime.rundir import FolderLock
 from . import labels
@@ -45,11 +45,11 @@ NEEDED = ("path", "status", "quality", "leak_score", "leak_probability", "leak_d
           "decision_cutoff", "window_leak_scores", "window_seconds")
 QUEUE_RULE = ("The queue alternates between the two sides of the decision cutoff, the side decided leak first. On "
               "each side it starts at the recording nearest the cutoff and walks out with widening steps to the "
-              "most confident one (the k-th of K picks sits (k / (K - 1))² of the way; recordings of equal margin, as a "
-              "vote over one window gives, in the order of their leak score), so that the labels bracket "
-              "the site's own boundary even where it lies far from the base cutoff. Near each step it prefers a "
-              "sensor not yet in the queue, then a night of that sensor not yet in it: recordings of one pipe and "
-              "one night are alike, and teach less twice.")
+              "most confident one (the k-th of K picks sits (k / (K - 1))² of the way; recordings of equal margin, "
+              "as a vote over one window gives, in the order of their leak score), so that the labels bracket the "
+              "site's own boundary even where it lies far from the base cutoff. Near each step it prefers a sensor "
+              "not yet in the queue, then a night of that sensor not yet in it: recordings of one pipe and one "
+              "night are alike, and teach less twice.")
 
 
 def review_site(predictions: str, recordings: str | None = None, output: str | None = None, queue: int = 20,
@@ -261,11 +261,14 @@ def spectrogram_png(mono: np.ndarray, rate: int, path: Path) -> None:
 
 
 def write_wav(mono: np.ndarray, rate: int, path: Path) -> None:
-    """Mono PCM16 WAV a browser plays (resampled up to MIN_AUDIO_RATE where the recording's rate is below)."""
+    """Mono PCM16 WAV a browser plays: a rate below MIN_AUDIO_RATE raised by the integer factor that reaches it
+    (4096 Hz → 8192 Hz), by zero-padding the spectrum: the same sound, nothing added above its old band."""
     import soundfile as sf
 
     if rate < MIN_AUDIO_RATE:
-        mono, rate = resample(mono, rate, MIN_AUDIO_RATE), MIN_AUDIO_RATE
+        factor = math.ceil(MIN_AUDIO_RATE / rate)
+        mono = np.fft.irfft(np.fft.rfft(mono), len(mono) * factor) * factor
+        rate *= factor
     sf.write(path, np.clip(mono, -1.0, 1.0), rate, subtype="PCM_16", format="WAV")
 
 

@@ -61,3 +61,10 @@ def test_equal_margins_are_ordered_by_the_leak_score():
     other = [Candidate(5 + k, -0.5, f"T{k}", score=s) for k, s in enumerate([0.05, 0.15, 0.1])]
     # leak side by score ascending: 3 (0.2), 1, 2, 4, 0; other side by score descending: 6 (0.15), 7, 5
     assert keys(review_queue(side + other, 4)) == [3, 6, 0, 5]
+
+
+def test_a_new_sensor_comes_before_a_new_night_of_a_sensor_already_queued():
+    side = [Candidate(0, 0.1, "A", "n1"), Candidate(1, 0.2, "A", "n2"), Candidate(2, 0.3, "B", "n1"),
+            Candidate(3, 0.4, "A", "n1"), Candidate(4, 0.5, "A", "n1")]
+    # the second step's band holds ranks 1 (A's other night) and 2 (sensor B): B, though one rank farther
+    assert keys(review_queue(side, 3)) == [0, 2, 4]

@@ -89,9 +89,9 @@ def test_digests_spectrograms_and_audio_are_those_of_the_files(site):
     first = recs["S01~R1~20251119T221500~g0.wav"]
     raw = (folder / first["path"]).read_bytes()
     assert first["digest"] == hashlib.sha256(raw).hexdigest()[:16]
-    # the audio: 20 s of the 4096 Hz recording, resampled up to 8000 Hz for browsers, mono PCM16
+    # the audio: 20 s of the 4096 Hz recording, resampled up to 8192 Hz (twice: at least 8 kHz for browsers)
     info = sf.info(out / first["audio"])
-    assert (info.samplerate, info.channels, info.subtype) == (8000, 1, "PCM_16")
+    assert (info.samplerate, info.channels, info.subtype) == (8192, 1, "PCM_16")
     assert info.frames / info.samplerate == pytest.approx(20.0, abs=1e-3) and first["duration"] == pytest.approx(20)
     assert first["max_hz"] == 2048
     # the spectrogram: 0 Hz at the bottom, 2048 Hz at the top; the 500 Hz tone is the brightest row
