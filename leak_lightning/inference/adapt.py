@@ -34,6 +34,7 @@ from ..models.decision import DecisionOptions, DecisionRule
 from ..models.evaluation import decision_counts
 from ..runtime.fileio import check_writable_file, file_digest, foreign, name_max, write_atomic
 from ..runtime.rundir import FolderLock
+from .labels import NOT_LEAK, Labels, load_labels
 
 log = logging.getLogger(__name__)
 MIN_PER_SIDE = 3  # leak and non-leak recordings each: the fewest that cross-validate a threshold at all
@@ -245,13 +246,13 @@ def find_site_recordings(root: Path, class_names: list[str]) -> list[tuple[Path,
 
 def adapt_checkpoint(ckpt_path: str, input: str, site: str, output: str | None = None, folds: int = 5,
                      seed: int = 0, finetune_steps: int = 0, unlabelled: bool = False, overwrite: bool = False,
-                     device: str = "auto") -> dict:
+                     device: str = "auto", labels: str | None = None) -> dict:
     """Adapt `ckpt_path` to the site whose recordings are under `input`.
 
     Args:
         ckpt_path: the base checkpoint (written by `fit`, or by an earlier `adapt`).
         input: the site's recordings as `<LABEL>/*` (the build layout; labels are the checkpoint's classes);
-            with --unlabelled, any folder of recordings.
+            with --labels, the folder its paths are relative to; with --unlabelled, any folder of recordings.
         site: the site's name, kept in the checkpoint and shown by `predict` and `LeakDetector`.
         output: the adapted checkpoint (default: `<base run dir>/sites/<site>.ckpt`, or for a base checkpoint
             outside a run `<its dir>/<its stem>_sites/<site>.ckpt`); its report beside it (and inside it).
@@ -264,6 +265,9 @@ def adapt_checkpoint(ckpt_path: str, input: str, site: str, output: str | None =
             (the threshold stays; the log gives the share of recordings decided leak before and after).
         overwrite: replace an existing `output` (and its report).
         device: "auto" (CUDA when there is one), "cpu" or "cuda".
+        labels: the site's labels as a labels.csv exported by the review page (`review`), in place of
+            `<LABEL>/` folders: a row per recording (path, audio digest, label: leak, not leak or unsure); `input`
+            is then the folder its paths are relative to (the one `predict` read).
     """
     if not re.fullmatch(r"[\w.-]+", site or ""):
         raise ValueError(f"--site {site!r}: use letters, digits, '.', '-' or '_' (it names the checkpoint file)")
@@ -273,8 +277,18 @@ def adapt_checkpoint(ckpt_path: str, input: str, site: str, output: str | None =
         raise ValueError(f"--device {device}: use auto, cpu, or cuda on a machine with CUDA")
     if finetune_steps < 0 or (finetune_steps and unlabelled):
         raise ValueError(f"--finetune_steps {finetune_steps}: use 0 or more, and only with labelled recordings")
+    if labels is not None and unlabelled:
+        raise ValueError(f"--labels {labels} with --unlabelled true: give one of them (labels adapt the rule, "
+                         "--unlabelled the norms)")
+    if labels is not None and finetune_steps:
+        # the head is fitted on classes, and "not leak" names none of the other classes
+        raise ValueError(f"--finetune_steps {finetune_steps} with --labels: labels.csv says leak or not leak, not "
+                         "which class, and the head is fine-tuned on classes; adapt the rule only (without "
+                         "--finetune_steps), or give the recordings as <LABEL>/ folders")
     base = Path(ckpt_path)
     ckpt, contract = read_checkpoint(base)
+    # checked before the model loads or any recording is scored: a bad row is one line at once
+    read = load_labels(labels, input, contract.leak_class_name) if labels is not None else None
     if finetune_steps and (ckpt.get(SECTION) or {}).get("decides") == "recording":
         raise ValueError(f"--finetune_steps {finetune_steps}: {base} is a recording-level model, whose head is "
                          "fitted on whole recordings; fine-tuning it on a site is not supported: adapt its rule "
@@ -286,7 +300,8 @@ def adapt_checkpoint(ckpt_path: str, input: str, site: str, output: str | None =
     with FolderLock(out.parent, "--output", name=f".{out.name}.lock"):
         if out.exists() and not overwrite:
             raise FileExistsError(f"--output {out} exists: pass --overwrite true to replace it, or another --output")
-        report = _adapted(base, ckpt, contract, input, site, folds, seed, finetune_steps, unlabelled, device, out)
+        report = _adapted(base, ckpt, contract, input, site, folds, seed, finetune_steps, unlabelled, device, out,
+                          read)
         _publish(report, out, report_path)
     kept = " (the base rule and weights kept: adapting was no better)" if report.get("kept_base_rule") else ""
     log.info("checkpoint for site %s: %s%s (report %s)", site, out, kept, report_path, extra={"colour": "success"})
@@ -307,7 +322,7 @@ def _check_names(out: Path, report_path: Path, site: str, output: str | None) ->
 
 
 def _adapted(base: Path, ckpt: dict, contract, input: str, site: str, folds: int, seed: int, finetune_steps: int,
-             unlabelled: bool, device: str, out: Path) -> dict:
+             unlabelled: bool, device: str, out: Path, labels: Labels | None = None) -> dict:
     """The site scored and the rule (or the norms) adapted: the report, with the adapted checkpoint under
     `"_checkpoint"` (the report is inside it, so the two can never disagree)."""
     from .predict import LeakDetector
@@ -319,7 +334,7 @@ def _adapted(base: Path, ckpt: dict, contract, input: str, site: str, folds: int
     if unlabelled:
         site_info, report = _unlabelled(det, Path(input), trained)
     else:
-        site_info, report = _labelled(det, Path(input), contract, folds, seed, finetune_steps, trained)
+        site_info, report = _labelled(det, Path(input), contract, folds, seed, finetune_steps, trained, labels)
         reused = _fitted_on_before((ckpt.get(SECTION) or {}).get("site"), site_info["digests"])
         site_info["reused_from_base_site"] = report["reused_from_base_site"] = reused
     adapted = copy.deepcopy(ckpt)
@@ -383,6 +398,16 @@ def _training_key(det, path: Path, label: str, kind: str) -> int | None:
     return int.from_bytes(hashlib.blake2b(f"{path.name}\0{label}".encode(), digest_size=8).digest(), "little")
 
 
+def _in_training(det, path: Path, label: str, trained: tuple[str, set[int]]) -> bool:
+    """Whether a recording is in the checkpoint's training split. A "not leak" label (labels.csv) names no class:
+    by file name it is there when its name is there under any class but the leak class."""
+    kind, digests = trained
+    if kind == "audio" or label != NOT_LEAK:
+        return _training_key(det, path, label, kind) in digests
+    leak_name = det.model.hparams.leak_class_name
+    return any(_training_key(det, path, name, kind) in digests for name in det.model.class_names if name != leak_name)
+
+
 def _fitted_on_before(base_site: dict | None, digests: list[str]) -> int:
     """How many of these recordings the base checkpoint's own labelled adaptation was fitted on (0 for a
     checkpoint from `fit`, or one adapted without labels). Its rule is then scored on recordings it was
@@ -417,7 +442,7 @@ def _scored(det, paths: list[tuple[Path, str]], trained: tuple[str, set[int]] | 
             skipped.append({"path": printable(path), "status": f"the same file as {printable(first)}"})
             continue
         seen[digest] = (path, label)
-        if trained is not None and _training_key(det, path, label, trained[0]) in trained[1]:
+        if trained is not None and _in_training(det, path, label, trained):
             in_training += 1
             skipped.append({"path": printable(path), "status": "in the training split of the checkpoint"})
             continue
@@ -437,18 +462,19 @@ def _scored(det, paths: list[tuple[Path, str]], trained: tuple[str, set[int]] | 
 
 
 def _labelled(det, root: Path, contract, folds: int, seed: int, finetune_steps: int = 0,
-              trained: tuple[str, set[int]] | None = None) -> tuple[dict, dict]:
+              trained: tuple[str, set[int]] | None = None, labels: Labels | None = None) -> tuple[dict, dict]:
     """The decision rule re-fitted on the site's labelled recordings (cross-validated; the model's rule is
-    replaced in place)."""
+    replaced in place). `labels`: a labels.csv's recordings under `root`, in place of `root/<LABEL>/` folders."""
     leak_name = contract.leak_class_name
-    recordings, skipped, in_training = _scored(det, find_site_recordings(root, list(contract.class_names)), trained,
-                                               root)
+    paths = labels.pairs if labels is not None else find_site_recordings(root, list(contract.class_names))
+    recordings, skipped, in_training = _scored(det, paths, trained, root)
     truth = torch.tensor([r.leak for r in recordings], dtype=torch.bool)
     leaks, others = int(truth.sum()), int((~truth).sum())
     if leaks < MIN_PER_SIDE or others < MIN_PER_SIDE:
-        raise ValueError(f"--input {root}: {leaks} {leak_name} and {others} other recording(s) of the site were "
+        where, more = (f"--labels {labels.path}", "label") if labels is not None else (f"--input {root}", "record")
+        raise ValueError(f"{where}: {leaks} {leak_name} and {others} other recording(s) of the site were "
                          f"scored; adapting needs at least {MIN_PER_SIDE} of each to cross-validate the threshold "
-                         f"(record {max(0, MIN_PER_SIDE - leaks)} more {leak_name} and "
+                         f"({more} {max(0, MIN_PER_SIDE - leaks)} more {leak_name} and "
                          f"{max(0, MIN_PER_SIDE - others)} more other recording(s)"
                          f"{_left_out(in_training)})")
     k = min(folds, leaks, others)
@@ -486,11 +512,15 @@ def _labelled(det, root: Path, contract, folds: int, seed: int, finetune_steps: 
             "digests": [r.digest for r in recordings], "base_threshold": base_threshold, "kept_base_rule": kept,
             "ties": tie_policy(det.model),
             "seen_in_training": in_training, **rules, **figures}
+    if labels is not None:
+        info["labels"] = labels.about()
     report = {"recordings": len(recordings), "leaks": leaks, "folds": k, "kept_base_rule": kept,
               "ties": tie_policy(det.model), "base_threshold": base_threshold, **rules, **figures,
               "seen_in_training": in_training, "skipped": skipped,
               "rows": [{"path": printable(r.path), "label": r.label, "score": float(r.windows.mean()),
                         "fold": int(f)} for r, f in zip(recordings, fold)]}
+    if labels is not None:
+        report["labels"] = labels.about()
     return info, report
 
 
