@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fresh machine → synthetic WAV corpus → HDF5 dataset → fit → test (report, plots) → predict from the
-# checkpoint alone → export with parity → the build and predict over two processes → a site adaptation.
+# checkpoint alone → export with parity → the build and predict over two processes → the review page → a site
+# adaptation.
 # Everything lands in demo_out/ (DEMO_OUT to change it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +37,8 @@ print(f"two build workers: build {ids[1][:12]}, {'the same as' if ids[0] == ids[
 print(f"predict on two ranks: {'the same CSV as' if same_csv else 'NOT the same CSV as'} one process")
 sys.exit(0 if ids[0] == ids[1] and same_csv else 1)
 CHECK
+# the predictions as a page to open in a browser: sensors over nights, spectrograms, audio, the review queue
+$PY -m leak_lightning review --predictions "$OUT/predictions.csv" --recordings "$OUT/wav/TESTING" --overwrite true
 # a new district whose sensors sit further from the leaks (a third of the level against the street's
 # noise); 30 labelled recordings of it re-fit the threshold and calibration (cross-validated before/after)
 $PY scripts/make_synthetic_dataset.py --output "$OUT/site" --layout pool --files-per-label 10 \
@@ -51,6 +54,7 @@ Demo finished. Where things are:
   plots        $RUN/test_pr_roc.png, test_f1_threshold.png, test_confusion.png, test_scores.png
   TensorBoard  tensorboard --logdir $RUN/lightning_logs
   predictions  $OUT/predictions.csv (and predictions_2ranks.csv: the same, from two ranks)
+  review       $OUT/predictions_review/index.html (open it in a browser; labels.csv from it feeds adapt --labels)
   2 workers    $OUT/data_2workers/ (the dataset built by two workers: splits over shards/)
   export       $OUT/export/best_network.onnx, best_with_frontend.onnx, best.json
   site         $OUT/sites/district-7.ckpt (adapted), district-7_adapt_report.json (before/after)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.browser import browser  # noqa: F401  (the headless Chromium fixture, for the page tests)
 from helpers.files import REPO, data_args
 
 os.environ.setdefault("NO_COLOR", "1")
