@@ -17,12 +17,13 @@ EXIT_USAGE = 2  # a bad flag, value or config file
 EXIT_INPUT = 2  # input the command cannot use, a full disk, a lost rank: one line, nothing already made is lost
 EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
 
-FUNCTION_COMMANDS = ("build", "adapt", "export")  # the rest are LightningCLI's
+FUNCTION_COMMANDS = ("build", "adapt", "export", "review")  # the rest are LightningCLI's
 # What an interrupted command says it left behind; a command not named here has no handler for an interrupt.
 INTERRUPTED = {
     "build": "build interrupted ({signal}): temporary files removed, existing outputs untouched",
     "adapt": "adapt interrupted ({signal}): its temporary files were removed; an earlier --output stays unless the "
              "new checkpoint was already in place",
+    "review": "review interrupted ({signal}): the half-written folder was removed; an earlier --output is untouched",
 }
 
 
@@ -123,6 +124,10 @@ def translate(err: BaseException, command: str, args: list[str] | tuple = (), ou
         if command == "adapt":  # a full disk, a GPU out of memory: the base checkpoint is untouched
             where = f"{err.filename}: " if getattr(err, "filename", None) else ""
             return f"adapt stopped: {where}{os_reason(err)}; the base checkpoint is untouched", EXIT_INPUT
+        if command == "review" and isinstance(err, OSError):  # a full disk: the folder is written whole or not at all
+            where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+            return (f"review stopped: {where}{os_reason(err)}; the half-written folder was removed and an earlier "
+                    "--output is untouched"), EXIT_INPUT
     return None
 
 

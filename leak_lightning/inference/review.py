@@ -14,6 +14,7 @@ page writes as text.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -269,7 +270,9 @@ def write_wav(mono: np.ndarray, rate: int, path: Path) -> None:
         factor = math.ceil(MIN_AUDIO_RATE / rate)
         mono = np.fft.irfft(np.fft.rfft(mono), len(mono) * factor) * factor
         rate *= factor
-    sf.write(path, np.clip(mono, -1.0, 1.0), rate, subtype="PCM_16", format="WAV")
+    wav = io.BytesIO()  # written by Python: a full disk is an OSError that says so (libsndfile's: "System error")
+    sf.write(wav, np.clip(mono, -1.0, 1.0), rate, subtype="PCM_16", format="WAV")
+    path.write_bytes(wav.getvalue())
 
 
 def _write_page(folder: Path, data: dict) -> None:

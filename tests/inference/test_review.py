@@ -174,3 +174,13 @@ def test_bad_input_is_one_line(tmp_path, capsys, site):
     assert "not a predictions CSV" in one_error(code, err)
     code, err = cli_exit(capsys, "review", "--predictions", str(csv_path), "--recordings", str(tmp_path / "none"))
     assert "--recordings" in one_error(code, err) and "no such folder" in err
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(site, mount, capsys):
+    folder, csv_path, _ = site
+    small = mount("size=300k")  # the page and data fit, the audio does not
+    code, err = cli_exit(capsys, "review", "--predictions", str(csv_path), "--recordings", str(folder), "--output",
+                         str(small / "rev"))
+    line = one_error(code, err)
+    assert "review stopped:" in line and "No space left on device" in line and "half-written folder was removed" in line
+    assert not list(small.iterdir())  # no folder, no temporary, no lock
