@@ -13,6 +13,7 @@ page writes as text.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -70,13 +71,15 @@ def review_site(predictions: str, recordings: str | None = None, output: str | N
         overwrite: replace an existing review folder at `output`.
     """
     source = Path(predictions)
-    if queue < 0 or not (max_seconds > 0):
-        raise ValueError(f"--queue {queue} --max_seconds {max_seconds}: use a queue of 0 or more and a positive "
-                         "length")
+    if queue < 0:
+        raise ValueError(f"--queue {queue}: use 0 or more recordings")
+    if not max_seconds > 0:
+        raise ValueError(f"--max_seconds {max_seconds}: use a positive number of seconds")
     rows = read_predictions(source)
     root = Path(recordings) if recordings is not None else None
     if root is not None and not root.is_dir():
         raise FileNotFoundError(f"--recordings {root}: no such folder; give the folder predict read")
+    _check_found(rows, root, source)
     sensors, rule = read_sensor_view(source, rows)
     out = Path(output) if output else source.with_name(f"{source.stem}_review")
     check_output_name(out, "--output")
@@ -96,17 +99,32 @@ def review_site(predictions: str, recordings: str | None = None, output: str | N
     return out
 
 
+def _check_found(rows: list[dict], root: Path | None, source: Path) -> None:
+    """At least one recording the CSV names is where its path says: else --recordings is the wrong folder (or
+    missing), and a page of nothing but 'not found' would be built."""
+    for row in rows:
+        with contextlib.suppress(SkipFile, OSError):
+            if _locate(row["path"], root).is_file():
+                return
+    where = f"under --recordings {root}" if root is not None else f"relative to the current folder ({Path.cwd()})"
+    raise FileNotFoundError(f"--predictions {source}: none of its {len(rows)} recordings (e.g. {rows[0]['path']}) "
+                            f"is {where}; give --recordings the folder predict read")
+
+
 def read_predictions(path: Path) -> list[dict]:
     """The rows of a predictions CSV, checked to be one `predict` wrote."""
     if not path.is_file():
         raise FileNotFoundError(f"--predictions {path}: no such file; give the CSV predict wrote")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in NEEDED if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"--predictions {path}: no column(s) {', '.join(missing)}: not a predictions CSV of "
-                             "this version of predict; run predict again")
-        rows = list(reader)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a CSV a spreadsheet saved again has a BOM
+            reader = csv.DictReader(f)
+            missing = [c for c in NEEDED if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(f"--predictions {path}: no column(s) {', '.join(missing)}: not a predictions CSV "
+                                 "of this version of predict; run predict again")
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ValueError(f"--predictions {path}: not a CSV predict wrote ({err}); run predict again") from None
     if not rows:
         raise ValueError(f"--predictions {path}: no recordings in it; predict a folder of recordings first")
     return rows
@@ -129,7 +147,7 @@ def read_sensor_view(source: Path, rows: list[dict]) -> tuple[list[dict], str]:
         return [{"sensor": s.sensor, "recordings": s.recordings, "scored": s.scored, "leaks": s.leaks,
                  "decision": s.decision, "last_n": s.last_n, "note": s.note} for s in summaries if s.sensor], \
             f"{rule} (computed by review: no sensor view)"
-    with open(view, newline="", encoding="utf-8") as f:
+    with open(view, newline="", encoding="utf-8-sig") as f:
         found = [s for s in csv.DictReader(f) if s.get("sensor")]
     seen = {s["sensor"]: _int(s.get("recordings")) for s in found}
     if seen != counts:

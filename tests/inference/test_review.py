@@ -174,6 +174,24 @@ def test_bad_input_is_one_line(tmp_path, capsys, site):
     assert "not a predictions CSV" in one_error(code, err)
     code, err = cli_exit(capsys, "review", "--predictions", str(csv_path), "--recordings", str(tmp_path / "none"))
     assert "--recordings" in one_error(code, err) and "no such folder" in err
+    # the folder predict read forgotten: the CSV's paths are found nowhere, and no page of 'not found' is built
+    code, err = cli_exit(capsys, "review", "--predictions", str(csv_path), "--output", str(tmp_path / "r"))
+    assert "none of its 7 recordings (e.g. <script>" in one_error(code, err)
+    assert "give --recordings the folder predict read" in err and not (tmp_path / "r").exists()
+    code, err = cli_exit(capsys, "review", "--predictions", str(csv_path), "--queue", "-3")
+    assert one_error(code, err).endswith("--queue -3: use 0 or more recordings")
+    (tmp_path / "latin1.csv").write_bytes("path,status\nf\xe9.wav,ok\n".encode("latin-1"))
+    code, err = cli_exit(capsys, "review", "--predictions", str(tmp_path / "latin1.csv"))
+    assert "latin1.csv: not a CSV predict wrote" in one_error(code, err)
+
+
+def test_a_csv_saved_again_by_a_spreadsheet_is_read(site):
+    folder, csv_path, predictions = site
+    for path in (csv_path, sensors_csv(csv_path)):  # with a byte-order mark, as a spreadsheet saves
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    data = data_of(review_site(str(csv_path), str(folder)))
+    assert [r["path"] for r in data["recordings"]] == [p.path for p in predictions]
+    assert [s["sensor"] for s in data["sensors"]] == ["S01", "S02", "S03"]
 
 
 def test_a_full_disk_is_one_line_and_leaves_nothing(site, mount, capsys):
