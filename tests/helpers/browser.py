@@ -52,13 +52,18 @@ def browser() -> Iterator:
         launched.close()
 
 
-def open_page(browser, url: str, dialogs: list[str], width: int = 1280, height: int = 900):
+def open_page(browser, url: str, dialogs: list[str], width: int = 1280, height: int = 900,
+              errors: list[str] | None = None):
     """A fresh context (empty storage) on `url`, returned once the page says it has rendered
-    (`document.body.dataset.ready == "1"`); every dialog it opens is recorded in `dialogs` and dismissed."""
+    (`document.body.dataset.ready == "1"`); every dialog it opens is recorded in `dialogs` and dismissed, and
+    every console error and uncaught exception in `errors` (a Content-Security-Policy refusal is one)."""
     context = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True)
     context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    if errors is not None:
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(url)
     wait_ready(page)
     return page

@@ -89,7 +89,9 @@ def built(browser, trained_run, tmp_path_factory) -> Built:
 def page(browser, built):
     """The review page opened from disk in a fresh context; no test may see it open a dialog."""
     dialogs: list[str] = []
-    opened = open_page(browser, (built.review / "index.html").as_uri(), dialogs)
+    errors: list[str] = []
+    opened = open_page(browser, (built.review / "index.html").as_uri(), dialogs, errors=errors)
+    opened.errors = errors
     yield opened
     opened.context.close()
     assert dialogs == [], f"the page opened dialogs: {dialogs}"
@@ -178,6 +180,16 @@ def test_hostile_names_are_shown_as_text_and_never_run(built, page):
     assert page.locator("img[src='x']").count() == 0
     # index.html's own scripts all load files; one without a src was written by the data
     assert page.eval_on_selector_all("script", "ss => ss.filter(s => !s.src).length") == 0
+
+
+def test_the_page_runs_only_its_own_files(page):
+    """index.html's Content-Security-Policy: a script that reached the DOM without a file of the folder does not
+    run (a second defence behind writing names as text), and the page itself breaks none of its rules."""
+    assert page.errors == []
+    page.evaluate("() => { const s = document.createElement('script'); s.textContent = 'window.injected = 1';"
+                  " document.body.appendChild(s); }")
+    assert page.evaluate("window.injected === undefined")
+    assert any("Content Security Policy" in e for e in page.errors), page.errors
 
 
 @dataclass(frozen=True)

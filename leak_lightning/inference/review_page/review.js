@@ -258,18 +258,22 @@
     axis.appendChild(untimed);
     const d = view.domain;
     if (!d) {
-      timed.appendChild(el('span', {class: 'night-label', style: 'left: 50%'}, 'no times'));
+      const none = el('span', {class: 'night-label'}, 'no times');
+      none.style.left = '50%';  // through the CSSOM: the page's Content-Security-Policy refuses style attributes
+      timed.appendChild(none);
       return;
     }
     const width = Math.max(200, (axis.clientWidth || 800) - 120);
     const every = Math.max(1, Math.ceil(d.nights / Math.max(1, Math.floor(width / 70))));
-    const pos = (f) => 'left: calc(6px + (100% - 12px) * ' + f.toFixed(5) + ')';
-    for (let k = 0; k <= d.nights; k += 1) timed.appendChild(el('span', {class: 'noon-tick', style: pos(k / d.nights)}));
+    const at = (node, f) => {
+      node.style.left = 'calc(6px + (100% - 12px) * ' + f.toFixed(5) + ')';
+      return node;
+    };
+    for (let k = 0; k <= d.nights; k += 1) timed.appendChild(at(el('span', {class: 'noon-tick'}), k / d.nights));
     for (let k = 0; k < d.nights; k += every) {
       const day = dayString(d.start + k * DAY);
       const text = (+day.slice(8, 10)) + ' ' + MONTHS[+day.slice(5, 7) - 1] + (k === 0 ? ' ' + day.slice(0, 4) : '');
-      const label = el('span', {class: 'night-label', style: pos((k + 0.5) / d.nights), title: 'night of ' + day}, text);
-      timed.appendChild(label);
+      timed.appendChild(at(el('span', {class: 'night-label', title: 'night of ' + day}, text), (k + 0.5) / d.nights));
     }
   }
 
