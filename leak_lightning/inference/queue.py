@@ -39,6 +39,18 @@ class Pick:
     why: str
 
 
+def candidate_of(key: int, path: str, decision_score: float | None, decision_cutoff: float | None,
+                 leak_score: float | None) -> Candidate | None:
+    """A recording of the predictions (a CSV row, a `Prediction`) as the queue sees it: its margin, its sensor and
+    night from its name, its leak score; None without a decision (silent, skipped, unscored)."""
+    from .predict import name_fields
+
+    if decision_score is None or decision_cutoff is None:
+        return None
+    sensor, when = name_fields(path)
+    return Candidate(key, decision_score - decision_cutoff, sensor, night_of(when), leak_score or 0.0)
+
+
 def night_of(when: datetime | None) -> str:
     """The night a recording belongs to, noon to noon (a logger's 22:00 and 03:00 recordings are one night),
     named by the evening's date; "" without a time."""

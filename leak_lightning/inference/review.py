@@ -34,7 +34,7 @@ from ..runtime.fileio import check_output_name, exchange, file_digest, make_priv
 from ..runtime.rundir import FolderLock
 from . import labels
 from .predict import SensorRule, name_fields, sensors_csv, summarise_sensors
-from .queue import Candidate, night_of, review_queue
+from .queue import candidate_of, night_of, review_queue
 from .scorer import Prediction
 
 log = logging.getLogger(__name__)
@@ -203,11 +203,9 @@ def _site_data(source: Path, rows: list[dict], root: Path | None, sensors: list[
                            "decision_score": _float(r["decision_score"]),
                            "decision_cutoff": _float(r["decision_cutoff"]), "windows": _windows(r), "digest": None,
                            "spectrogram": None, "audio": None, "duration": None, "max_hz": None, "problem": ""})
-    candidates = [Candidate(r["id"], r["decision_score"] - r["decision_cutoff"], r["sensor"], r["night"],
-                            r["leak_score"] or 0.0)
-                  for r in recordings if r["leak"] is not None and r["decision_score"] is not None
-                  and r["decision_cutoff"] is not None]
-    picks = review_queue(candidates, size)
+    candidates = [candidate_of(r["id"], r["path"], r["decision_score"], r["decision_cutoff"], r["leak_score"])
+                  for r in recordings if r["leak"] is not None]
+    picks = review_queue([c for c in candidates if c is not None], size)
     digest = file_digest(source)
     return {"format": FORMAT, "title": source.name, "made": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "source": {"predictions": str(source.resolve()), "predictions_sha256": digest,
