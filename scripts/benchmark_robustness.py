@@ -37,6 +37,12 @@ and draws, with their range. Also printed: `adapt --unlabelled` then `adapt`; wi
 readings), with the base network and after `adapt --unlabelled`; AUROC; how often adapt's keep-or-take test
 kept the base rule while a rule fitted on the same labels did better on the held-out recordings; and each
 model's training seconds per epoch and predict recordings per second.
+
+The review queue (`--queue-size`, 20): per draw, a random 80 % of the site's scored recordings stands for what a crew
+has recorded; the queue of `review` (leak_lightning.inference.queue, which reads only the predictions and the names)
+picks `--queue-size` of them and as many are drawn at random from the same pool; a reviewer labels each with the
+truth, each set adapts the rule as `adapt --labels` does (refused, the base rule kept, with fewer than MIN_PER_SIDE
+of either kind), and both rules are scored on the same held-out recordings (the site less both sets).
 """
 
 from __future__ import annotations
@@ -61,7 +67,8 @@ from leak_lightning.builder.build import build_dataset  # noqa: E402
 from leak_lightning.checkpoint.io import read_checkpoint  # noqa: E402
 from leak_lightning.cli import main as cli  # noqa: E402
 from leak_lightning.inference.adapt import MIN_PER_SIDE  # noqa: E402
-from leak_lightning.inference.predict import LeakDetector  # noqa: E402
+from leak_lightning.inference.predict import LeakDetector, name_fields  # noqa: E402
+from leak_lightning.inference.queue import Candidate, night_of, review_queue  # noqa: E402
 from leak_lightning.models.evaluation import expected_calibration_error  # noqa: E402
 from leak_lightning.runtime.logs import setup_logging  # noqa: E402
 
@@ -169,6 +176,8 @@ def main() -> None:
     ap.add_argument("--finetune-steps", type=int, default=0, help="--sites: also adapt with this --finetune_steps "
                     "(at the sizes of --finetune-labelled; (folds + 1) fine-tunes per draw)")
     ap.add_argument("--finetune-labelled", type=int, nargs="+", default=[20], help="--sites: sizes to fine-tune at")
+    ap.add_argument("--queue-size", type=int, default=20, help="--sites: labels the review queue picks against as "
+                    "many drawn at random")
     ap.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["frame", "recording"],
                     help="--sites: the model kinds to compare (each trained per training seed)")
     args = ap.parse_args()
@@ -244,7 +253,8 @@ def site_rows(work: Path, args, det: LeakDetector, ckpt: Path, name: str, train_
 
     recordings = corpus(work, name, 0, args.test_files)
     t0 = time.perf_counter()
-    scored = [(det.leak_windows(p)[1], leak) for p, leak in recordings]
+    results = [(p, *det.leak_windows(p), leak) for p, leak in recordings]
+    scored = [(w, leak) for _, _, w, leak in results]
     if cost is not None:  # predict's path (LeakDetector), the same recordings for every model
         cost.setdefault("predict recordings/s", []).append(len(recordings) / (time.perf_counter() - t0))
     windows = [w for w, _ in scored if w is not None]
@@ -274,6 +284,8 @@ def site_rows(work: Path, args, det: LeakDetector, ckpt: Path, name: str, train_
     if finetune:
         recs = [SiteRecording(q, q.parent.name, bool(leak), w, "", site_segments(det, q))
                 for q, w, leak in zip(kept_paths, windows, truth.tolist())]
+    queue_rows(site, [(pred, p) for p, pred, w, _ in results if w is not None], windows, truth, base,
+               tie_policy(det.model), train_seed, args)
     g = torch.Generator().manual_seed(train_seed)
     for n in args.labelled:
         want_leaks = max(MIN_PER_SIDE, round(n / 5))
@@ -315,6 +327,87 @@ def site_rows(work: Path, args, det: LeakDetector, ckpt: Path, name: str, train_
                 site.setdefault(f"{n}: fine-tuned", []).append(_f1(rule.decide(rest_ft), truth[held]))
 
 
+QUEUE_POOL = 0.8  # the share of a site's recordings a crew has recorded when it labels (drawn anew per draw)
+
+
+def labelled_rule(windows: list[torch.Tensor], truth: torch.Tensor, pick: list[int], base, policy: str,
+                  seed: int):
+    """The rule `adapt --labels` gives the picked recordings → (rule, refused): refused, the base rule, where they
+    hold fewer than MIN_PER_SIDE of either kind (adapt stops with an error there)."""
+    from leak_lightning.inference.adapt import refit_rule
+
+    leaks = int(truth[pick].sum())
+    others = len(pick) - leaks
+    if min(leaks, others) < MIN_PER_SIDE:
+        return base, True
+    rule, *_ = refit_rule([windows[i] for i in pick], truth[pick], base, min(5, leaks, others), seed, policy)
+    return rule, False
+
+
+def queue_draw(windows: list[torch.Tensor], truth: torch.Tensor, candidates: list[Candidate], base, policy: str,
+               size: int, seed: int) -> dict[str, float]:
+    """One draw of the queue against chance: leak F1 on the same held-out recordings of the base rule and of the
+    rules adapted on `size` labels the review queue picks and on `size` drawn at random from the same pool.
+    `candidates[i]` is recording i (its key i); the truth only labels the picks, as a reviewer would."""
+    g = torch.Generator().manual_seed(seed)
+    pool = torch.randperm(len(truth), generator=g)[: round(QUEUE_POOL * len(truth))].tolist()
+    picks = {"queue": [p.key for p in review_queue([candidates[i] for i in pool], size)],
+             "random": [pool[j] for j in torch.randperm(len(pool), generator=g)[:size].tolist()]}
+    held = torch.ones(len(truth), dtype=torch.bool)
+    for pick in picks.values():
+        held[pick] = False
+    rest = [w for w, h in zip(windows, held) if h]
+    out = {"base": _f1(base.decide(rest), truth[held])}
+    for key, pick in picks.items():
+        rule, refused = labelled_rule(windows, truth, pick, base, policy, seed)
+        out[key], out[f"{key} refused"] = _f1(rule.decide(rest), truth[held]), int(refused)
+    return out
+
+
+def queue_rows(site: dict, scored: list, windows: list[torch.Tensor], truth: torch.Tensor, base, policy: str,
+               train_seed: int, args) -> None:
+    """`args.draws` draws of `queue_draw` for a site's scored recordings (`scored`: (Prediction, path) each)."""
+    candidates = []
+    for i, (pred, path) in enumerate(scored):
+        sensor, when = name_fields(str(path))
+        candidates.append(Candidate(i, pred.decision_score - pred.decision_cutoff, sensor, night_of(when)))
+    for draw in range(args.draws):
+        row = queue_draw(windows, truth, candidates, base, policy, args.queue_size, 1000 * train_seed + draw)
+        for key, value in row.items():
+            site.setdefault(f"review: {key}", []).append(value)
+        site.setdefault("review: queue >= random", []).append(int(row["queue"] >= row["random"]))
+
+
+def print_queue(rows: dict, args) -> None:
+    """The queue column's detail and its targets."""
+    def cell(values: list[float]) -> str:
+        return f"{statistics.median(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
+
+    n = args.queue_size
+    print(f"\nthe review queue's {n} labels against {n} drawn at random from the same pool ({QUEUE_POOL:.0%} of the "
+          "site's recordings, drawn anew per draw), each adapting the rule as `adapt --labels` does; leak F1 on the "
+          "same held-out recordings, median [min, max] over training seeds x draws; draws the queue did at least as "
+          "well; draws refused (fewer than "
+          f"{MIN_PER_SIDE} of one kind: the base rule kept), queue / random; the base rule on the same recordings:")
+    for kind, by_site in rows.items():
+        for name, site in by_site.items():
+            draws = len(site["review: queue"])
+            print(f"  {kind}, {name}: queue {cell(site['review: queue'])}, random {cell(site['review: random'])}, "
+                  f"queue >= random {sum(site['review: queue >= random'])}/{draws}, refused "
+                  f"{sum(site['review: queue refused'])} / {sum(site['review: random refused'])} of {draws}, base rule "
+                  f"{cell(site['review: base'])}")
+    for kind, by_site in rows.items():
+        worse = [name for name, s in by_site.items()
+                 if statistics.median(s["review: queue"]) < statistics.median(s["review: random"])]
+        low = {name: statistics.median(s["review: queue"]) for name, s in by_site.items()}
+        below = [name for name, f1 in low.items() if f1 < 0.95]
+        print(f"  {kind}: queue's {n} never worse than random (median per site): "
+              f"{'met' if not worse else 'not met'} ({len(by_site) - len(worse)} of {len(by_site)} sites"
+              f"{'; worse at ' + ', '.join(worse) if worse else ''}); leak F1 >= 0.95 at every site with them: "
+              f"{'met' if not below else 'not met'} (lowest {min(low.values()):.3f}"
+              f"{'; below at ' + ', '.join(below) if below else ''})")
+
+
 def print_sites(rows: dict, costs: dict, args) -> None:
     def cell(values: list[float]) -> str:
         return f"{statistics.median(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
@@ -327,7 +420,7 @@ def print_sites(rows: dict, costs: dict, args) -> None:
           f"draws; {args.test_files} recordings per class and site ({args.train_files} training recordings per class, "
           "each model's demo config and --extra options)")
     head = ["out of the box", "AUROC", "ceiling"] + [f"adapted, n={n}" for n in args.labelled] + [
-        "unlabelled", "false alarms: out of the box / unlabelled"]
+        "unlabelled", "false alarms: out of the box / unlabelled", f"adapt, {args.queue_size} labels: queue / random"]
     for kind, by_site in rows.items():
         print(f"\n{kind} model ({MODELS[kind]['about']}):")
         print(f"| site | {' | '.join(head)} |")
@@ -336,7 +429,8 @@ def print_sites(rows: dict, costs: dict, args) -> None:
             cells = [med(site["all: base rule"]), med(site["auroc"]), med(site["ceiling: base"])]
             cells += [cell(site[f"{n}: adapted"]) for n in args.labelled]
             cells += [med(site["unlabelled"]), f"{statistics.median(site['all: false alarms']):.0f} / "
-                                               f"{statistics.median(site['unlabelled: false alarms']):.0f}"]
+                                               f"{statistics.median(site['unlabelled: false alarms']):.0f}",
+                      f"{med(site['review: queue'])} / {med(site['review: random'])}"]
             print(f"| {name} | {' | '.join(cells)} |")
     print("\ncost, median over training seeds: training seconds per epoch; predict recordings per second "
           "(LeakDetector, one process, the in-domain site's recordings):")
@@ -352,6 +446,7 @@ def print_sites(rows: dict, costs: dict, args) -> None:
             if 20 in args.labelled else float("nan")
         print(f"  {kind}: lowest site F1 out of the box {worst:.3f} (target >= 0.9), after 20 labels {worst20:.3f} "
               "(target >= 0.95)")
+    print_queue(rows, args)
     print("\nthe rule's reading per site (chosen on validation; the same for every site out of the box):")
     for kind, by_site in rows.items():
         print(f"  {kind}: {sorted(set(r for s in by_site.values() for r in s['reading']))}")
