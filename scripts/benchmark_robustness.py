@@ -67,8 +67,8 @@ from leak_lightning.builder.build import build_dataset  # noqa: E402
 from leak_lightning.checkpoint.io import read_checkpoint  # noqa: E402
 from leak_lightning.cli import main as cli  # noqa: E402
 from leak_lightning.inference.adapt import MIN_PER_SIDE  # noqa: E402
-from leak_lightning.inference.predict import LeakDetector, name_fields  # noqa: E402
-from leak_lightning.inference.queue import Candidate, night_of, review_queue  # noqa: E402
+from leak_lightning.inference.predict import LeakDetector  # noqa: E402
+from leak_lightning.inference.queue import Candidate, candidate_of, review_queue  # noqa: E402
 from leak_lightning.models.evaluation import expected_calibration_error  # noqa: E402
 from leak_lightning.runtime.logs import setup_logging  # noqa: E402
 
@@ -367,10 +367,8 @@ def queue_draw(windows: list[torch.Tensor], truth: torch.Tensor, candidates: lis
 def queue_rows(site: dict, scored: list, windows: list[torch.Tensor], truth: torch.Tensor, base, policy: str,
                train_seed: int, args) -> None:
     """`args.draws` draws of `queue_draw` for a site's scored recordings (`scored`: (Prediction, path) each)."""
-    candidates = []
-    for i, (pred, path) in enumerate(scored):
-        sensor, when = name_fields(str(path))
-        candidates.append(Candidate(i, pred.decision_score - pred.decision_cutoff, sensor, night_of(when)))
+    candidates = [candidate_of(i, str(path), pred.decision_score, pred.decision_cutoff, pred.leak_score)
+                  for i, (pred, path) in enumerate(scored)]  # as `review` reads them from the CSV
     for draw in range(args.draws):
         row = queue_draw(windows, truth, candidates, base, policy, args.queue_size, 1000 * train_seed + draw)
         for key, value in row.items():

@@ -5,9 +5,10 @@ teach it where they bracket the site's true boundary, and the base cutoff is the
 the queue looks near the cutoff first. But at a site far from the training corpus (a louder pump, distant leaks) the
 true boundary can lie far from the base cutoff, and labels near the cutoff alone would all fall on one side of it
 (`adapt` then has too few of one kind to fit anything). So each side of the cutoff is walked outwards with
-widening steps, to its far end: the k-th of K picks on a side sits at the rank (k / (K - 1))² of the way from the
-cutoff to that side's most confident recording. The two sides alternate, the side decided leak first (a false
-alarm sends a crew).
+widening steps, to its far end: the k-th of K picks on a side sits at the rank (k / (K - 1))³ of the way from the
+cutoff to that side's most confident recording. The sides share the picks in proportion to their recordings (at
+least MIN_PER_SIDE each): where the base rule finds few leaks, most labels fall just below its cutoff, where the
+leaks it misses are. The two sides alternate in the queue, the side decided leak first (a false alarm sends a crew).
 
 Recordings of one sensor, and of one night, are alike (the same pipe, the same traffic), so a second label from
 the same sensor teaches less than one from another: around each target rank (within the band halfway to its
@@ -19,6 +20,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+
+from .adapt import MIN_PER_SIDE
+
+# the k-th of K picks on a side sits (k / (K - 1)) ** SPACING of the way out: chosen among 1, 1.5, 2 and 3 on one set of
+# the site benchmark's corpora and measured on another (docs/benchmarks.md, "Which 20 to label")
+SPACING = 3
 
 
 @dataclass(frozen=True)
@@ -58,15 +65,20 @@ def night_of(when: datetime | None) -> str:
 
 
 def _targets(picks: int, size: int) -> list[int]:
-    """`picks` ranks among `size`, from 0 (nearest the cutoff) to size - 1 (the far end), quadratically spaced."""
+    """`picks` ranks among `size`, from 0 (nearest the cutoff) to size - 1 (the far end), spaced by the cube."""
     if picks == 1:
         return [0]
-    return [round((k / (picks - 1)) ** 2 * (size - 1)) for k in range(picks)]
+    return [round((k / (picks - 1)) ** SPACING * (size - 1)) for k in range(picks)]
 
 
 def _share(size: int, above: int, below: int) -> tuple[int, int]:
-    """How many picks each side gets: alternating, leak side first, the rest to the side that has more."""
-    a = min(above, (size + 1) // 2)
+    """How many picks each side gets: in proportion to its recordings, and at least MIN_PER_SIDE each (adapt's
+    fewest) where the queue and the side are long enough; a shorter queue alternates."""
+    if size >= 2 * MIN_PER_SIDE:
+        a = min(above, max(MIN_PER_SIDE, round(size * above / max(1, above + below))))
+        a = min(a, size - min(below, MIN_PER_SIDE))
+    else:
+        a = min(above, (size + 1) // 2)
     b = min(below, size - a)
     return min(above, size - b), b
 

@@ -45,9 +45,10 @@ MIN_AUDIO_RATE = 8000  # browsers decode WAV at common rates; a 4 kHz logger fil
 SPECTROGRAM_COLUMNS, COLUMNS_PER_SECOND, SPECTROGRAM_ROWS, DYNAMIC_RANGE_DB = 800, 20, 128, 80.0
 NEEDED = ("path", "status", "quality", "leak_score", "leak_probability", "leak_decision", "decision_score",
           "decision_cutoff", "window_leak_scores", "window_seconds")
-QUEUE_RULE = ("The queue alternates between the two sides of the decision cutoff, the side decided leak first. On "
+QUEUE_RULE = ("The queue alternates between the two sides of the decision cutoff, the side decided leak first; the "
+              "sides share its places in proportion to their recordings (at least 3 each, what adapt needs). On "
               "each side it starts at the recording nearest the cutoff and walks out with widening steps to the "
-              "most confident one (the k-th of K picks sits (k / (K - 1))² of the way; recordings of equal margin, "
+              "most confident one (the k-th of K picks sits (k / (K - 1))³ of the way; recordings of equal margin, "
               "as a vote over one window gives, in the order of their leak score), so that the labels bracket the "
               "site's own boundary even where it lies far from the base cutoff. Near each step it prefers a sensor "
               "not yet in the queue, then a night of that sensor not yet in it: recordings of one pipe and one "
