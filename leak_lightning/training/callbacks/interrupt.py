@@ -142,7 +142,8 @@ class GracefulInterrupt(L.Callback):
         signum = self.received or signal.SIGTERM
         path = checkpoint_dir(trainer.default_root_dir) / "last.ckpt"
         self._rewind = in_validation
-        trainer.save_checkpoint(path)
+        # the whole state (optimizer, loops, callbacks) to resume from; said, so Lightning does not log that it chose
+        trainer.save_checkpoint(path, weights_only=False)
         trainer.strategy.barrier("interrupt-saved")
         if trainer.is_global_zero:
             log.warning("interrupted at epoch %d, step %d: saved %s", trainer.current_epoch, trainer.global_step,
