@@ -83,3 +83,7 @@ def test_the_sides_share_the_queue_in_proportion_at_least_three_each():
                                                             134]
     few3 = few[:2]  # a side with fewer than 3: all of it, the rest to the other
     assert sum(p.key < 100 for p in review_queue(few3 + many, 20)) == 2
+    # the other way round (a site where nearly everything is decided leak): 20 * 10 / 160 = 1.25, raised to 3
+    many_leaks = [Candidate(k, 0.001 * (k + 1), f"S{k}") for k in range(150)]
+    few_others = [Candidate(200 + k, -0.1 * (k + 1), f"T{k}") for k in range(10)]
+    assert sum(p.key >= 200 for p in review_queue(many_leaks + few_others, 20)) == 3
